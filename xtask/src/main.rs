@@ -1,0 +1,54 @@
+//! `cargo xtask`: the single entry point for bootstrapping, building, running,
+//! testing and benchmarking sockerr. Every step says what it does.
+
+mod bench;
+mod build;
+mod cmd;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, run and test sockerr")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (rust-src, bpf-linker, tracefs,
+    /// Debian packages). Idempotent.
+    Setup,
+    /// Build the release agent with the eBPF object embedded.
+    Build,
+    /// Setup, build, then run `sockerr run ARGS` (needs root).
+    Run {
+        /// Arguments passed to `sockerr run`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Setup, then every test: unit tests and root integration tests.
+    Test {
+        /// Arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Formatting check, clippy -D warnings (host and eBPF crates), then `test`.
+    Ci,
+    /// Overhead benchmarks against no tracing, bpftrace and strace.
+    Bench(bench::Options),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Build => build::release().map(drop),
+        Command::Run { args } => build::run(&args),
+        Command::Test { args } => test::run(&args),
+        Command::Ci => test::ci(),
+        Command::Bench(options) => bench::run(&options),
+    }
+}

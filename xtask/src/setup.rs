@@ -1,0 +1,173 @@
+//! `cargo xtask setup`: everything a fresh Debian 12 machine lacks to build
+//! and test sockerr, installed by the project itself. Idempotent.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cmd;
+
+/// Debian packages the build, tests and benchmarks use, with the reason.
+const PACKAGES: &[(&str, &str)] = &[
+    ("bpftool", "tests check that no sockerr program stays loaded"),
+    ("libevent-dev", "tests build a real libevent 2.1 evhttp client"),
+    ("prometheus", "promtool validates the exposition, alert rules and dashboards"),
+    ("bpftrace", "the benchmark compares against a hand-written bpftrace script"),
+    ("strace", "the benchmark compares against strace"),
+    ("curl", "tests run curl as a well-behaved client"),
+    ("gcc", "tests compile the libevent client"),
+    ("pkg-config", "tests locate libevent"),
+    ("nodejs", "tests run Node's net.connect as a well-behaved client"),
+    ("python3", "tests run Python's asyncio as a well-behaved client"),
+    ("util-linux", "tests run the agent with reduced capabilities (setpriv)"),
+];
+
+pub fn run() -> Result<()> {
+    println!("xtask setup: checking what building and testing sockerr needs");
+    rust_src()?;
+    let linker = bpf_linker()?;
+    println!("xtask setup: bpf-linker ready at {}", linker.display());
+    tracefs()?;
+    debian_packages()?;
+    println!("xtask setup: done");
+    Ok(())
+}
+
+/// Puts the bpf-linker built by `setup` first on PATH for child processes, so
+/// aya-build (run from agent/build.rs) finds it.
+pub fn export_path() -> Result<()> {
+    let bin = linker_dir()?.join("bin");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let joined = std::env::join_paths(
+        std::iter::once(bin).chain(std::env::split_paths(&path)),
+    )?;
+    // SAFETY: xtask is single-threaded when it sets up its environment.
+    unsafe { std::env::set_var("PATH", joined) };
+    Ok(())
+}
+
+fn rust_src() -> Result<()> {
+    let installed = cmd::output(
+        Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]),
+    )
+    .context("rustup with a nightly toolchain is required (rustup toolchain install nightly)")?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        println!("xtask setup: rust-src for nightly is installed");
+        return Ok(());
+    }
+    println!("xtask setup: adding rust-src to nightly (needed for -Z build-std=core)");
+    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// The nightly toolchain's own libLLVM: bpf-linker is built against it
+/// because Debian 12 has no LLVM as new as the nightly's.
+fn nightly_llvm() -> Result<PathBuf> {
+    let sysroot = cmd::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("asking the nightly toolchain for its sysroot")?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))
+}
+
+/// One directory per nightly libLLVM, so a nightly update builds a new linker
+/// instead of reusing one linked against a library that no longer exists.
+fn linker_dir() -> Result<PathBuf> {
+    let llvm = nightly_llvm()?;
+    let name = llvm.file_name().unwrap().to_string_lossy().into_owned();
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("neither XDG_CACHE_HOME nor HOME is set")?;
+    Ok(cache.join("sockerr/bpf-linker").join(name))
+}
+
+fn bpf_linker() -> Result<PathBuf> {
+    let dir = linker_dir()?;
+    let linker = dir.join("bin/bpf-linker");
+    if cmd::output(Command::new(&linker).arg("--version")).is_some() {
+        return Ok(linker);
+    }
+    println!(
+        "xtask setup: building bpf-linker 0.13.0 against the nightly's libLLVM into {} (about a minute)",
+        dir.display()
+    );
+    // bpf-linker's build script only needs llvm-config to exist and libLLVM in
+    // $LLVM_PREFIX/lib; the binary's RUNPATH then points into this prefix.
+    let llvm = nightly_llvm()?;
+    let prefix = dir.join("llvm");
+    fs::create_dir_all(prefix.join("bin"))?;
+    fs::create_dir_all(prefix.join("lib"))?;
+    let config = prefix.join("bin/llvm-config");
+    fs::write(&config, "#!/bin/sh\n")?;
+    fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    for link in ["libLLVM.so".into(), llvm.file_name().unwrap().to_owned()] {
+        let path = prefix.join("lib").join(link);
+        let _ = fs::remove_file(&path);
+        std::os::unix::fs::symlink(&llvm, &path)?;
+    }
+    cmd::run(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", "0.13.0", "--locked"])
+            .args(["--no-default-features", "--features", "llvm-22", "--force", "--root"])
+            .arg(&dir)
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    cmd::output(Command::new(&linker).arg("--version"))
+        .with_context(|| format!("{} was built but does not run", linker.display()))?;
+    Ok(linker)
+}
+
+fn tracefs() -> Result<()> {
+    let dir = Path::new("/sys/kernel/tracing");
+    if dir.join("events").is_dir() {
+        println!("xtask setup: tracefs is mounted");
+        return Ok(());
+    }
+    if !cmd::is_root() {
+        bail!("tracefs is not mounted; as root run: mount -t tracefs tracefs /sys/kernel/tracing");
+    }
+    println!("xtask setup: mounting tracefs on /sys/kernel/tracing (tracepoint formats live there)");
+    cmd::run(Command::new("mount").args(["-t", "tracefs", "tracefs"]).arg(dir))
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<_> = PACKAGES
+        .iter()
+        .filter(|(name, _)| {
+            !cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", name]))
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        println!("xtask setup: Debian packages are installed");
+        return Ok(());
+    }
+    for (name, why) in &missing {
+        println!("xtask setup: missing Debian package {name}: {why}");
+    }
+    let names: Vec<_> = missing.iter().map(|(n, _)| *n).collect();
+    if !cmd::is_root() {
+        bail!(
+            "not root, so not installing packages; run:\n  sudo apt-get update && sudo apt-get install -y --no-install-recommends {}",
+            names.join(" ")
+        );
+    }
+    cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&names)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}

@@ -1,0 +1,44 @@
+//! `cargo xtask test` and `cargo xtask ci`.
+
+use anyhow::Result;
+
+use crate::{cmd, setup};
+
+pub fn run(args: &[String]) -> Result<()> {
+    if !cmd::is_root() {
+        println!(
+            "xtask test: not root — the integration tests that load eBPF programs will be skipped \
+             (they fail instead when CI=true)"
+        );
+    }
+    setup::run()?;
+    setup::export_path()?;
+    // The scenario programs are separate processes the integration tests run.
+    println!("xtask test: building the scenario programs and the agent");
+    cmd::run(cmd::cargo().args(["build", "-p", "sockerr-scenarios", "-p", "sockerr"]))?;
+    println!("xtask test: running unit and integration tests of every crate");
+    cmd::run(
+        cmd::cargo()
+            .args(["test", "--workspace", "--exclude", "sockerr-ebpf"])
+            .args(args)
+            .env("SOCKERR_SCENARIO", cmd::workspace_root().join("target/debug/sockerr-scenario")),
+    )
+}
+
+pub fn ci() -> Result<()> {
+    setup::run()?;
+    setup::export_path()?;
+    println!("xtask ci: checking formatting");
+    cmd::run(cmd::cargo().args(["fmt", "--all", "--", "--check"]))?;
+    println!("xtask ci: clippy on the host crates");
+    cmd::run(cmd::cargo().args(["clippy", "--workspace", "--exclude", "sockerr-ebpf", "--all-targets", "--", "-D", "warnings"]))?;
+    println!("xtask ci: clippy on the eBPF crate (bpfel-unknown-none, nightly)");
+    cmd::run(
+        cmd::cargo()
+            .args(["+nightly", "clippy", "-p", "sockerr-ebpf", "--target", "bpfel-unknown-none"])
+            .args(["-Z", "build-std=core", "--", "-D", "warnings"])
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO"),
+    )?;
+    run(&[])
+}
