@@ -98,16 +98,13 @@ pub struct FindingEvent {
 impl FindingEvent {
     pub fn new(state: &SocketState, kind: FindingKind, trigger: Trigger) -> Self {
         let a = &state.attempt;
-        let mut reads = [0; MAX_READS];
-        let kept = a.reads();
-        reads[..kept.len()].copy_from_slice(kept);
         Self {
             boot_ns: 0,
             inode: state.inode,
             tid: 0,
             tgid: 0,
             errno: a.errno(),
-            reads,
+            reads: a.read_slots(),
             nreads: a.nreads(),
             kind: kind as u8,
             trigger: trigger as u8,

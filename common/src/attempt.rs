@@ -128,6 +128,12 @@ impl Attempt {
         &self.reads[..(self.nreads as usize).min(MAX_READS)]
     }
 
+    /// The decided reads kept, zero-filled past [`Attempt::reads`] (a fixed
+    /// size copy: the eBPF target has no variable-length memcpy).
+    pub fn read_slots(&self) -> [i32; MAX_READS] {
+        self.reads
+    }
+
     /// Number of decided reads, including those beyond [`MAX_READS`].
     pub fn nreads(&self) -> u8 {
         self.nreads

@@ -10,4 +10,4 @@ pub mod abi;
 pub mod attempt;
 
 pub use abi::*;
-pub use attempt::{Attempt, FindingKind, Outcome, ReadClass};
+pub use attempt::{Attempt, FindingKind, MAX_READS, Outcome, ReadClass};

@@ -1,1 +1,223 @@
-fn main() {}
+//! Scenario programs for sockerr's integration tests and benchmarks: each
+//! subcommand is one client behaviour on real sockets, run as its own process
+//! so the agent attributes it like any other program.
+//!
+//! Usage: sockerr-scenario <name> [--v6] [args...]; prints what it read.
+
+mod net;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::net::{Sock, closed_port};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let v6 = args.iter().any(|a| a == "--v6");
+    let rest: Vec<&str> = args
+        .iter()
+        .skip(1)
+        .map(String::as_str)
+        .filter(|a| *a != "--v6")
+        .collect();
+    let name = args
+        .first()
+        .context("usage: sockerr-scenario <scenario> [--v6] [args]")?;
+    let result = run(name, v6, &rest);
+    // Stay alive (sockets open) so the agent can attribute the process.
+    if let Some(ms) = std::env::var("SCENARIO_LINGER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        thread::sleep(Duration::from_millis(ms));
+    }
+    result
+}
+
+fn run(name: &str, v6: bool, rest: &[&str]) -> Result<()> {
+    match name {
+        "masked" => masked(v6),
+        "close-after-read" => close_after_read(v6),
+        "success-reread" => success(v6, 2, false),
+        "success-io" => success(v6, 1, true),
+        "pending-poll" => pending_poll(v6),
+        "reconnect-check" => reconnect_check(v6),
+        "blocking-io" => blocking_io(v6),
+        "fd-reuse" => fd_reuse(v6),
+        "threads-masked" => threads_masked(v6),
+        "renamed" => {
+            net::set_comm(rest.first().context("renamed <comm>")?)?;
+            masked(v6)
+        }
+        "concurrent" => {
+            let n = rest
+                .first()
+                .context("concurrent <n> buggy|correct")?
+                .parse()?;
+            concurrent(v6, n, rest.get(1) == Some(&"buggy"))
+        }
+        "getsockopt-dump" => net::getsockopt_dump(),
+        other => bail!("unknown scenario {other}"),
+    }
+}
+
+/// The libevent bug: refused non-blocking connect, SO_ERROR read twice (the
+/// second read returns 0), then write() and read() on the dead socket.
+fn masked(v6: bool) -> Result<()> {
+    let s = refused(v6)?;
+    let first = s.so_error();
+    let second = s.so_error();
+    println!(
+        "reads={first},{second} write={} read={}",
+        s.write(),
+        s.read()
+    );
+    Ok(())
+}
+
+/// A non-blocking connect to a closed port, decided (writable).
+fn refused(v6: bool) -> Result<Sock> {
+    let s = Sock::tcp(v6, true)?;
+    s.connect(closed_port(v6)?);
+    s.wait_writable(Duration::from_secs(5))?;
+    Ok(s)
+}
+
+/// Correct: one read returns the error, the socket is closed.
+fn close_after_read(v6: bool) -> Result<()> {
+    let s = refused(v6)?;
+    println!("reads={}", s.so_error());
+    Ok(())
+}
+
+/// A listener that accepts and echoes one byte per connection.
+fn echo_server(v6: bool) -> Result<SocketAddr> {
+    let listener = TcpListener::bind(if v6 { "[::1]:0" } else { "127.0.0.1:0" })?;
+    let addr = listener.local_addr()?;
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            thread::spawn(move || echo(conn));
+        }
+    });
+    Ok(addr)
+}
+
+fn echo(mut conn: TcpStream) {
+    let mut b = [0u8; 1];
+    while matches!(conn.read(&mut b), Ok(1)) {
+        if conn.write_all(&b).is_err() {
+            break;
+        }
+    }
+}
+
+/// A successful non-blocking connect, `reads` SO_ERROR reads, then maybe I/O.
+fn success(v6: bool, reads: usize, io: bool) -> Result<()> {
+    let addr = echo_server(v6)?;
+    let s = Sock::tcp(v6, true)?;
+    s.connect(addr);
+    s.wait_writable(Duration::from_secs(5))?;
+    let values: Vec<String> = (0..reads).map(|_| s.so_error().to_string()).collect();
+    println!("reads={}", values.join(","));
+    if io {
+        s.set_blocking();
+        println!("write={} read={}", s.write(), s.read());
+    }
+    Ok(())
+}
+
+/// Polls SO_ERROR while the connect is still pending, then reads once after
+/// it is decided. The SYN is dropped because the listener's accept queue is
+/// full (a full queue drops SYNs, see tcp_conn_request()); accepting frees it
+/// and the SYN retransmit (after ~1 s) completes the handshake.
+fn pending_poll(v6: bool) -> Result<()> {
+    let listener = net::listen(v6, 0)?;
+    let addr = listener.local_addr()?;
+    let filler = TcpStream::connect(addr)?;
+    thread::sleep(Duration::from_millis(50));
+    let s = Sock::tcp(v6, true)?;
+    s.connect(addr);
+    let mut polled = Vec::new();
+    for _ in 0..3 {
+        polled.push(s.so_error());
+        thread::sleep(Duration::from_millis(20));
+    }
+    anyhow::ensure!(s.state_is_syn_sent(), "the connect did not stay pending");
+    let (accepted, _) = listener.accept()?;
+    drop((accepted, filler));
+    s.wait_writable(Duration::from_secs(10))?;
+    println!("pending_reads={polled:?} decided_read={}", s.so_error());
+    Ok(())
+}
+
+/// Checks completion with a second connect() (which returns the error and
+/// consumes it), reads SO_ERROR once (0), closes.
+fn reconnect_check(v6: bool) -> Result<()> {
+    let addr = closed_port(v6)?;
+    let s = Sock::tcp(v6, true)?;
+    s.connect(addr);
+    s.wait_writable(Duration::from_secs(5))?;
+    let again = s.connect(addr);
+    println!("connect_again={again} read={}", s.so_error());
+    Ok(())
+}
+
+/// A blocking connect that fails, its return value ignored, then write().
+fn blocking_io(v6: bool) -> Result<()> {
+    let s = Sock::tcp(v6, false)?;
+    let err = s.connect(closed_port(v6)?);
+    println!("connect={err} write={}", s.write());
+    Ok(())
+}
+
+/// A failed socket is closed; its fd number is reused by a socket that
+/// connects fine and does I/O.
+fn fd_reuse(v6: bool) -> Result<()> {
+    let addr = echo_server(v6)?;
+    let failed = refused(v6)?;
+    let fd = failed.fd.as_raw_fd();
+    println!("first read={}", failed.so_error());
+    drop(failed);
+    let s = Sock::tcp(v6, true)?;
+    anyhow::ensure!(s.fd.as_raw_fd() == fd, "fd {fd} was not reused");
+    s.connect(addr);
+    s.wait_writable(Duration::from_secs(5))?;
+    println!("reused fd={fd} read={}", s.so_error());
+    s.set_blocking();
+    println!("write={} read={}", s.write(), s.read());
+    Ok(())
+}
+
+/// The first SO_ERROR read in one thread, the second in another.
+fn threads_masked(v6: bool) -> Result<()> {
+    let s = refused(v6)?;
+    let first = thread::scope(|t| t.spawn(|| s.so_error()).join().expect("thread"));
+    let second = thread::scope(|t| t.spawn(|| s.so_error()).join().expect("thread"));
+    println!("reads={first},{second}");
+    Ok(())
+}
+
+/// `n` attempts in flight at once, all buggy (read twice) or all correct.
+fn concurrent(v6: bool, n: usize, buggy: bool) -> Result<()> {
+    let addr = closed_port(v6)?;
+    let socks: Vec<Sock> = (0..n).map(|_| Sock::tcp(v6, true)).collect::<Result<_>>()?;
+    for s in &socks {
+        s.connect(addr);
+    }
+    for s in &socks {
+        s.wait_writable(Duration::from_secs(5))?;
+        s.so_error();
+        if buggy {
+            s.so_error();
+        }
+    }
+    println!("attempts={n} buggy={buggy}");
+    Ok(())
+}

@@ -11,7 +11,14 @@ use crate::{cmd, setup};
 pub fn release() -> Result<PathBuf> {
     setup::export_path()?;
     println!("xtask build: building the eBPF programs and the release agent");
-    cmd::run(cmd::cargo().args(["build", "--release", "-p", "sockerr", "-p", "sockerr-scenarios"]))?;
+    cmd::run(cmd::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "sockerr",
+        "-p",
+        "sockerr-scenarios",
+    ]))?;
     Ok(cmd::workspace_root().join("target/release/sockerr"))
 }
 
@@ -24,7 +31,11 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     setup::run()?;
     let agent = release()?;
-    println!("xtask run: starting {} run {}", agent.display(), args.join(" "));
+    println!(
+        "xtask run: starting {} run {}",
+        agent.display(),
+        args.join(" ")
+    );
     let status = Command::new(agent).arg("run").args(args).status()?;
     if !status.success() {
         bail!("sockerr exited with {status}");

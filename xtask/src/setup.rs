@@ -13,17 +13,38 @@ use crate::cmd;
 
 /// Debian packages the build, tests and benchmarks use, with the reason.
 const PACKAGES: &[(&str, &str)] = &[
-    ("bpftool", "tests check that no sockerr program stays loaded"),
-    ("libevent-dev", "tests build a real libevent 2.1 evhttp client"),
-    ("prometheus", "promtool validates the exposition, alert rules and dashboards"),
-    ("bpftrace", "the benchmark compares against a hand-written bpftrace script"),
+    (
+        "bpftool",
+        "tests check that no sockerr program stays loaded",
+    ),
+    (
+        "libevent-dev",
+        "tests build a real libevent 2.1 evhttp client",
+    ),
+    (
+        "prometheus",
+        "promtool validates the exposition, alert rules and dashboards",
+    ),
+    (
+        "bpftrace",
+        "the benchmark compares against a hand-written bpftrace script",
+    ),
     ("strace", "the benchmark compares against strace"),
     ("curl", "tests run curl as a well-behaved client"),
     ("gcc", "tests compile the libevent client"),
     ("pkg-config", "tests locate libevent"),
-    ("nodejs", "tests run Node's net.connect as a well-behaved client"),
-    ("python3", "tests run Python's asyncio as a well-behaved client"),
-    ("util-linux", "tests run the agent with reduced capabilities (setpriv)"),
+    (
+        "nodejs",
+        "tests run Node's net.connect as a well-behaved client",
+    ),
+    (
+        "python3",
+        "tests run Python's asyncio as a well-behaved client",
+    ),
+    (
+        "util-linux",
+        "tests run the agent with reduced capabilities (setpriv)",
+    ),
 ];
 
 pub fn run() -> Result<()> {
@@ -42,25 +63,33 @@ pub fn run() -> Result<()> {
 pub fn export_path() -> Result<()> {
     let bin = linker_dir()?.join("bin");
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let joined = std::env::join_paths(
-        std::iter::once(bin).chain(std::env::split_paths(&path)),
-    )?;
+    let joined = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path)))?;
     // SAFETY: xtask is single-threaded when it sets up its environment.
     unsafe { std::env::set_var("PATH", joined) };
     Ok(())
 }
 
 fn rust_src() -> Result<()> {
-    let installed = cmd::output(
-        Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]),
-    )
+    let installed = cmd::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
     .context("rustup with a nightly toolchain is required (rustup toolchain install nightly)")?;
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         println!("xtask setup: rust-src for nightly is installed");
         return Ok(());
     }
     println!("xtask setup: adding rust-src to nightly (needed for -Z build-std=core)");
-    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    cmd::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
 }
 
 /// The nightly toolchain's own libLLVM: bpf-linker is built against it
@@ -119,7 +148,13 @@ fn bpf_linker() -> Result<PathBuf> {
     cmd::run(
         Command::new("cargo")
             .args(["install", "bpf-linker", "--version", "0.13.0", "--locked"])
-            .args(["--no-default-features", "--features", "llvm-22", "--force", "--root"])
+            .args([
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+                "--force",
+                "--root",
+            ])
             .arg(&dir)
             .env("LLVM_PREFIX", &prefix),
     )?;
@@ -137,8 +172,14 @@ fn tracefs() -> Result<()> {
     if !cmd::is_root() {
         bail!("tracefs is not mounted; as root run: mount -t tracefs tracefs /sys/kernel/tracing");
     }
-    println!("xtask setup: mounting tracefs on /sys/kernel/tracing (tracepoint formats live there)");
-    cmd::run(Command::new("mount").args(["-t", "tracefs", "tracefs"]).arg(dir))
+    println!(
+        "xtask setup: mounting tracefs on /sys/kernel/tracing (tracepoint formats live there)"
+    );
+    cmd::run(
+        Command::new("mount")
+            .args(["-t", "tracefs", "tracefs"])
+            .arg(dir),
+    )
 }
 
 fn debian_packages() -> Result<()> {

@@ -21,7 +21,10 @@ pub fn run(args: &[String]) -> Result<()> {
         cmd::cargo()
             .args(["test", "--workspace", "--exclude", "sockerr-ebpf"])
             .args(args)
-            .env("SOCKERR_SCENARIO", cmd::workspace_root().join("target/debug/sockerr-scenario")),
+            .env(
+                "SOCKERR_SCENARIO",
+                cmd::workspace_root().join("target/debug/sockerr-scenario"),
+            ),
     )
 }
 
@@ -31,11 +34,27 @@ pub fn ci() -> Result<()> {
     println!("xtask ci: checking formatting");
     cmd::run(cmd::cargo().args(["fmt", "--all", "--", "--check"]))?;
     println!("xtask ci: clippy on the host crates");
-    cmd::run(cmd::cargo().args(["clippy", "--workspace", "--exclude", "sockerr-ebpf", "--all-targets", "--", "-D", "warnings"]))?;
+    cmd::run(cmd::cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "sockerr-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     println!("xtask ci: clippy on the eBPF crate (bpfel-unknown-none, nightly)");
     cmd::run(
         cmd::cargo()
-            .args(["+nightly", "clippy", "-p", "sockerr-ebpf", "--target", "bpfel-unknown-none"])
+            .args([
+                "+nightly",
+                "clippy",
+                "-p",
+                "sockerr-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+            ])
             .args(["-Z", "build-std=core", "--", "-D", "warnings"])
             .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("CARGO"),

@@ -54,8 +54,16 @@ fn scenarios() {
             &[Connect, Failed(ECONNREFUSED), Read(111)],
             &[],
         ),
-        ("success, read twice (0, 0)", &[Connect, Established, Read(0), Read(0)], &[SoErrorReread]),
-        ("success, one read, then I/O", &[Connect, Established, Read(0), Io, Io], &[]),
+        (
+            "success, read twice (0, 0)",
+            &[Connect, Established, Read(0), Read(0)],
+            &[SoErrorReread],
+        ),
+        (
+            "success, one read, then I/O",
+            &[Connect, Established, Read(0), Io, Io],
+            &[],
+        ),
         (
             "polled while pending, then one read after it is decided",
             &[Connect, Read(0), Read(0), Read(0), Established, Read(0), Io],
@@ -78,26 +86,60 @@ fn scenarios() {
         ),
         (
             "retry on the same socket starts a new attempt",
-            &[Connect, Failed(ECONNREFUSED), Read(111), Connect, Established, Read(0), Io],
+            &[
+                Connect,
+                Failed(ECONNREFUSED),
+                Read(111),
+                Connect,
+                Established,
+                Read(0),
+                Io,
+            ],
             &[],
         ),
         (
             "each kind once per attempt",
-            &[Connect, Failed(ECONNREFUSED), Read(111), Read(0), Read(0), Io, Io, Read(0)],
+            &[
+                Connect,
+                Failed(ECONNREFUSED),
+                Read(111),
+                Read(0),
+                Read(0),
+                Io,
+                Io,
+                Read(0),
+            ],
             &[SoErrorMasked, IoAfterFailedConnect],
         ),
         (
             "new attempt reports again",
-            &[Connect, Established, Read(0), Read(0), Connect, Established, Read(0), Read(0)],
+            &[
+                Connect,
+                Established,
+                Read(0),
+                Read(0),
+                Connect,
+                Established,
+                Read(0),
+                Read(0),
+            ],
             &[SoErrorReread, SoErrorReread],
         ),
-        ("I/O before the outcome is not a finding", &[Connect, Io, Failed(ECONNREFUSED)], &[]),
+        (
+            "I/O before the outcome is not a finding",
+            &[Connect, Io, Failed(ECONNREFUSED)],
+            &[],
+        ),
         (
             "a late failure after success changes nothing",
             &[Connect, Established, Failed(ECONNREFUSED), Io],
             &[],
         ),
-        ("no connect, nothing tracked", &[Read(111), Read(0), Io], &[]),
+        (
+            "no connect, nothing tracked",
+            &[Read(111), Read(0), Io],
+            &[],
+        ),
     ];
     for (name, events, expected) in table {
         assert_eq!(run(events), *expected, "{name}");
@@ -125,11 +167,16 @@ fn reads_are_kept_in_order_and_counted_past_capacity() {
 /// then look at what happened after it.
 fn oracle(events: &[Ev]) -> Vec<FindingKind> {
     let mut findings = Vec::new();
-    let starts: Vec<usize> = (0..events.len()).filter(|&i| events[i] == Connect).collect();
+    let starts: Vec<usize> = (0..events.len())
+        .filter(|&i| events[i] == Connect)
+        .collect();
     for (n, &start) in starts.iter().enumerate() {
         let end = starts.get(n + 1).copied().unwrap_or(events.len());
         let attempt = &events[start + 1..end];
-        let Some(decided) = attempt.iter().position(|e| matches!(e, Established | Failed(_))) else {
+        let Some(decided) = attempt
+            .iter()
+            .position(|e| matches!(e, Established | Failed(_)))
+        else {
             continue;
         };
         let failed = matches!(attempt[decided], Failed(_));
@@ -141,9 +188,8 @@ fn oracle(events: &[Ev]) -> Vec<FindingKind> {
             .skip(decided)
             .filter_map(|(i, e)| if let Read(v) = e { Some((i, *v)) } else { None })
             .collect();
-        let masked_at = (0..reads.len()).find(|&j| {
-            failed && reads[j].1 == 0 && reads[..j].iter().any(|&(_, v)| v != 0)
-        });
+        let masked_at = (0..reads.len())
+            .find(|&j| failed && reads[j].1 == 0 && reads[..j].iter().any(|&(_, v)| v != 0));
         if let Some(j) = masked_at {
             found.push((reads[j].0, SoErrorMasked));
         }
@@ -163,8 +209,15 @@ fn oracle(events: &[Ev]) -> Vec<FindingKind> {
 
 #[test]
 fn every_interleaving_matches_the_rules() {
-    const ALPHABET: [Ev; 7] =
-        [Connect, Established, Failed(ECONNREFUSED), Failed(110), Read(0), Read(111), Io];
+    const ALPHABET: [Ev; 7] = [
+        Connect,
+        Established,
+        Failed(ECONNREFUSED),
+        Failed(110),
+        Read(0),
+        Read(111),
+        Io,
+    ];
     const MAX_LEN: u32 = 7;
     let mut checked = 0u64;
     for len in 0..=MAX_LEN {

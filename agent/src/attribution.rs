@@ -1,0 +1,191 @@
+//! Who made the call: executable, cgroup, container and fd, from /proc, read
+//! when the finding arrives. The process may already be gone; then we say so
+//! rather than guess.
+
+use std::{fs, io, path::PathBuf};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Process {
+    pub exe: Option<String>,
+    pub exe_error: Option<String>,
+    pub cgroup: Option<String>,
+    pub container: Container,
+    pub fd: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Container {
+    /// 64-hex container id (docker, containerd, cri-o, podman).
+    pub id: Option<String>,
+    /// Kubernetes pod UID, dashed form.
+    pub pod_uid: Option<String>,
+}
+
+/// Attributes process `tgid`, and finds its fd for the socket inode.
+pub fn attribute(tgid: u32, socket_inode: u64) -> Process {
+    attribute_in(&PathBuf::from(format!("/proc/{tgid}")), socket_inode)
+}
+
+fn attribute_in(proc_dir: &std::path::Path, socket_inode: u64) -> Process {
+    let (exe, exe_error) = match fs::read_link(proc_dir.join("exe")) {
+        Ok(p) => (Some(p.to_string_lossy().into_owned()), None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (
+            None,
+            Some("process exited before it could be attributed".to_owned()),
+        ),
+        Err(e) => (
+            None,
+            Some(format!("reading {}/exe: {e}", proc_dir.display())),
+        ),
+    };
+    let cgroup = fs::read_to_string(proc_dir.join("cgroup"))
+        .ok()
+        .and_then(|s| unified_cgroup(&s).map(str::to_owned));
+    let container = cgroup.as_deref().map(container).unwrap_or_default();
+    Process {
+        exe,
+        exe_error,
+        cgroup,
+        container,
+        fd: socket_fd(proc_dir, socket_inode),
+    }
+}
+
+/// The cgroup v2 path from /proc/<pid>/cgroup (the `0::` line).
+fn unified_cgroup(contents: &str) -> Option<&str> {
+    contents.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
+/// The fd whose link is `socket:[inode]`.
+fn socket_fd(proc_dir: &std::path::Path, inode: u64) -> Option<i32> {
+    if inode == 0 {
+        return None;
+    }
+    let target = format!("socket:[{inode}]");
+    fs::read_dir(proc_dir.join("fd"))
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let link = fs::read_link(entry.path()).ok()?;
+            (link.as_os_str() == target.as_str())
+                .then(|| entry.file_name().to_str()?.parse().ok())
+                .flatten()
+        })
+}
+
+/// Container id and pod UID from the shapes runtimes give cgroup paths:
+/// `/docker/<id>`, `docker-<id>.scope`, `cri-containerd-<id>.scope`,
+/// `crio-<id>.scope`, `libpod-<id>.scope`, cgroupfs `/kubepods/.../pod<uid>/<id>`
+/// and systemd `kubepods-...-pod<uid_with_underscores>.slice`.
+pub fn container(path: &str) -> Container {
+    let mut found = Container::default();
+    for part in path.split('/') {
+        let stem = part
+            .strip_suffix(".scope")
+            .or(part.strip_suffix(".slice"))
+            .unwrap_or(part);
+        if let Some(uid) = stem
+            .rsplit_once("-pod")
+            .map(|(_, u)| u)
+            .or(stem.strip_prefix("pod"))
+            && is_pod_uid(uid)
+        {
+            found.pod_uid = Some(uid.replace('_', "-"));
+        }
+        let id = stem.rsplit(['-', ':']).next().unwrap_or(stem);
+        if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            found.id = Some(id.to_owned());
+        }
+    }
+    found
+}
+
+fn is_pod_uid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f4b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b";
+    const UID: &str = "8d1a3c9e-2b4f-4e6a-9c7d-1f2e3d4c5b6a";
+
+    #[test]
+    fn container_ids_from_real_cgroup_path_shapes() {
+        let uid_ = UID.replace('-', "_");
+        let cases = [
+            (format!("/docker/{ID}"), Some(ID), None),
+            (format!("/system.slice/docker-{ID}.scope"), Some(ID), None),
+            (
+                format!("/machine.slice/libpod-{ID}.scope/container"),
+                Some(ID),
+                None,
+            ),
+            (
+                format!("/kubepods/besteffort/pod{UID}/{ID}"),
+                Some(ID),
+                Some(UID),
+            ),
+            (
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{ID}.scope"
+                ),
+                Some(ID),
+                Some(UID),
+            ),
+            (
+                format!("/kubepods.slice/kubepods-pod{uid_}.slice/crio-{ID}.scope"),
+                Some(ID),
+                Some(UID),
+            ),
+            (
+                format!("/kubepods/pod{UID}/cri-containerd:{ID}"),
+                Some(ID),
+                Some(UID),
+            ),
+            (
+                "/user.slice/user-1000.slice/session-2.scope".into(),
+                None,
+                None,
+            ),
+            ("/".into(), None, None),
+        ];
+        for (path, id, uid) in cases {
+            let c = container(&path);
+            assert_eq!(c.id.as_deref(), id, "{path}");
+            assert_eq!(c.pod_uid.as_deref(), uid, "{path}");
+        }
+    }
+
+    #[test]
+    fn unified_line_of_a_hybrid_host() {
+        let s = "12:pids:/user.slice\n1:name=systemd:/user.slice/x.scope\n0::/user.slice/x.scope\n";
+        assert_eq!(unified_cgroup(s), Some("/user.slice/x.scope"));
+    }
+
+    #[test]
+    fn this_process_and_a_gone_one() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let inode = fs::metadata(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&listener)
+        ))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+        let me = attribute(std::process::id(), inode);
+        assert_eq!(
+            me.exe.as_deref(),
+            std::env::current_exe()
+                .ok()
+                .as_deref()
+                .and_then(|p| p.to_str())
+        );
+        assert_eq!(me.fd, Some(std::os::fd::AsRawFd::as_raw_fd(&listener)));
+        let gone = attribute_in(std::path::Path::new("/proc/does-not-exist"), inode);
+        assert_eq!((gone.exe, gone.fd), (None, None));
+        assert!(gone.exe_error.unwrap().contains("exited"));
+    }
+}

@@ -1,0 +1,197 @@
+//! sockerr: flags processes that read SO_ERROR twice for one connection or
+//! carry on with I/O after a failed connect, seen from the kernel.
+
+mod attribution;
+mod btf;
+mod check;
+mod finding;
+mod flagged;
+mod http;
+mod logging;
+mod metrics;
+mod pipeline;
+mod probes;
+mod state;
+
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format.
+    #[arg(
+        long = "log.format",
+        value_enum,
+        default_value = "logfmt",
+        global = true
+    )]
+    log_format: logging::Format,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long = "log.level", default_value = "info", global = true)]
+    log_level: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: attach the probes and serve metrics and findings.
+    Run(RunArgs),
+    /// Attach the probes and print findings as they happen.
+    Trace(TraceArgs),
+    /// Report whether this host can run the agent, and why not.
+    Check,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Address to serve /metrics, /findings and /healthz on.
+    #[arg(long = "web.listen-address", default_value = "127.0.0.1:9809")]
+    listen: SocketAddr,
+    /// Path of the Prometheus metrics.
+    #[arg(long = "web.telemetry-path", default_value = "/metrics", value_parser = telemetry_path)]
+    telemetry_path: String,
+    /// Allow a non-loopback listen address (metrics and findings name
+    /// processes and endpoints of this host).
+    #[arg(long = "web.allow-remote")]
+    allow_remote: bool,
+    /// How long a flagged process stays in /findings and sockerr_flagged_processes.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    retention: Duration,
+    /// Most flagged processes kept; the least recently seen are dropped first.
+    #[arg(long = "max-processes", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_processes: u32,
+    /// Distinct comm label values in metrics; the rest are reported as "other".
+    #[arg(long = "metrics.max-comms", default_value_t = 100)]
+    max_comms: usize,
+}
+
+#[derive(Args)]
+struct TraceArgs {
+    /// Print JSON lines instead of human-readable lines.
+    #[arg(long)]
+    json: bool,
+    /// Only findings of these processes (repeatable).
+    #[arg(long)]
+    pid: Vec<u32>,
+    /// Only findings of processes with these comms (repeatable).
+    #[arg(long)]
+    comm: Vec<String>,
+}
+
+fn telemetry_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') || s == "/" || s == "/findings" || s == "/healthz" {
+        return Err("must start with / and not be /, /findings or /healthz".into());
+    }
+    Ok(s.to_owned())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format, &cli.log_level);
+    let result = match cli.command {
+        Command::Check => Ok(check::report(&check::requirements(true))),
+        command => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")
+            .and_then(|rt| {
+                rt.block_on(async {
+                    match command {
+                        Command::Run(args) => run(args).await,
+                        Command::Trace(args) => trace(args).await,
+                        Command::Check => unreachable!(),
+                    }
+                })
+            })
+            .map(|()| true),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("sockerr: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    if !args.listen.ip().is_loopback() && !args.allow_remote {
+        bail!(
+            "refusing to serve on {} (not loopback) without --web.allow-remote: \
+             findings name processes and endpoints of this host",
+            args.listen
+        );
+    }
+    // Bind before attaching anything, so a busy port fails fast and clean.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    check::require()?;
+    let probes::Probes {
+        ebpf,
+        findings,
+        counters,
+        attached,
+    } = probes::Probes::attach()?;
+    let metrics = metrics::Metrics::new(args.max_comms);
+    metrics.probes_attached(&attached);
+    let flagged = flagged::FlaggedTable::new(args.max_processes as usize, args.retention);
+    let state = state::State::new(metrics, flagged, Some(counters));
+    let sink = state.clone();
+    let pipeline = tokio::spawn(pipeline::run(findings, move |f| {
+        pipeline::log(&f);
+        sink.record(f);
+    }));
+    tracing::info!(address = %args.listen, path = args.telemetry_path, "sockerr running");
+    let app = http::router(state, &args.telemetry_path);
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown());
+    tokio::select! {
+        result = server => result.context("HTTP server")?,
+        result = pipeline => result.context("event pipeline")??,
+    }
+    // Dropping the programs and their links detaches and unloads them.
+    drop(ebpf);
+    tracing::info!("probes detached; bye");
+    Ok(())
+}
+
+async fn trace(args: TraceArgs) -> Result<()> {
+    check::require()?;
+    let probes::Probes { ebpf, findings, .. } = probes::Probes::attach()?;
+    eprintln!("sockerr: tracing; Ctrl-C to stop");
+    let pipeline = pipeline::run(findings, |f| {
+        if (!args.pid.is_empty() && !args.pid.contains(&f.pid))
+            || (!args.comm.is_empty() && !args.comm.contains(&f.comm))
+        {
+            return;
+        }
+        let line = if args.json {
+            serde_json::to_string(&f).expect("serializable")
+        } else {
+            f.human()
+        };
+        println!("{line}");
+    });
+    tokio::select! {
+        result = pipeline => result?,
+        () = shutdown() => {}
+    }
+    drop(ebpf);
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

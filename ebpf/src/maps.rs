@@ -1,0 +1,122 @@
+//! Maps shared by the probes, and the small operations on them.
+
+use core::{ffi::c_void, ptr};
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_SK_STORAGE_GET_F_CREATE,
+    },
+    btf_maps::SkStorage,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
+        generated::bpf_sk_storage_get,
+    },
+    macros::{btf_map, map},
+    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use sockerr_common::{
+    COUNTER_ENTRIES, Counter, CounterKey, FINDINGS_RING_BYTES, FindingEvent, FindingKind,
+    HEALTH_SLOTS, Health, SocketState, TASK_COMM_LEN, Trigger,
+};
+
+/// The latest connect attempt of each TCP socket; freed with the socket.
+#[btf_map]
+static SOCKETS: SkStorage<SocketState> = SkStorage::new();
+
+#[map]
+static FINDINGS: RingBuf = RingBuf::with_byte_size(FINDINGS_RING_BYTES, 0);
+
+/// Attempts, failures by errno and SO_ERROR reads, by comm.
+#[map]
+static COUNTERS: PerCpuHashMap<CounterKey, u64> =
+    PerCpuHashMap::with_max_entries(COUNTER_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Findings produced and everything the kernel side had to drop.
+#[map]
+static HEALTH: PerCpuArray<u64> = PerCpuArray::with_max_entries(HEALTH_SLOTS, 0);
+
+/// Wake-ups were the dominant cost measured, so the agent is woken only by
+/// the first finding queued into an empty ring (it then attributes it while
+/// the process most likely still runs) or once this much is queued; it also
+/// drains the ring on a short timer.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 64 * 1024;
+
+/// The attempt state of socket `sk`, created when `create` is set.
+#[inline(always)]
+pub fn socket_state(sk: *mut c_void, create: bool) -> Option<&'static mut SocketState> {
+    let flags = if create {
+        BPF_SK_STORAGE_GET_F_CREATE as u64
+    } else {
+        0
+    };
+    let map = ptr::from_ref(&SOCKETS).cast_mut().cast();
+    // SAFETY: `sk` comes from the program's context (a socket the verifier
+    // knows); the helper returns null or a pointer valid for this program run.
+    let state = unsafe { bpf_sk_storage_get(map, sk, ptr::null_mut(), flags) };
+    let state = unsafe { state.cast::<SocketState>().as_mut() };
+    if state.is_none() && create {
+        health(Health::StorageFailed);
+    }
+    state
+}
+
+pub fn health(slot: Health) {
+    if let Some(v) = HEALTH.get_ptr_mut(slot as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *v += 1 };
+    }
+}
+
+pub fn current_comm() -> [u8; TASK_COMM_LEN] {
+    bpf_get_current_comm().unwrap_or_default()
+}
+
+pub fn count(comm: [u8; TASK_COMM_LEN], counter: Counter, errno: i32) {
+    let key = CounterKey {
+        comm,
+        errno: errno as u16,
+        counter: counter as u8,
+        _pad: 0,
+    };
+    for _ in 0..2 {
+        if let Some(v) = COUNTERS.get_ptr_mut(&key) {
+            // SAFETY: per-CPU value, no concurrent writer on this CPU.
+            unsafe { *v += 1 };
+            return;
+        }
+        // Another CPU may insert the same key first: then look it up again.
+        if COUNTERS.insert(&key, &1, BPF_NOEXIST as u64).is_ok() {
+            return;
+        }
+    }
+    health(Health::CountersFull);
+}
+
+/// Sends a finding to user space, or counts it as lost.
+pub fn emit(state: &SocketState, kind: FindingKind, trigger: Trigger) {
+    health(Health::FindingsProduced);
+    let queued = FINDINGS.query(BPF_RB_AVAIL_DATA as u64);
+    let Some(mut entry) = FINDINGS.reserve::<FindingEvent>(0) else {
+        health(Health::FindingsLost);
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mut event = FindingEvent::new(state, kind, trigger);
+    event.tid = pid_tgid as u32;
+    event.tgid = (pid_tgid >> 32) as u32;
+    event.comm = current_comm();
+    // SAFETY: no preconditions.
+    event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    entry.write(event);
+    // SAFETY: reading a read-only global.
+    let threshold = unsafe { ptr::read_volatile(&WAKEUP_BYTES) };
+    let wake = queued == 0 || queued >= threshold;
+    let flags = if wake {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
+}

@@ -1,0 +1,46 @@
+//! `getsockopt(SOL_SOCKET, SO_ERROR)`: what the process was told.
+
+use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
+use sockerr_common::{Counter, Trigger};
+
+use crate::maps::{count, current_comm, emit, socket_state};
+
+const SOL_SOCKET: i32 = 1;
+const SO_ERROR: i32 = 4;
+
+/// Runs after the kernel's own getsockopt. It must return 1 and change
+/// nothing: the process sees exactly what it would without sockerr.
+#[cgroup_sockopt(getsockopt)]
+pub fn so_error(ctx: SockoptContext) -> i32 {
+    observe(&ctx);
+    1
+}
+
+fn observe(ctx: &SockoptContext) {
+    // SAFETY: the context is valid for the program run.
+    let opt = unsafe { &*ctx.sockopt };
+    if opt.level != SOL_SOCKET || opt.optname != SO_ERROR || opt.retval != 0 || opt.optlen < 4 {
+        return;
+    }
+    // SAFETY: reading context fields.
+    let (sk, start, end) = unsafe {
+        (
+            opt.__bindgen_anon_1.sk,
+            opt.__bindgen_anon_2.optval,
+            opt.__bindgen_anon_3.optval_end,
+        )
+    };
+    if sk.is_null() || start.wrapping_byte_add(4) > end {
+        return;
+    }
+    let Some(state) = socket_state(sk.cast(), false) else {
+        return;
+    };
+    // SAFETY: bounds checked against optval_end above.
+    let value = unsafe { *start.cast::<i32>() };
+    let (class, finding) = state.attempt.so_error_read(value);
+    count(current_comm(), Counter::read(class), 0);
+    if let Some(kind) = finding {
+        emit(state, kind, Trigger::Getsockopt);
+    }
+}

@@ -1,0 +1,257 @@
+//! Thin wrappers over the socket calls the scenarios make, exactly as a C
+//! client would make them (libc, no runtime in between).
+
+use std::{
+    io,
+    mem::size_of,
+    net::{SocketAddr, TcpListener},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+pub struct Sock {
+    pub fd: OwnedFd,
+}
+
+fn check(ret: libc::c_int, what: &str) -> Result<libc::c_int> {
+    if ret < 0 {
+        bail!("{what}: {}", io::Error::last_os_error());
+    }
+    Ok(ret)
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// A sockaddr for `addr`, and its length.
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large enough and aligned for sockaddr_in.
+            let sin = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as u16;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as u16;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+impl Sock {
+    pub fn tcp(v6: bool, nonblocking: bool) -> Result<Self> {
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+        let flags = if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+        // SAFETY: plain syscall.
+        let fd = check(
+            unsafe { libc::socket(family, libc::SOCK_STREAM | flags, 0) },
+            "socket",
+        )?;
+        // SAFETY: fd was just returned by socket().
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// connect(); returns 0 or the errno.
+    pub fn connect(&self, addr: SocketAddr) -> i32 {
+        let (sa, len) = sockaddr(addr);
+        // SAFETY: valid sockaddr of length len.
+        let ret = unsafe { libc::connect(self.fd.as_raw_fd(), (&raw const sa).cast(), len) };
+        if ret == 0 { 0 } else { errno() }
+    }
+
+    /// getsockopt(SOL_SOCKET, SO_ERROR).
+    pub fn so_error(&self) -> i32 {
+        let mut value: libc::c_int = -1;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: value and len are valid for writing.
+        let ret = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&raw mut value).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(
+            ret,
+            0,
+            "getsockopt(SO_ERROR): {}",
+            io::Error::last_os_error()
+        );
+        value
+    }
+
+    pub fn wait_writable(&self, timeout: Duration) -> Result<()> {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = check(
+            unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) },
+            "poll",
+        )?;
+        anyhow::ensure!(n == 1, "socket not writable within {timeout:?}");
+        Ok(())
+    }
+
+    pub fn set_blocking(&self) {
+        // SAFETY: fcntl on an owned fd.
+        unsafe {
+            let flags = libc::fcntl(self.fd.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(
+                self.fd.as_raw_fd(),
+                libc::F_SETFL,
+                flags & !libc::O_NONBLOCK,
+            );
+        }
+    }
+
+    /// write() of one byte; returns the byte count or -errno.
+    pub fn write(&self) -> isize {
+        // SAFETY: one valid byte; MSG_NOSIGNAL-free write() as C clients do,
+        // so SIGPIPE is ignored process-wide in main.
+        let ret = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                b"x".as_ptr().cast(),
+                1,
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if ret < 0 { -(errno() as isize) } else { ret }
+    }
+
+    /// read() of one byte; returns the byte count or -errno.
+    pub fn read(&self) -> isize {
+        let mut b = [0u8; 1];
+        // SAFETY: one writable byte.
+        let ret = unsafe { libc::read(self.fd.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+        if ret < 0 { -(errno() as isize) } else { ret }
+    }
+
+    pub fn state_is_syn_sent(&self) -> bool {
+        // SAFETY: tcp_info is plain data; len bounds the kernel's write.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+        let ret = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            )
+        };
+        ret == 0 && info.tcpi_state == 2
+    }
+}
+
+/// A loopback port with nothing listening on it.
+pub fn closed_port(v6: bool) -> Result<SocketAddr> {
+    let l = TcpListener::bind(if v6 { "[::1]:0" } else { "127.0.0.1:0" })
+        .context("binding loopback")?;
+    l.local_addr().context("local address")
+}
+
+/// A listener with the given backlog.
+pub fn listen(v6: bool, backlog: i32) -> Result<TcpListener> {
+    let s = Sock::tcp(v6, false)?;
+    let (sa, len) = sockaddr(if v6 {
+        "[::1]:0".parse()?
+    } else {
+        "127.0.0.1:0".parse()?
+    });
+    // SAFETY: valid sockaddr; plain syscalls.
+    unsafe {
+        check(
+            libc::bind(s.fd.as_raw_fd(), (&raw const sa).cast(), len),
+            "bind",
+        )?;
+        check(libc::listen(s.fd.as_raw_fd(), backlog), "listen")?;
+    }
+    Ok(TcpListener::from(s.fd))
+}
+
+pub fn set_comm(comm: &str) -> Result<()> {
+    let mut name = comm.as_bytes().to_vec();
+    name.push(0);
+    // SAFETY: NUL-terminated buffer; the kernel copies at most 16 bytes.
+    check(
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) },
+        "prctl(PR_SET_NAME)",
+    )?;
+    Ok(())
+}
+
+/// Prints getsockopt results (return value, errno, length and bytes) for a
+/// set of options at several buffer sizes, including above 4 KiB and a NULL
+/// optval, on TCP, UDP and Unix sockets. Run with and without sockerr's
+/// probes: the output must be identical.
+pub fn getsockopt_dump() -> Result<()> {
+    let options = [
+        (libc::SOL_SOCKET, libc::SO_ERROR, "SO_ERROR"),
+        (libc::SOL_SOCKET, libc::SO_TYPE, "SO_TYPE"),
+        (libc::SOL_SOCKET, libc::SO_RCVBUF, "SO_RCVBUF"),
+        (libc::SOL_SOCKET, libc::SO_LINGER, "SO_LINGER"),
+        (libc::SOL_SOCKET, libc::SO_PEERCRED, "SO_PEERCRED"),
+        (libc::SOL_SOCKET, libc::SO_DOMAIN, "SO_DOMAIN"),
+        (libc::IPPROTO_TCP, libc::TCP_INFO, "TCP_INFO"),
+        (libc::IPPROTO_TCP, libc::TCP_CONGESTION, "TCP_CONGESTION"),
+        (libc::IPPROTO_TCP, libc::TCP_NODELAY, "TCP_NODELAY"),
+        (libc::IPPROTO_IP, libc::IP_TTL, "IP_TTL"),
+    ];
+    let sockets = [
+        ("tcp", libc::AF_INET, libc::SOCK_STREAM),
+        ("udp", libc::AF_INET, libc::SOCK_DGRAM),
+        ("unix", libc::AF_UNIX, libc::SOCK_STREAM),
+    ];
+    for (kind, family, ty) in sockets {
+        // SAFETY: plain syscall; closed below.
+        let fd = check(unsafe { libc::socket(family, ty, 0) }, "socket")?;
+        for (level, name, label) in options {
+            for size in [0usize, 1, 4, 8, 64, 4096, 8192, 16384] {
+                // Deterministic, non-zero filler, to see any byte the kernel
+                // or a probe would (wrongly) touch.
+                let mut buf: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
+                let mut len = size as libc::socklen_t;
+                let ptr = if size == 0 {
+                    std::ptr::null_mut()
+                } else {
+                    buf.as_mut_ptr().cast()
+                };
+                // SAFETY: ptr is null or valid for `size` bytes.
+                let ret = unsafe { libc::getsockopt(fd, level, name, ptr, &mut len) };
+                let err = if ret < 0 { errno() } else { 0 };
+                let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+                // TCP_INFO carries timings that change between runs.
+                let hex = if name == libc::TCP_INFO && level == libc::IPPROTO_TCP {
+                    format!("len{}", hex.len())
+                } else {
+                    hex
+                };
+                println!("{kind} {label} size={size} ret={ret} errno={err} len={len} {hex}");
+            }
+        }
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
