@@ -206,6 +206,7 @@ fn threads_masked(v6: bool) -> Result<()> {
 
 /// `n` attempts in flight at once, all buggy (read twice) or all correct.
 fn concurrent(v6: bool, n: usize, buggy: bool) -> Result<()> {
+    net::raise_fd_limit()?;
     let addr = closed_port(v6)?;
     let socks: Vec<Sock> = (0..n).map(|_| Sock::tcp(v6, true)).collect::<Result<_>>()?;
     for s in &socks {

@@ -190,6 +190,26 @@ pub fn listen(v6: bool, backlog: i32) -> Result<TcpListener> {
     Ok(TcpListener::from(s.fd))
 }
 
+/// Raises the soft RLIMIT_NOFILE to the hard limit (default soft: 1024).
+pub fn raise_fd_limit() -> Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid rlimit pointer.
+    check(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) },
+        "getrlimit",
+    )?;
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: as above.
+    check(
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) },
+        "setrlimit",
+    )?;
+    Ok(())
+}
+
 pub fn set_comm(comm: &str) -> Result<()> {
     let mut name = comm.as_bytes().to_vec();
     name.push(0);

@@ -1,0 +1,211 @@
+//! Detection on real sockets with the real programs loaded (root): the
+//! scenario table of the detection issue, each detection with a clean twin,
+//! then real third-party clients.
+
+mod support;
+
+use std::{path::Path, process::Command, time::Duration};
+
+use support::{
+    Tracer, closed_port, http_server, require_root, run_program, scenario, scenario_env,
+};
+
+const MASKED: &str = "so_error_masked";
+const REREAD: &str = "so_error_reread";
+const IO: &str = "io_after_failed_connect";
+
+#[test]
+fn scenario_table() {
+    if !require_root() {
+        return;
+    }
+    #[rustfmt::skip]
+    let table: &[(&str, &[&str], &[&str])] = &[
+        // scenario (args to sockerr-scenario)                 expected findings (sorted)
+        ("libevent bug: 111 then 0, write(), read()",  &["masked"],                  &[IO, MASKED]),
+        ("same, closed after the first read",          &["close-after-read"],        &[]),
+        ("success, SO_ERROR read twice (0, 0)",        &["success-reread"],          &[REREAD]),
+        ("success, one read, then I/O",                &["success-io"],              &[]),
+        ("polled while pending, one read after",       &["pending-poll"],            &[]),
+        ("connect() again to check, one read, close",  &["reconnect-check"],         &[]),
+        ("blocking connect fails, write()",            &["blocking-io"],             &[IO]),
+        ("failed fd reused by a good socket",          &["fd-reuse"],                &[]),
+        ("reads in two threads",                       &["threads-masked"],          &[MASKED]),
+        ("IPv6 libevent bug",                          &["masked", "--v6"],          &[IO, MASKED]),
+        ("IPv6 closed after the first read",           &["close-after-read", "--v6"], &[]),
+        ("IPv6 success read twice",                    &["success-reread", "--v6"],  &[REREAD]),
+        ("IPv6 success, one read, I/O",                &["success-io", "--v6"],      &[]),
+    ];
+    let tracer = Tracer::start();
+    let runs: Vec<_> = table
+        .iter()
+        .map(|(name, args, _)| {
+            let (pid, out) = scenario(args);
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            pid
+        })
+        .collect();
+    tracer.barrier();
+    for ((name, args, expected), pid) in table.iter().zip(runs) {
+        assert_eq!(tracer.kinds(pid), *expected, "{name} ({args:?})");
+    }
+}
+
+#[test]
+fn findings_carry_what_a_user_needs() {
+    if !require_root() {
+        return;
+    }
+    let tracer = Tracer::start();
+    let (pid, out) = scenario_env(&["masked"], &[("SCENARIO_LINGER_MS", "1000")]);
+    assert!(out.status.success());
+    let found = tracer.wait_for(pid, 2, Duration::from_secs(5));
+    let masked = found
+        .iter()
+        .find(|f| f["kind"] == MASKED)
+        .expect("a masked finding");
+    assert_eq!(masked["errno"], "ECONNREFUSED");
+    assert_eq!(masked["so_error_reads"], serde_json::json!([111, 0]));
+    assert_eq!(masked["syscall"], "getsockopt");
+    assert_eq!(masked["severity"], "critical");
+    assert_eq!(
+        masked["exe"],
+        support::scenario_bin()
+            .canonicalize()
+            .unwrap()
+            .to_str()
+            .unwrap()
+    );
+    assert!(masked["fd"].as_i64().is_some_and(|fd| fd >= 3), "{masked}");
+    assert!(masked["remote"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(masked["comm"], "sockerr-scenari");
+    let io = found
+        .iter()
+        .find(|f| f["kind"] == IO)
+        .expect("an I/O finding");
+    assert_eq!(io["syscall"], "send");
+    assert_eq!(io["remote"], masked["remote"]);
+}
+
+#[test]
+fn two_thousand_concurrent_attempts() {
+    if !require_root() {
+        return;
+    }
+    let tracer = Tracer::start();
+    let (buggy, out) = scenario(&["concurrent", "2000", "buggy"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (correct, out) = scenario(&["concurrent", "2000", "correct"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found = tracer.wait_for(buggy, 2000, Duration::from_secs(20));
+    tracer.barrier();
+    let found_now = tracer.of(buggy);
+    assert_eq!(
+        found_now.len(),
+        2000,
+        "exactly one finding per buggy attempt"
+    );
+    assert!(found.iter().all(|f| f["kind"] == MASKED));
+    assert!(
+        tracer.of(correct).is_empty(),
+        "correct clients are never flagged"
+    );
+}
+
+/// Real clients that read SO_ERROR once stay clean, against a closed and an
+/// open port; libevent 2.1's evhttp reads it twice on success.
+#[test]
+fn real_clients() {
+    if !require_root() {
+        return;
+    }
+    let open = http_server(false);
+    let closed = closed_port();
+    let evhttp = build_evhttp_client();
+    let tracer = Tracer::start();
+    let mut pids = Vec::new();
+    for port in [open, closed] {
+        let url = format!("http://127.0.0.1:{port}/");
+        let curl = run_program(Command::new("curl").args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "5",
+            &url,
+        ]));
+        let py = format!(
+            "import asyncio\nasync def main():\n    try:\n        r, w = await asyncio.open_connection('127.0.0.1', {port})\n        w.write(b'GET / HTTP/1.0\\r\\n\\r\\n'); await w.drain(); await r.read(); w.close()\n    except OSError as e:\n        print(e)\nasyncio.run(main())\n"
+        );
+        let python = run_program(Command::new("python3").args(["-c", &py]));
+        let js = format!(
+            "const s = require('net').connect({port}, '127.0.0.1');\
+             s.on('connect', () => s.end('GET / HTTP/1.0\\r\\n\\r\\n'));\
+             s.on('data', () => {{}}); s.on('error', e => console.log(e.code));"
+        );
+        let node = run_program(Command::new("node").args(["-e", &js]));
+        for (name, (pid, out)) in [
+            ("curl", curl),
+            ("python asyncio", python),
+            ("node net", node),
+        ] {
+            assert!(out.status.code().is_some(), "{name} crashed");
+            pids.push((name, port, pid));
+        }
+    }
+    let (ev_open, out) = run_program(Command::new(&evhttp).arg(open.to_string()));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("status=200"),
+        "{out:?}"
+    );
+    let (ev_closed, out) = run_program(Command::new(&evhttp).arg(closed.to_string()));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("status=200"),
+        "{out:?}"
+    );
+    tracer.barrier();
+    for (name, port, pid) in pids {
+        assert_eq!(
+            tracer.kinds(pid),
+            Vec::<String>::new(),
+            "{name} against port {port}"
+        );
+    }
+    assert_eq!(
+        tracer.kinds(ev_open),
+        [REREAD],
+        "libevent 2.1 evhttp reads SO_ERROR twice on success"
+    );
+    assert_eq!(
+        tracer.kinds(ev_closed),
+        Vec::<String>::new(),
+        "libevent against a closed port"
+    );
+}
+
+/// Compiles the evhttp client fixture against Debian's libevent.
+fn build_evhttp_client() -> std::path::PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/evhttp_client.c");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("evhttp_client");
+    let status = Command::new("gcc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .args(["-levent"])
+        .status()
+        .expect("running gcc (cargo xtask setup installs gcc and libevent-dev)");
+    assert!(status.success(), "compiling {}", src.display());
+    out
+}

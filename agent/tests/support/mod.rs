@@ -1,0 +1,250 @@
+//! Shared by the integration tests: root gating, the scenario program, and
+//! the agent started as a child process (`sockerr trace --json` or `sockerr run`).
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// True when the test may load eBPF programs. Without root it skips, except
+/// under CI=true, where it fails: CI runs as root and must run every test.
+pub fn require_root() -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "this test needs root, and CI=true"
+    );
+    eprintln!("skipping: needs root to load eBPF programs");
+    false
+}
+
+pub fn agent_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sockerr"))
+}
+
+/// The scenario program: $SOCKERR_SCENARIO (set by `cargo xtask test`), or
+/// built next to the agent.
+pub fn scenario_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("SOCKERR_SCENARIO") {
+        return path.into();
+    }
+    let path = agent_bin().with_file_name("sockerr-scenario");
+    if !path.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", "sockerr-scenarios"])
+            .status()
+            .expect("running cargo");
+        assert!(status.success(), "building the scenario program");
+    }
+    path
+}
+
+/// Runs one scenario to completion; returns its pid and output.
+pub fn scenario(args: &[&str]) -> (u32, Output) {
+    scenario_env(args, &[])
+}
+
+pub fn scenario_env(args: &[&str], env: &[(&str, &str)]) -> (u32, Output) {
+    run_program(
+        Command::new(scenario_bin())
+            .args(args)
+            .envs(env.iter().copied()),
+    )
+}
+
+/// Runs any program to completion; returns its pid and output.
+pub fn run_program(cmd: &mut Command) -> (u32, Output) {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning");
+    let pid = child.id();
+    let output = child.wait_with_output().expect("waiting");
+    (pid, output)
+}
+
+/// `sockerr trace --json` in the background, collecting findings.
+pub struct Tracer {
+    child: Child,
+    findings: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Tracer {
+    pub fn start() -> Self {
+        let mut child = Command::new(agent_bin())
+            .args(["trace", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting sockerr trace");
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut lines = stderr.lines();
+        // The banner is printed once every probe is attached.
+        for line in lines.by_ref() {
+            let line = line.expect("reading sockerr's stderr");
+            if line.contains("tracing; Ctrl-C to stop") {
+                break;
+            }
+            assert!(!line.contains("error"), "sockerr trace failed: {line}");
+        }
+        thread::spawn(move || lines.for_each(|l| eprintln!("sockerr: {}", l.unwrap_or_default())));
+        let findings = Arc::new(Mutex::new(Vec::new()));
+        let sink = findings.clone();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line).expect("a JSON line");
+                sink.lock().unwrap().push(v);
+            }
+        });
+        Self { child, findings }
+    }
+
+    pub fn of(&self, pid: u32) -> Vec<Value> {
+        self.findings
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|f| f["pid"] == pid)
+            .cloned()
+            .collect()
+    }
+
+    /// Sorted finding kinds of a process.
+    pub fn kinds(&self, pid: u32) -> Vec<String> {
+        let mut kinds: Vec<String> = self
+            .of(pid)
+            .iter()
+            .map(|f| f["kind"].as_str().unwrap().to_owned())
+            .collect();
+        kinds.sort();
+        kinds
+    }
+
+    /// Waits until `pid` has at least `n` findings.
+    pub fn wait_for(&self, pid: u32, n: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.of(pid);
+            if found.len() >= n || Instant::now() > deadline {
+                return found;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs a scenario that must be flagged and waits for its finding: every
+    /// finding produced before it has been delivered too (one ring buffer).
+    pub fn barrier(&self) {
+        let (pid, _) = scenario(&["masked"]);
+        let found = self.wait_for(pid, 2, Duration::from_secs(10));
+        assert_eq!(found.len(), 2, "the barrier scenario was not flagged");
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// SIGTERM, then wait.
+pub fn stop(child: &mut Child) -> std::process::ExitStatus {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().expect("waiting for sockerr")
+}
+
+/// A loopback HTTP server answering every request with 200 "ok".
+pub fn http_server(v6: bool) -> u16 {
+    let listener = TcpListener::bind(if v6 { "[::1]:0" } else { "127.0.0.1:0" }).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut req = Vec::new();
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+    port
+}
+
+/// A loopback port nothing listens on.
+pub fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Plain HTTP/1.1 GET; returns (status, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the agent");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    raw_response(&mut s)
+}
+
+/// Reads a whole response (the server closes the connection).
+pub fn raw_response(s: &mut TcpStream) -> (u16, String) {
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, dechunk(&body))
+}
+
+/// Undoes chunked transfer encoding when present.
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            return body.to_owned();
+        };
+        if n == 0 {
+            return out;
+        }
+        let Some(chunk) = tail.get(..n) else {
+            return body.to_owned();
+        };
+        out.push_str(chunk);
+        rest = tail.get(n + 2..).unwrap_or_default();
+    }
+    body.to_owned()
+}
