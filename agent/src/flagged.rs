@@ -63,13 +63,16 @@ impl FlaggedTable {
     /// Records a finding; true when another process was dropped to make room.
     pub fn record(&mut self, finding: Finding, now: Instant) -> bool {
         self.expire(now);
-        // A reused pid running another program starts afresh.
-        if self.procs.get(&finding.pid).is_some_and(|p| {
-            p.latest
-                .iter()
-                .flatten()
-                .any(|f| f.exe.is_some() && f.exe != finding.exe)
-        }) {
+        // A reused pid running another program starts afresh (an exited
+        // process, whose exe is unknown, is not another program).
+        if finding.exe.is_some()
+            && self.procs.get(&finding.pid).is_some_and(|p| {
+                p.latest
+                    .iter()
+                    .flatten()
+                    .any(|f| f.exe.is_some() && f.exe != finding.exe)
+            })
+        {
             self.procs.remove(&finding.pid);
         }
         let mut evicted = false;
@@ -257,5 +260,13 @@ pub(crate) mod tests {
         other.exe = Some("/usr/bin/other".into());
         t.record(other, now);
         assert_eq!(t.flagged_by_kind(now), [0, 1, 0]);
+        let mut exited = finding(1, FindingKind::IoAfterFailedConnect, 2);
+        exited.exe = None;
+        t.record(exited, now);
+        assert_eq!(
+            t.flagged_by_kind(now),
+            [0, 1, 1],
+            "an exited process keeps its entry"
+        );
     }
 }

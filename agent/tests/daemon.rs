@@ -1,0 +1,360 @@
+//! `sockerr run`, `check` and the command line, end to end (root).
+
+mod support;
+
+use std::{
+    io::Write,
+    net::{TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::{agent_bin, http_get, raw_response, require_root, scenario_env, stop};
+
+/// `sockerr run` on an ephemeral loopback port.
+struct Agent {
+    child: Child,
+    port: u16,
+}
+
+impl Agent {
+    fn start() -> Self {
+        let port = support::closed_port();
+        let child = Command::new(agent_bin())
+            .args(["run", "--web.listen-address", &format!("127.0.0.1:{port}")])
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting sockerr run");
+        let agent = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "sockerr run did not start listening"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        // It listens before attaching; /healthz answers once it serves.
+        while http_get(port, "/healthz").0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "sockerr run did not become healthy"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.port, path)
+    }
+
+    fn findings(&self) -> Vec<Value> {
+        serde_json::from_str(&self.get("/findings").1).expect("/findings is JSON")
+    }
+
+    fn wait_findings_of(&self, pid: u32, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found: Vec<Value> = self
+                .findings()
+                .into_iter()
+                .filter(|f| f["pid"] == pid)
+                .collect();
+            if found.len() >= n || Instant::now() > deadline {
+                return found;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// The value of the first sample line starting with `prefix`.
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn promtool_check_metrics(exposition: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running promtool (cargo xtask setup installs prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let complaints =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "promtool rejects the exposition: {complaints}\n{exposition}"
+    );
+    assert!(complaints.trim().is_empty(), "promtool lint: {complaints}");
+}
+
+#[test]
+fn run_detects_the_libevent_bug_and_serves_it() {
+    if !require_root() {
+        return;
+    }
+    let agent = Agent::start();
+    let linger = [("SCENARIO_LINGER_MS", "1500")];
+    let (pid, out) = scenario_env(&["masked"], &linger);
+    assert!(out.status.success());
+    let (renamed, out) = scenario_env(&["renamed", "x\"y\\z\n{}"], &[]);
+    assert!(out.status.success());
+
+    let found = agent.wait_findings_of(pid, 2);
+    let masked = found
+        .iter()
+        .find(|f| f["kind"] == "so_error_masked")
+        .expect("masked finding in /findings");
+    assert_eq!(masked["errno"], "ECONNREFUSED");
+    assert_eq!(
+        masked["exe"],
+        support::scenario_bin()
+            .canonicalize()
+            .unwrap()
+            .to_str()
+            .unwrap()
+    );
+    assert!(masked["remote"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(masked["so_error_reads"], serde_json::json!([111, 0]));
+    assert_eq!(masked["count"], 1);
+    for field in [
+        "comm",
+        "fd",
+        "time",
+        "first_seen",
+        "cgroup",
+        "syscall",
+        "severity",
+    ] {
+        assert!(masked.get(field).is_some(), "/findings lacks {field}");
+    }
+    assert_eq!(agent.wait_findings_of(renamed, 2).len(), 2);
+
+    let (status, metrics) = agent.get("/metrics");
+    assert_eq!(status, 200);
+    let masked_count = sample(
+        &metrics,
+        r#"sockerr_findings_total{comm="sockerr-scenari",kind="so_error_masked"}"#,
+    );
+    assert!(masked_count.is_some_and(|n| n >= 1.0), "{metrics}");
+    // Counted in the kernel: the attempts and the reads.
+    for prefix in [
+        r#"sockerr_connect_attempts_total{comm="sockerr-scenari",result="failed"}"#,
+        r#"sockerr_connect_failures_total{comm="sockerr-scenari",errno="ECONNREFUSED"}"#,
+        r#"sockerr_so_error_reads_total{comm="sockerr-scenari",result="error"}"#,
+        r#"sockerr_so_error_reads_total{comm="sockerr-scenari",result="zero"}"#,
+        r#"sockerr_flagged_processes{kind="so_error_masked"}"#,
+        r#"sockerr_probe_attached{probe="getsockopt"}"#,
+        r#"sockerr_probe_attached{probe="inet_sock_set_state"}"#,
+    ] {
+        assert!(
+            sample(&metrics, prefix).is_some_and(|n| n >= 1.0),
+            "{prefix} missing\n{metrics}"
+        );
+    }
+    assert_eq!(sample(&metrics, "sockerr_events_lost_total"), Some(0.0));
+    assert!(
+        metrics.contains(r#"comm="x\"y\\z\n{}""#),
+        "hostile comm escaped: {metrics}"
+    );
+    promtool_check_metrics(&metrics);
+}
+
+#[test]
+fn http_edge_cases() {
+    if !require_root() {
+        return;
+    }
+    let agent = Agent::start();
+    assert_eq!(agent.get("/findings?limit=abc").0, 400);
+    assert_eq!(agent.get("/findings?kind=bogus").0, 400);
+    assert_eq!(agent.get("/findings?kind=so_error_masked&limit=1").0, 200);
+    assert_eq!(agent.get("/nope").0, 404);
+    let raw = |request: &[u8]| {
+        let mut s = TcpStream::connect(("127.0.0.1", agent.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(request);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        raw_response(&mut s).0
+    };
+    let garbage = raw(b"\x00\x01GARBAGE \xff\r\n\r\n");
+    assert!(
+        (400..500).contains(&garbage),
+        "malformed request: {garbage}"
+    );
+    let huge = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    let status = raw(huge.as_bytes());
+    assert!(
+        status == 0 || (400..500).contains(&status),
+        "oversized request: {status}"
+    );
+    // 100 concurrent scrapes, all served.
+    let port = agent.port;
+    let scrapes: Vec<_> = (0..100)
+        .map(|_| thread::spawn(move || http_get(port, "/metrics").0))
+        .collect();
+    for s in scrapes {
+        assert_eq!(s.join().unwrap(), 200);
+    }
+    assert_eq!(agent.get("/healthz"), (200, "ok\n".into()));
+}
+
+/// Ids of the eBPF programs process `pid` holds fds of (from fdinfo).
+fn programs_of(pid: u32) -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("the agent's fdinfo")
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+#[test]
+fn sigterm_detaches_everything_quickly() {
+    if !require_root() {
+        return;
+    }
+    let mut agent = Agent::start();
+    let mine = programs_of(agent.child.id());
+    assert_eq!(mine.len(), 4, "the agent's programs are loaded");
+    let start = Instant::now();
+    let status = stop(&mut agent.child);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(status.success(), "{status}");
+    // The kernel frees programs after an RCU grace period: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let out = Command::new("bpftool")
+            .args(["prog", "show", "--json"])
+            .output()
+            .unwrap();
+        let loaded: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let ids: Vec<u64> = loaded.iter().filter_map(|p| p["id"].as_u64()).collect();
+        let left: Vec<_> = mine.iter().filter(|id| ids.contains(id)).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "programs left loaded: {left:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    std::mem::forget(agent); // already stopped
+}
+
+fn sockerr(args: &[&str]) -> std::process::Output {
+    Command::new(agent_bin())
+        .args(args)
+        .output()
+        .expect("running sockerr")
+}
+
+#[test]
+fn check_passes_here_and_names_what_is_missing_without_privileges() {
+    if !require_root() {
+        return;
+    }
+    let out = sockerr(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("eBPF load") && !text.contains("MISSING"),
+        "{text}"
+    );
+    let nobody = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(agent_bin())
+        .arg("check")
+        .output()
+        .expect("setpriv");
+    let text = String::from_utf8_lossy(&nobody.stdout);
+    assert!(!nobody.status.success());
+    assert!(
+        text.contains("MISSING  privileges") && text.contains("CAP_BPF"),
+        "{text}"
+    );
+    let run = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(agent_bin())
+        .args(["run", "--web.listen-address", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success() && err.contains("privileges: missing CAP_BPF"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_input_fails_clearly_before_attaching() {
+    if !require_root() {
+        return;
+    }
+    let out = sockerr(&["run", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let start = Instant::now();
+    let out = sockerr(&["run", "--web.listen-address", &addr]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("cannot listen on {addr}")) && err.contains("in use"),
+        "{err}"
+    );
+    assert!(!err.contains("attach"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(2));
+
+    let out = sockerr(&["run", "--web.listen-address", "0.0.0.0:0"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--web.allow-remote"));
+    let out = sockerr(&["run", "--retention", "soon"]);
+    assert_eq!(out.status.code(), Some(2));
+}
