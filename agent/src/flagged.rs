@@ -138,7 +138,7 @@ impl FlaggedTable {
             })
             .filter(|v| kind.is_none_or(|k| v.finding.kind_enum == k))
             .collect();
-        views.sort_by(|a, b| b.finding.at.cmp(&a.finding.at));
+        views.sort_by_key(|v| std::cmp::Reverse(v.finding.at));
         views.truncate(limit);
         views
     }

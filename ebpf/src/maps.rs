@@ -81,13 +81,13 @@ pub fn count(comm: [u8; TASK_COMM_LEN], counter: Counter, errno: i32) {
         _pad: 0,
     };
     for _ in 0..2 {
-        if let Some(v) = COUNTERS.get_ptr_mut(&key) {
+        if let Some(v) = COUNTERS.get_ptr_mut(key) {
             // SAFETY: per-CPU value, no concurrent writer on this CPU.
             unsafe { *v += 1 };
             return;
         }
         // Another CPU may insert the same key first: then look it up again.
-        if COUNTERS.insert(&key, &1, BPF_NOEXIST as u64).is_ok() {
+        if COUNTERS.insert(key, 1, BPF_NOEXIST as u64).is_ok() {
             return;
         }
     }

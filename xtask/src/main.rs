@@ -36,7 +36,9 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Formatting check, clippy -D warnings (host and eBPF crates), then `test`.
+    /// Formatting check and clippy -D warnings (host and eBPF crates).
+    Lint,
+    /// `lint`, then `test`.
     Ci,
     /// Overhead benchmarks against no tracing, bpftrace and strace.
     Bench(bench::Options),
@@ -48,7 +50,8 @@ fn main() -> Result<()> {
         Command::Build => build::release().map(drop),
         Command::Run { args } => build::run(&args),
         Command::Test { args } => test::run(&args),
-        Command::Ci => test::ci(),
+        Command::Lint => test::lint(),
+        Command::Ci => test::lint().and_then(|()| test::run(&[])),
         Command::Bench(options) => bench::run(&options),
     }
 }

@@ -196,10 +196,8 @@ fn oracle(events: &[Ev]) -> Vec<FindingKind> {
         if reads.len() >= 2 && masked_at != Some(1) {
             found.push((reads[1].0, SoErrorReread));
         }
-        if failed {
-            if let Some(i) = attempt.iter().skip(decided).position(|e| *e == Io) {
-                found.push((decided + i, IoAfterFailedConnect));
-            }
+        if failed && let Some(i) = attempt.iter().skip(decided).position(|e| *e == Io) {
+            found.push((decided + i, IoAfterFailedConnect));
         }
         found.sort();
         findings.extend(found.into_iter().map(|(_, k)| k));
