@@ -5,77 +5,13 @@ mod support;
 use std::{
     io::Write,
     net::{TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use support::{agent_bin, http_get, raw_response, require_root, scenario_env, stop};
-
-/// `sockerr run` on an ephemeral loopback port.
-struct Agent {
-    child: Child,
-    port: u16,
-}
-
-impl Agent {
-    fn start() -> Self {
-        let port = support::closed_port();
-        let child = Command::new(agent_bin())
-            .args(["run", "--web.listen-address", &format!("127.0.0.1:{port}")])
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting sockerr run");
-        let agent = Self { child, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "sockerr run did not start listening"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        // It listens before attaching; /healthz answers once it serves.
-        while http_get(port, "/healthz").0 != 200 {
-            assert!(
-                Instant::now() < deadline,
-                "sockerr run did not become healthy"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        agent
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        http_get(self.port, path)
-    }
-
-    fn findings(&self) -> Vec<Value> {
-        serde_json::from_str(&self.get("/findings").1).expect("/findings is JSON")
-    }
-
-    fn wait_findings_of(&self, pid: u32, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let found: Vec<Value> = self
-                .findings()
-                .into_iter()
-                .filter(|f| f["pid"] == pid)
-                .collect();
-            if found.len() >= n || Instant::now() > deadline {
-                return found;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        stop(&mut self.child);
-    }
-}
+use support::{Agent, agent_bin, http_get, raw_response, require_root, scenario_env, stop};
 
 /// The value of the first sample line starting with `prefix`.
 fn sample(metrics: &str, prefix: &str) -> Option<f64> {

@@ -248,3 +248,67 @@ fn dechunk(body: &str) -> String {
     }
     body.to_owned()
 }
+
+/// `sockerr run` on an ephemeral loopback port.
+pub struct Agent {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Agent {
+    pub fn start() -> Self {
+        let port = closed_port();
+        let child = Command::new(agent_bin())
+            .args(["run", "--web.listen-address", &format!("127.0.0.1:{port}")])
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting sockerr run");
+        let agent = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "sockerr run did not start listening"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        // It listens before attaching; /healthz answers once it serves.
+        while http_get(port, "/healthz").0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "sockerr run did not become healthy"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.port, path)
+    }
+
+    pub fn findings(&self) -> Vec<Value> {
+        serde_json::from_str(&self.get("/findings").1).expect("/findings is JSON")
+    }
+
+    pub fn wait_findings_of(&self, pid: u32, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found: Vec<Value> = self
+                .findings()
+                .into_iter()
+                .filter(|f| f["pid"] == pid)
+                .collect();
+            if found.len() >= n || Instant::now() > deadline {
+                return found;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
