@@ -105,7 +105,9 @@ impl Finding {
             self.kind,
             self.pid,
             self.comm,
-            self.exe.as_deref().unwrap_or("(exited)"),
+            self.exe
+                .clone()
+                .unwrap_or_else(|| format!("({})", self.exe_error.as_deref().unwrap_or("unknown"))),
             self.fd.map_or_else(|| "-".into(), |fd| fd.to_string()),
             self.remote,
             self.errno.as_deref().unwrap_or("-"),

@@ -10,6 +10,7 @@ mod http;
 mod logging;
 mod metrics;
 mod pipeline;
+mod privileges;
 mod probes;
 mod state;
 
@@ -138,6 +139,7 @@ async fn run(args: RunArgs) -> Result<()> {
         counters,
         attached,
     } = probes::Probes::attach()?;
+    privileges::drop_after_attach()?;
     let metrics = metrics::Metrics::new(args.max_comms);
     metrics.probes_attached(&attached);
     let flagged = flagged::FlaggedTable::new(args.max_processes as usize, args.retention);
@@ -163,6 +165,7 @@ async fn run(args: RunArgs) -> Result<()> {
 async fn trace(args: TraceArgs) -> Result<()> {
     check::require()?;
     let probes::Probes { ebpf, findings, .. } = probes::Probes::attach()?;
+    privileges::drop_after_attach()?;
     eprintln!("sockerr: tracing; Ctrl-C to stop");
     let pipeline = pipeline::run(findings, |f| {
         if (!args.pid.is_empty() && !args.pid.contains(&f.pid))

@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod install;
 mod setup;
 mod test;
 
@@ -40,6 +41,8 @@ enum Command {
     Lint,
     /// `lint`, then `test`.
     Ci,
+    /// Install the release agent, its systemd unit and defaults file (root).
+    Install,
     /// Overhead benchmarks against no tracing, bpftrace and strace.
     Bench(bench::Options),
 }
@@ -52,6 +55,7 @@ fn main() -> Result<()> {
         Command::Test { args } => test::run(&args),
         Command::Lint => test::lint(),
         Command::Ci => test::lint().and_then(|()| test::run(&[])),
+        Command::Install => install::run(),
         Command::Bench(options) => bench::run(&options),
     }
 }

@@ -54,6 +54,7 @@ pub fn run() -> Result<()> {
     println!("xtask setup: bpf-linker ready at {}", linker.display());
     tracefs()?;
     debian_packages()?;
+    python_tools()?;
     println!("xtask setup: done");
     Ok(())
 }
@@ -114,11 +115,16 @@ fn nightly_llvm() -> Result<PathBuf> {
 fn linker_dir() -> Result<PathBuf> {
     let llvm = nightly_llvm()?;
     let name = llvm.file_name().unwrap().to_string_lossy().into_owned();
+    Ok(cache_dir()?.join("bpf-linker").join(name))
+}
+
+/// Where setup keeps what it builds: $XDG_CACHE_HOME/sockerr or ~/.cache/sockerr.
+fn cache_dir() -> Result<PathBuf> {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .context("neither XDG_CACHE_HOME nor HOME is set")?;
-    Ok(cache.join("sockerr/bpf-linker").join(name))
+    Ok(cache.join("sockerr"))
 }
 
 fn bpf_linker() -> Result<PathBuf> {
@@ -180,6 +186,43 @@ fn tracefs() -> Result<()> {
             .args(["-t", "tracefs", "tracefs"])
             .arg(dir),
     )
+}
+
+/// Python tools the tests use, in a venv of their own: the Kubernetes
+/// manifest validator ships the Kubernetes JSON schemas (works offline).
+const PYTHON_TOOLS: &[&str] = &["kubernetes-validate==1.37.0"];
+
+pub fn venv() -> Result<PathBuf> {
+    Ok(cache_dir()?.join("venv"))
+}
+
+fn python_tools() -> Result<()> {
+    let venv = venv()?;
+    let marker = venv.join(PYTHON_TOOLS.join(" "));
+    if marker.exists() {
+        println!(
+            "xtask setup: Python tools are installed in {}",
+            venv.display()
+        );
+        return Ok(());
+    }
+    println!(
+        "xtask setup: installing {} into {} (tests validate the Kubernetes manifests)",
+        PYTHON_TOOLS.join(" "),
+        venv.display()
+    );
+    cmd::run(
+        Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )?;
+    cmd::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check"])
+            .args(PYTHON_TOOLS),
+    )?;
+    fs::write(marker, "")?;
+    Ok(())
 }
 
 fn debian_packages() -> Result<()> {

@@ -1,0 +1,224 @@
+//! The deployments: the systemd unit, least privilege (root), and the
+//! Kubernetes manifests.
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use support::{Agent, agent_bin, closed_port, http_get, require_root, scenario_env, stop};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn unit() -> String {
+    std::fs::read_to_string(repo().join("deploy/systemd/sockerr.service")).unwrap()
+}
+
+/// The capabilities the unit grants, e.g. ["bpf", "perfmon", ...].
+fn unit_capabilities() -> Vec<String> {
+    let unit = unit();
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("a capability set");
+    line.split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+        .collect()
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let unit_path = dir.join("sockerr.service");
+    std::fs::write(
+        &unit_path,
+        unit().replace("/usr/local/bin/sockerr", agent_bin().to_str().unwrap()),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit_path)
+        .output()
+        .expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Unknown keys are only warnings: any output is a failure.
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
+
+/// `sockerr run` with exactly the given capabilities, all others dropped.
+fn run_with_caps(caps: &[String], port: u16) -> std::process::Child {
+    let set: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
+    Command::new("setpriv")
+        .args(["--inh-caps=-all", "--ambient-caps=-all"])
+        .arg(format!("--bounding-set=-all,{}", set.join(",")))
+        .arg(agent_bin())
+        .args(["run", "--web.listen-address", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv")
+}
+
+fn wait_healthy(port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http_get(port, "/healthz").0 == 200
+        {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn effective_caps(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
+#[test]
+fn runs_with_exactly_the_units_capabilities_and_each_is_needed() {
+    if !require_root() {
+        return;
+    }
+    let caps = unit_capabilities();
+    assert_eq!(caps, ["bpf", "perfmon", "net_admin", "sys_ptrace"]);
+
+    // With exactly the unit's set: attaches, detects, attributes, serves.
+    let port = closed_port();
+    let mut child = run_with_caps(&caps, port);
+    let agent = Agent {
+        child: std::mem::replace(&mut child, Command::new("true").spawn().unwrap()),
+        port,
+    };
+    assert!(
+        wait_healthy(port),
+        "sockerr run did not start with the unit's capabilities"
+    );
+    // After attaching it keeps CAP_SYS_PTRACE (bit 19) only.
+    assert_eq!(effective_caps(agent.child.id()), 1 << 19);
+    let (pid, out) = scenario_env(&["masked"], &[("SCENARIO_LINGER_MS", "1000")]);
+    assert!(out.status.success());
+    let found = agent.wait_findings_of(pid, 2);
+    assert_eq!(found.len(), 2, "detected with reduced capabilities");
+    assert!(
+        found.iter().all(|f| f["exe"].is_string()),
+        "attributed: {found:?}"
+    );
+    assert!(
+        agent
+            .get("/metrics")
+            .1
+            .contains("sockerr_connect_attempts_total{"),
+        "kernel counters readable"
+    );
+    drop(agent);
+    let _ = child.wait();
+
+    // Each one removed: the loading ones fail with a clear message; without
+    // CAP_SYS_PTRACE the agent runs but cannot attribute (and says why).
+    for missing in &caps {
+        let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
+        let port = closed_port();
+        let mut child = run_with_caps(&fewer, port);
+        if missing == "sys_ptrace" {
+            assert!(wait_healthy(port));
+            let agent = Agent { child, port };
+            let (pid, _) = scenario_env(&["masked"], &[("SCENARIO_LINGER_MS", "1000")]);
+            let found = agent.wait_findings_of(pid, 2);
+            assert!(!found.is_empty());
+            assert!(found.iter().all(|f| f["exe"].is_null()), "{found:?}");
+            assert!(
+                found[0]["exe_error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Permission denied"),
+                "{found:?}"
+            );
+            continue;
+        }
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success(), "ran without {missing}");
+        let name = format!("CAP_{}", missing.to_uppercase());
+        assert!(
+            err.contains(&format!("missing {name}")),
+            "without {name}: {err}"
+        );
+        stop(&mut child);
+    }
+}
+
+fn venv_bin(tool: &str) -> PathBuf {
+    let venv = std::env::var_os("SOCKERR_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sockerr/venv")
+        });
+    let bin = venv.join("bin").join(tool);
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo xtask setup`",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn kubernetes_manifests_validate_offline() {
+    let k8s = repo().join("deploy/kubernetes");
+    let builtin = [
+        "namespace.yaml",
+        "serviceaccount.yaml",
+        "daemonset.yaml",
+        "service.yaml",
+    ];
+    for version in ["1.30", "1.37"] {
+        let out = Command::new(venv_bin("kubernetes-validate"))
+            .args(["--strict", "--quiet", "-k", version])
+            .args(builtin.iter().map(|f| k8s.join(f)))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        // A kind without a schema is only a warning: any output fails.
+        assert!(
+            out.status.success() && text.trim().is_empty(),
+            "Kubernetes {version}: {text}"
+        );
+    }
+    let out = Command::new(venv_bin("python"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/check_monitors.py"))
+        .arg(&k8s)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kustomization = std::fs::read_to_string(k8s.join("kustomization.yaml")).unwrap();
+    for file in builtin.iter().chain(&["servicemonitor.yaml"]) {
+        assert!(
+            kustomization.contains(file),
+            "kustomization.yaml lacks {file}"
+        );
+    }
+}
