@@ -4,6 +4,7 @@
 //!
 //! Usage: sockerr-scenario <name> [--v6] [args...]; prints what it read.
 
+mod bench;
 mod net;
 
 use std::{
@@ -64,6 +65,13 @@ fn run(name: &str, v6: bool, rest: &[&str]) -> Result<()> {
             concurrent(v6, n, rest.get(1) == Some(&"buggy"))
         }
         "getsockopt-dump" => net::getsockopt_dump(),
+        "bench" => {
+            let iterations = rest.get(1).context("bench <loop> <iterations>")?.parse()?;
+            bench::run(
+                rest.first().context("bench <loop> <iterations>")?,
+                iterations,
+            )
+        }
         other => bail!("unknown scenario {other}"),
     }
 }

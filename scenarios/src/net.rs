@@ -112,6 +112,24 @@ impl Sock {
         Ok(())
     }
 
+    /// SO_LINGER {on, 0}: close() sends an RST and leaves no TIME_WAIT.
+    pub fn linger_zero(&self) {
+        let l = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: valid option buffer of the right size.
+        unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const l).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+    }
+
     pub fn set_blocking(&self) {
         // SAFETY: fcntl on an owned fd.
         unsafe {

@@ -1,6 +1,23 @@
-//! `cargo xtask bench`: overhead of sockerr against no tracing, bpftrace and strace.
+//! `cargo xtask bench`: what sockerr costs the machine it watches, measured
+//! side by side in one run against no tracing, a hand-written bpftrace script
+//! and strace. Configurations alternate round by round; medians, min/max and
+//! ratios to the baseline are printed, ending with one `BENCH key=value` line,
+//! and written to docs/benchmarks.md.
 
-use anyhow::{Result, bail};
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    io::{BufRead, BufReader, Read, Write as _},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{build, cmd, setup};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -9,6 +26,466 @@ pub struct Options {
     pub quick: bool,
 }
 
-pub fn run(_options: &Options) -> Result<()> {
-    bail!("benchmarks are not implemented yet")
+/// (loop, what it measures, iterations).
+const LOOPS: [(&str, &str, u64); 5] = [
+    ("refused", "1. refused connect + 1 SO_ERROR read", 20_000),
+    ("established", "2. established connect + 1 read", 10_000),
+    ("pingpong", "3. socket I/O: 1-byte TCP ping-pong", 20_000),
+    ("pipe", "4. non-socket syscalls: pipe write+read", 500_000),
+    ("masked", "5. libevent bug, a finding per iteration", 20_000),
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Tool {
+    Baseline,
+    Sockerr,
+    Bpftrace,
+    Strace,
+}
+
+const TOOLS: [Tool; 4] = [Tool::Baseline, Tool::Sockerr, Tool::Bpftrace, Tool::Strace];
+
+impl Tool {
+    fn name(self) -> &'static str {
+        match self {
+            Tool::Baseline => "baseline",
+            Tool::Sockerr => "sockerr",
+            Tool::Bpftrace => "bpftrace",
+            Tool::Strace => "strace",
+        }
+    }
+
+    /// strace stops the process at every traced syscall: far fewer iterations.
+    fn divisor(self) -> u64 {
+        if self == Tool::Strace { 20 } else { 1 }
+    }
+}
+
+/// The per-fd tracking an engineer would write by hand: connects and
+/// SO_ERROR reads per (pid, fd) in maps, through syscall tracepoints.
+const BPFTRACE_SCRIPT: &str = r#"
+tracepoint:syscalls:sys_enter_connect { @reads[pid, args->fd] = 0; @last[pid, args->fd] = 0; }
+tracepoint:syscalls:sys_enter_getsockopt /args->level == 1 && args->optname == 4/ {
+  @optval[tid] = args->optval; @fd[tid] = args->fd;
+}
+tracepoint:syscalls:sys_exit_getsockopt /@optval[tid]/ {
+  $v = *(int32 *)uptr(@optval[tid]);
+  $k = @fd[tid];
+  if (@reads[pid, $k] > 0 && @last[pid, $k] != 0 && $v == 0) {
+    printf("so_error_masked pid=%d comm=%s fd=%d\n", pid, comm, $k);
+  }
+  @reads[pid, $k] = @reads[pid, $k] + 1; @last[pid, $k] = $v;
+  delete(@optval[tid]); delete(@fd[tid]);
+}
+tracepoint:syscalls:sys_enter_close { delete(@reads[pid, args->fd]); delete(@last[pid, args->fd]); }
+END { clear(@reads); clear(@last); clear(@optval); clear(@fd); }
+"#;
+
+struct Run {
+    quick: bool,
+    scenario: PathBuf,
+    agent: PathBuf,
+    ns: HashMap<(Tool, &'static str), Vec<f64>>,
+    agent_cpu: Vec<f64>,
+    agent_rss_kib: u64,
+    produced: u64,
+    delivered: u64,
+    lost: u64,
+    finding_rate: Vec<f64>,
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    if !cmd::is_root() {
+        bail!("benchmarks load eBPF programs: run `sudo -E cargo xtask bench`");
+    }
+    setup::run()?;
+    let agent = build::release()?;
+    let root = cmd::workspace_root();
+    let mut run = Run {
+        quick: options.quick,
+        scenario: root.join("target/release/sockerr-scenario"),
+        agent,
+        ns: HashMap::new(),
+        agent_cpu: Vec::new(),
+        agent_rss_kib: 0,
+        produced: 0,
+        delivered: 0,
+        lost: 0,
+        finding_rate: Vec::new(),
+    };
+    let rounds = if options.quick { 3 } else { 5 };
+    for round in 0..rounds {
+        // Rotate the order so no configuration always runs first or last.
+        for i in 0..TOOLS.len() {
+            let tool = TOOLS[(i + round) % TOOLS.len()];
+            println!("xtask bench: round {}/{rounds}: {}", round + 1, tool.name());
+            run.round(tool)?;
+        }
+    }
+    let scrape_ms = run.scrape_with_many_comms()?;
+    let rss_after = if options.quick {
+        None
+    } else {
+        Some(run.rss_after_findings(1_000_000)?)
+    };
+    let report = run.report(scrape_ms, rss_after);
+    print!("{report}");
+    let doc = root.join("docs/benchmarks.md");
+    std::fs::write(&doc, run.document(&report))?;
+    println!("xtask bench: wrote {}", doc.display());
+    Ok(())
+}
+
+impl Run {
+    fn iterations(&self, base: u64, tool: Tool) -> u64 {
+        let n = if self.quick { base / 4 } else { base };
+        (n / tool.divisor()).max(100)
+    }
+
+    fn round(&mut self, tool: Tool) -> Result<()> {
+        let mut agent = match tool {
+            Tool::Sockerr => Some(Agent::start(&self.agent)?),
+            _ => None,
+        };
+        let bpftrace = if tool == Tool::Bpftrace {
+            Some(start_bpftrace()?)
+        } else {
+            None
+        };
+        let cpu_before = agent.as_ref().map(|a| (a.cpu_seconds(), Instant::now()));
+        for (name, _, base) in LOOPS {
+            if name == "masked"
+                && let Some((cpu, since)) = cpu_before
+            {
+                let a = agent.as_ref().unwrap();
+                self.agent_cpu
+                    .push((a.cpu_seconds() - cpu) / since.elapsed().as_secs_f64());
+            }
+            let before = agent.as_mut().map(Agent::counts).transpose()?;
+            let n = self.iterations(base, tool);
+            let ns = self.measure(tool, name, n)?;
+            self.ns.entry((tool, name)).or_default().push(ns);
+            if let (Some(a), Some((delivered, lost)), true) =
+                (agent.as_mut(), before, name == "masked")
+            {
+                // Findings reach the agent within its drain interval.
+                thread::sleep(Duration::from_millis(300));
+                let (d, l) = a.counts()?;
+                self.produced += n;
+                self.delivered += d - delivered;
+                self.lost += l - lost;
+                self.finding_rate.push(1e9 / ns);
+            }
+        }
+        if let Some(a) = &agent {
+            self.agent_rss_kib = self.agent_rss_kib.max(a.peak_rss_kib());
+        }
+        if let Some(mut b) = bpftrace {
+            stop(&mut b);
+        }
+        Ok(())
+    }
+
+    fn measure(&self, tool: Tool, name: &str, n: u64) -> Result<f64> {
+        let mut command = if tool == Tool::Strace {
+            let mut c = Command::new("strace");
+            c.args([
+                "-f",
+                "-qq",
+                "-o",
+                "/dev/null",
+                "-e",
+                "trace=connect,getsockopt",
+            ])
+            .arg(&self.scenario);
+            c
+        } else {
+            Command::new(&self.scenario)
+        };
+        let out = command
+            .args(["bench", name, &n.to_string()])
+            .output()
+            .context("running the workload")?;
+        if !out.status.success() {
+            bail!(
+                "{name} under {}: {}",
+                tool.name(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .strip_prefix("ns_per_op=")
+            .and_then(|v| v.parse().ok())
+            .context("the workload printed no ns_per_op")
+    }
+
+    /// Median time of a /metrics scrape with 100 distinct comms exported.
+    fn scrape_with_many_comms(&self) -> Result<f64> {
+        println!("xtask bench: /metrics with 100 comms");
+        let mut agent = Agent::start(&self.agent)?;
+        for i in 0..100 {
+            Command::new(&self.scenario)
+                .args(["renamed", &format!("bench-comm-{i}")])
+                .output()?;
+        }
+        thread::sleep(Duration::from_millis(300));
+        let mut times: Vec<f64> = (0..21)
+            .map(|_| {
+                let start = Instant::now();
+                agent
+                    .get("/metrics")
+                    .map(|_| start.elapsed().as_secs_f64() * 1e3)
+            })
+            .collect::<Result<_>>()?;
+        let body = agent.get("/metrics")?;
+        if !body.contains("bench-comm-99") {
+            bail!("the 100 comms did not reach the metrics");
+        }
+        agent.stop();
+        Ok(median(&mut times))
+    }
+
+    /// Peak RSS (MiB) of the agent after `n` findings.
+    fn rss_after_findings(&self, n: u64) -> Result<f64> {
+        println!("xtask bench: agent memory after {n} findings");
+        let mut agent = Agent::start(&self.agent)?;
+        self.measure(Tool::Baseline, "masked", n)?;
+        thread::sleep(Duration::from_millis(500));
+        let rss = agent.peak_rss_kib() as f64 / 1024.0;
+        agent.stop();
+        Ok(rss)
+    }
+
+    fn stats(&self, tool: Tool, name: &str) -> Option<(f64, f64, f64)> {
+        let mut v = self.ns.get(&(tool, name))?.clone();
+        let (min, max) = (
+            v.iter().cloned().fold(f64::MAX, f64::min),
+            v.iter().cloned().fold(0.0, f64::max),
+        );
+        Some((median(&mut v), min, max))
+    }
+
+    fn report(&self, scrape_ms: f64, rss_after: Option<f64>) -> String {
+        let mut out = String::new();
+        let mut bench = String::from("BENCH");
+        writeln!(out, "\n| loop | baseline ns/op | sockerr | bpftrace | strace | sockerr added vs ⅓ of bpftrace's |").unwrap();
+        writeln!(out, "| --- | --- | --- | --- | --- | --- |").unwrap();
+        for (name, label, _) in LOOPS {
+            let (base, bmin, bmax) = self.stats(Tool::Baseline, name).unwrap();
+            let mut row = format!("| {label} | {base:.0} [{bmin:.0}–{bmax:.0}] ");
+            let mut added = HashMap::new();
+            for tool in [Tool::Sockerr, Tool::Bpftrace, Tool::Strace] {
+                let (m, lo, hi) = self.stats(tool, name).unwrap();
+                let ratio = m / base;
+                added.insert(tool, ratio - 1.0);
+                write!(row, "| {m:.0} [{lo:.0}–{hi:.0}] ×{ratio:.3} ").unwrap();
+                write!(bench, " {name}_{}={ratio:.3}", tool.name()).unwrap();
+            }
+            let ok = added[&Tool::Sockerr] <= added[&Tool::Bpftrace] / 3.0;
+            writeln!(
+                row,
+                "| {:+.1} % vs {:+.1} % {} |",
+                added[&Tool::Sockerr] * 100.0,
+                added[&Tool::Bpftrace] * 100.0 / 3.0,
+                if ok { "✓" } else { "✗" }
+            )
+            .unwrap();
+            out.push_str(&row);
+        }
+        let mut cpu = self.agent_cpu.clone();
+        let mut rate = self.finding_rate.clone();
+        let cpu = median(&mut cpu) * 100.0;
+        let rss = self.agent_rss_kib as f64 / 1024.0;
+        writeln!(
+            out,
+            "\n- agent CPU during loops 1–4: {cpu:.2} % of one core (median of rounds)"
+        )
+        .unwrap();
+        writeln!(out, "- agent peak RSS during the rounds: {rss:.1} MiB").unwrap();
+        if let Some(r) = rss_after {
+            writeln!(out, "- agent peak RSS after 1,000,000 findings: {r:.1} MiB").unwrap();
+            write!(bench, " agent_rss_1m_mib={r:.1}").unwrap();
+        }
+        writeln!(
+            out,
+            "- loop 5: {} findings produced, {} delivered, {} counted lost, at {:.0} findings/s (one workload process)",
+            self.produced,
+            self.delivered,
+            self.lost,
+            median(&mut rate)
+        )
+        .unwrap();
+        writeln!(
+            out,
+            "- /metrics scrape with 100 comms: {scrape_ms:.2} ms (median of 21)"
+        )
+        .unwrap();
+        write!(
+            bench,
+            " agent_cpu_pct={cpu:.2} agent_rss_mib={rss:.1} findings_produced={} findings_delivered={} events_lost={} scrape_ms={scrape_ms:.2}",
+            self.produced, self.delivered, self.lost
+        )
+        .unwrap();
+        writeln!(out, "\n{bench}").unwrap();
+        out
+    }
+
+    fn document(&self, report: &str) -> String {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("model name"))
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+            .unwrap_or_default();
+        let kernel = cmd::output(Command::new("uname").arg("-r")).unwrap_or_default();
+        let cores = thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0);
+        format!(
+            "# Benchmarks\n\nGenerated by `cargo xtask bench{}` — do not edit by hand; see the \
+             notes below the table.\n\nMachine: {cores} cores ({cpu}), Linux {}. Each loop runs \
+             pinned to CPU 0 (the agent gets the other core); configurations alternate round by \
+             round ({} rounds); cells are median ns/op [min–max] and the ratio to the baseline \
+             median. strace runs 1/20 of the iterations.\n{report}\n{NOTES}",
+            if self.quick { " --quick" } else { "" },
+            kernel.trim(),
+            if self.quick { 3 } else { 5 },
+        )
+    }
+}
+
+const NOTES: &str = include_str!("bench_notes.md");
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn start_bpftrace() -> Result<Child> {
+    let script = std::env::temp_dir().join("sockerr-bench.bt");
+    std::fs::write(&script, BPFTRACE_SCRIPT)?;
+    let mut child = Command::new("bpftrace")
+        .arg(&script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting bpftrace (cargo xtask setup installs it)")?;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    match lines.next() {
+        Some(Ok(l)) if l.starts_with("Attaching") => {}
+        other => bail!("bpftrace did not attach: {other:?}"),
+    }
+    thread::spawn(move || lines.for_each(drop));
+    thread::sleep(Duration::from_millis(500));
+    Ok(child)
+}
+
+fn stop(child: &mut Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = child.wait();
+}
+
+/// `sockerr run` on a free loopback port.
+struct Agent {
+    child: Child,
+    port: u16,
+}
+
+impl Agent {
+    fn start(bin: &Path) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(bin)
+            .args(["run", "--web.listen-address", &format!("127.0.0.1:{port}")])
+            .stderr(Stdio::null())
+            .spawn()?;
+        let agent = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while agent.get("/healthz").is_err() {
+            if Instant::now() > deadline {
+                bail!("sockerr run did not start");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(agent)
+    }
+
+    fn get(&self, path: &str) -> Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        if !resp.starts_with("HTTP/1.1 200") {
+            bail!("GET {path}: {}", resp.lines().next().unwrap_or_default());
+        }
+        Ok(resp)
+    }
+
+    /// (masked findings of the workload delivered, findings lost) so far.
+    fn counts(&mut self) -> Result<(u64, u64)> {
+        let body = self.get("/metrics")?;
+        let value = |prefix: &str| {
+            body.lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        };
+        Ok((
+            value(r#"sockerr_findings_total{comm="sockerr-scenari",kind="so_error_masked"}"#),
+            value("sockerr_events_lost_total"),
+        ))
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        // utime and stime are fields 14 and 15 (11 and 12 after the comm).
+        let ticks: f64 = fields
+            .get(11..13)
+            .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+            .unwrap_or(0.0);
+        // SAFETY: sysconf has no preconditions.
+        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))?
+                    .trim()
+                    .trim_end_matches(" kB")
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    }
+
+    fn stop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+    }
 }
