@@ -178,7 +178,7 @@ impl Run {
             }
         }
         if let Some(a) = &agent {
-            self.agent_rss_kib = self.agent_rss_kib.max(a.peak_rss_kib());
+            self.agent_rss_kib = self.agent_rss_kib.max(a.rss_kib("VmRSS:"));
         }
         if let Some(mut b) = bpftrace {
             stop(&mut b);
@@ -246,13 +246,13 @@ impl Run {
         Ok(median(&mut times))
     }
 
-    /// Peak RSS (MiB) of the agent after `n` findings.
+    /// RSS (MiB) of the agent after `n` findings.
     fn rss_after_findings(&self, n: u64) -> Result<f64> {
         println!("xtask bench: agent memory after {n} findings");
         let mut agent = Agent::start(&self.agent)?;
         self.measure(Tool::Baseline, "masked", n)?;
         thread::sleep(Duration::from_millis(500));
-        let rss = agent.peak_rss_kib() as f64 / 1024.0;
+        let rss = agent.rss_kib("VmRSS:") as f64 / 1024.0;
         agent.stop();
         Ok(rss)
     }
@@ -302,9 +302,13 @@ impl Run {
             "\n- agent CPU during loops 1–4: {cpu:.2} % of one core (median of rounds)"
         )
         .unwrap();
-        writeln!(out, "- agent peak RSS during the rounds: {rss:.1} MiB").unwrap();
+        writeln!(
+            out,
+            "- agent RSS at the end of the rounds (largest): {rss:.1} MiB"
+        )
+        .unwrap();
         if let Some(r) = rss_after {
-            writeln!(out, "- agent peak RSS after 1,000,000 findings: {r:.1} MiB").unwrap();
+            writeln!(out, "- agent RSS after 1,000,000 findings: {r:.1} MiB").unwrap();
             write!(bench, " agent_rss_1m_mib={r:.1}").unwrap();
         }
         writeln!(
@@ -463,12 +467,13 @@ impl Agent {
         ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
     }
 
-    fn peak_rss_kib(&self) -> u64 {
+    /// `VmRSS` (now) or `VmHWM` (peak) from /proc/<pid>/status, in KiB.
+    fn rss_kib(&self, field: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
             .and_then(|s| {
                 s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))?
+                    .find_map(|l| l.strip_prefix(field))?
                     .trim()
                     .trim_end_matches(" kB")
                     .parse()
