@@ -1,5 +1,7 @@
 //! `cargo xtask test` and `cargo xtask ci`.
 
+use std::process::Command;
+
 use anyhow::Result;
 
 use crate::{cmd, setup};
@@ -24,7 +26,8 @@ pub fn run(args: &[String]) -> Result<()> {
             .env(
                 "SOCKERR_SCENARIO",
                 cmd::workspace_root().join("target/debug/sockerr-scenario"),
-            ),
+            )
+            .env("SOCKERR_VENV", setup::venv()?),
     )
 }
 
@@ -46,17 +49,20 @@ pub fn lint() -> Result<()> {
     ]))?;
     println!("xtask lint: clippy on the eBPF crate (bpfel-unknown-none, nightly)");
     cmd::run(
-        cmd::cargo()
+        Command::new("rustup")
+            .args(["run", "nightly", "cargo", "clippy", "-p", "sockerr-ebpf"])
             .args([
-                "+nightly",
-                "clippy",
-                "-p",
-                "sockerr-ebpf",
                 "--target",
                 "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
             ])
-            .args(["-Z", "build-std=core", "--", "-D", "warnings"])
+            .current_dir(cmd::workspace_root())
             .env_remove("RUSTUP_TOOLCHAIN")
-            .env_remove("CARGO"),
+            .env_remove("CARGO")
+            .env_remove("RUSTC"),
     )
 }
