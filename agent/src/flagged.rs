@@ -212,6 +212,43 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn findings_json_shape() {
+        let now = Instant::now();
+        let mut t = FlaggedTable::new(10, Duration::from_secs(60));
+        t.record(finding(7, FindingKind::SoErrorMasked, 5), now);
+        let json = serde_json::to_value(t.findings(now, None, 10)).unwrap();
+        let f = &json[0];
+        for key in [
+            "kind",
+            "severity",
+            "pid",
+            "tid",
+            "comm",
+            "exe",
+            "cgroup",
+            "container_id",
+            "pod_uid",
+            "fd",
+            "remote",
+            "errno",
+            "so_error_reads",
+            "so_error_read_count",
+            "syscall",
+            "time",
+            "count",
+            "first_seen",
+        ] {
+            assert!(f.get(key).is_some(), "missing {key} in {f}");
+        }
+        assert_eq!(f["kind"], "so_error_masked");
+        assert_eq!(f["errno"], "ECONNREFUSED");
+        assert_eq!(f["so_error_reads"], serde_json::json!([111, 0]));
+        assert_eq!(f["fd"], serde_json::Value::Null);
+        assert_eq!(f["time"], "1970-01-01T00:00:05.000Z");
+        assert!(f.get("kind_enum").is_none() && f.get("exe_error").is_none());
+    }
+
+    #[test]
     fn bounded_evicting_the_least_recently_seen() {
         let start = Instant::now();
         let mut t = FlaggedTable::new(3, Duration::from_secs(60));

@@ -1,8 +1,11 @@
 //! `cargo xtask test` and `cargo xtask ci`.
 
-use std::process::Command;
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use crate::{cmd, setup};
 
@@ -19,16 +22,54 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("xtask test: building the scenario programs and the agent");
     cmd::run(cmd::cargo().args(["build", "-p", "sockerr-scenarios", "-p", "sockerr"]))?;
     println!("xtask test: running unit and integration tests of every crate");
-    cmd::run(
-        cmd::cargo()
-            .args(["test", "--workspace", "--exclude", "sockerr-ebpf"])
-            .args(args)
-            .env(
-                "SOCKERR_SCENARIO",
-                cmd::workspace_root().join("target/debug/sockerr-scenario"),
-            )
-            .env("SOCKERR_VENV", setup::venv()?),
-    )
+    let mut test = cmd::cargo();
+    test.args(["test", "--workspace", "--exclude", "sockerr-ebpf"])
+        .args(args)
+        .env(
+            "SOCKERR_SCENARIO",
+            cmd::workspace_root().join("target/debug/sockerr-scenario"),
+        )
+        .env("SOCKERR_VENV", setup::venv()?);
+    let (passed, failed) = run_counting(&mut test)?;
+    // One closing line for the whole run (cargo's last line is often a
+    // crate with no tests).
+    println!("summary: {passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} tests failed");
+    }
+    Ok(())
+}
+
+/// Runs `cargo test`, passing its output through, and adds up its
+/// `test result:` lines.
+fn run_counting(cmd: &mut Command) -> Result<(u64, u64)> {
+    println!("xtask: $ cargo test ...");
+    let mut child = cmd.stdout(Stdio::piped()).spawn()?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |what: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .trim_start_matches("ok. ")
+                            .trim_start_matches("FAILED. ")
+                            .strip_suffix(what)
+                    })
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && failed == 0 {
+        bail!("cargo test failed: {status}");
+    }
+    Ok((passed, failed))
 }
 
 pub fn lint() -> Result<()> {
