@@ -66,14 +66,7 @@ fn run_detects_the_libevent_bug_and_serves_it() {
         .find(|f| f["kind"] == "so_error_masked")
         .expect("masked finding in /findings");
     assert_eq!(masked["errno"], "ECONNREFUSED");
-    assert_eq!(
-        masked["exe"],
-        support::scenario_bin()
-            .canonicalize()
-            .unwrap()
-            .to_str()
-            .unwrap()
-    );
+    assert_eq!(masked["exe"], support::scenario_exe());
     assert!(masked["remote"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert_eq!(masked["so_error_reads"], serde_json::json!([111, 0]));
     assert_eq!(masked["count"], 1);
@@ -213,6 +206,21 @@ fn sigterm_detaches_everything_quickly() {
     std::mem::forget(agent); // already stopped
 }
 
+/// sockerr as user nobody, with no capabilities.
+fn as_nobody(args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(agent_bin())
+        .args(args)
+        .output()
+        .expect("setpriv")
+}
+
 fn sockerr(args: &[&str]) -> std::process::Output {
     Command::new(agent_bin())
         .args(args)
@@ -232,34 +240,14 @@ fn check_passes_here_and_names_what_is_missing_without_privileges() {
         text.contains("eBPF load") && !text.contains("MISSING"),
         "{text}"
     );
-    let nobody = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(agent_bin())
-        .arg("check")
-        .output()
-        .expect("setpriv");
+    let nobody = as_nobody(&["check"]);
     let text = String::from_utf8_lossy(&nobody.stdout);
     assert!(!nobody.status.success());
     assert!(
         text.contains("MISSING  privileges") && text.contains("CAP_BPF"),
         "{text}"
     );
-    let run = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(agent_bin())
-        .args(["run", "--web.listen-address", "127.0.0.1:0"])
-        .output()
-        .unwrap();
+    let run = as_nobody(&["run", "--web.listen-address", "127.0.0.1:0"]);
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(
         !run.status.success() && err.contains("privileges: missing CAP_BPF"),

@@ -13,14 +13,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Agent, closed_port, http_get, require_root, scenario};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use support::{Agent, closed_port, http_get, repo, require_root, scenario};
 
 fn dashboard() -> Value {
     let path = repo().join("dashboards/sockerr-overview.json");

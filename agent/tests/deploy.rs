@@ -10,14 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{Agent, agent_bin, closed_port, http_get, require_root, scenario_env, stop};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use support::{Agent, agent_bin, closed_port, http_get, repo, require_root, scenario_env, stop};
 
 fn unit() -> String {
     std::fs::read_to_string(repo().join("deploy/systemd/sockerr.service")).unwrap()

@@ -29,6 +29,24 @@ pub fn require_root() -> bool {
     false
 }
 
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The scenario program's path as /proc/<pid>/exe shows it.
+pub fn scenario_exe() -> String {
+    scenario_bin()
+        .canonicalize()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
 pub fn agent_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sockerr"))
 }
