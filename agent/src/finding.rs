@@ -9,7 +9,7 @@ use std::{
 use serde::Serialize;
 use sockerr_common::{Endpoint, FindingEvent, FindingKind, MAX_READS, Trigger};
 
-use crate::attribution::Process;
+use crate::{attribution::Process, callsites::CallSites};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
@@ -40,6 +40,8 @@ pub struct Finding {
     pub so_error_read_count: u8,
     /// The call that raised the finding: getsockopt, send or recv.
     pub syscall: &'static str,
+    /// Where the attempt's connect() and SO_ERROR reads were made.
+    pub call_sites: CallSites,
     /// RFC 3339.
     pub time: String,
     #[serde(skip)]
@@ -69,6 +71,7 @@ impl Finding {
         kind: FindingKind,
         trigger: Trigger,
         process: Process,
+        call_sites: CallSites,
         at: SystemTime,
     ) -> Self {
         let nreads = (ev.nreads as usize).min(MAX_READS);
@@ -89,6 +92,7 @@ impl Finding {
             so_error_reads: ev.reads[..nreads].to_vec(),
             so_error_read_count: ev.nreads,
             syscall: trigger.name(),
+            call_sites,
             time: humantime::format_rfc3339_millis(at).to_string(),
             kind_enum: kind,
             at,
@@ -99,7 +103,7 @@ impl Finding {
     pub fn human(&self) -> String {
         let reads: Vec<String> = self.so_error_reads.iter().map(i32::to_string).collect();
         format!(
-            "{} {} {} pid={} comm={:?} exe={} fd={} remote={} errno={} so_error_reads=[{}] syscall={}",
+            "{} {} {} pid={} comm={:?} exe={} fd={} remote={} errno={} so_error_reads=[{}] syscall={} sites: {}",
             self.time,
             self.severity.to_uppercase(),
             self.kind,
@@ -113,6 +117,7 @@ impl Finding {
             self.errno.as_deref().unwrap_or("-"),
             reads.join(","),
             self.syscall,
+            self.call_sites.summary(&self.so_error_reads),
         )
     }
 }

@@ -151,7 +151,7 @@ pub(crate) mod tests {
     use sockerr_common::{Endpoint, FindingEvent, Trigger};
 
     use super::*;
-    use crate::attribution::Process;
+    use crate::{attribution::Process, callsites::CallSites};
 
     pub fn finding(pid: u32, kind: FindingKind, secs: u64) -> Finding {
         let ev = FindingEvent {
@@ -167,6 +167,7 @@ pub(crate) mod tests {
             _pad: 0,
             remote: Endpoint::default(),
             comm: *b"client\0\0\0\0\0\0\0\0\0\0",
+            sites: Default::default(),
         };
         let process = Process {
             exe: Some("/usr/bin/client".into()),
@@ -177,6 +178,7 @@ pub(crate) mod tests {
             kind,
             Trigger::Getsockopt,
             process,
+            CallSites::default(),
             SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
         )
     }
@@ -234,6 +236,7 @@ pub(crate) mod tests {
             "so_error_reads",
             "so_error_read_count",
             "syscall",
+            "call_sites",
             "time",
             "count",
             "first_seen",

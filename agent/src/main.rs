@@ -3,6 +3,7 @@
 
 mod attribution;
 mod btf;
+mod callsites;
 mod check;
 mod finding;
 mod flagged;
@@ -68,6 +69,19 @@ struct RunArgs {
     /// Distinct comm label values in metrics; the rest are reported as "other".
     #[arg(long = "metrics.max-comms", default_value_t = 100)]
     max_comms: usize,
+    #[command(flatten)]
+    call_sites: CallSiteArgs,
+}
+
+#[derive(Args)]
+struct CallSiteArgs {
+    /// Where findings' call sites come from: uprobes on the C library of
+    /// each flagged process from its first finding on, of every process, or none.
+    #[arg(long = "call-sites", value_enum, default_value = "flagged")]
+    mode: callsites::uprobes::Mode,
+    /// Most processes instrumented with call-site uprobes at once.
+    #[arg(long = "call-sites.max-processes", default_value_t = 64)]
+    max_processes: usize,
 }
 
 #[derive(Args)]
@@ -81,6 +95,11 @@ struct TraceArgs {
     /// Only findings of processes with these comms (repeatable).
     #[arg(long)]
     comm: Vec<String>,
+    /// Also print the captured user stack of each call site.
+    #[arg(long)]
+    stacks: bool,
+    #[command(flatten)]
+    call_sites: CallSiteArgs,
 }
 
 fn telemetry_path(s: &str) -> Result<String, String> {
@@ -137,9 +156,10 @@ async fn run(args: RunArgs) -> Result<()> {
         ebpf,
         findings,
         counters,
+        stacks,
         attached,
     } = probes::Probes::attach()?;
-    privileges::drop_after_attach()?;
+    let collector = collector(ebpf, findings, stacks, &args.call_sites)?;
     // Loading parsed the kernel's BTF twice (megabytes, now freed): hand
     // that memory back to the system instead of keeping it in the heap.
     // SAFETY: malloc_trim has no preconditions.
@@ -149,29 +169,34 @@ async fn run(args: RunArgs) -> Result<()> {
     let flagged = flagged::FlaggedTable::new(args.max_processes as usize, args.retention);
     let state = state::State::new(metrics, flagged, Some(counters));
     let sink = state.clone();
-    let pipeline = tokio::spawn(pipeline::run(findings, move |f| {
+    let pipeline = pipeline::run(collector, move |f| {
         pipeline::log(&f);
         sink.record(f);
-    }));
+    });
     tracing::info!(address = %args.listen, path = args.telemetry_path, "sockerr running");
     let app = http::router(state, &args.telemetry_path);
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown());
+    // The pipeline owns the programs: when select! drops it, every program
+    // and link is detached and unloaded.
     tokio::select! {
         result = server => result.context("HTTP server")?,
-        result = pipeline => result.context("event pipeline")??,
+        result = pipeline => result.context("event pipeline")?,
     }
-    // Dropping the programs and their links detaches and unloads them.
-    drop(ebpf);
     tracing::info!("probes detached; bye");
     Ok(())
 }
 
 async fn trace(args: TraceArgs) -> Result<()> {
     check::require()?;
-    let probes::Probes { ebpf, findings, .. } = probes::Probes::attach()?;
-    privileges::drop_after_attach()?;
+    let probes::Probes {
+        ebpf,
+        findings,
+        stacks,
+        ..
+    } = probes::Probes::attach()?;
+    let collector = collector(ebpf, findings, stacks, &args.call_sites)?;
     eprintln!("sockerr: tracing; Ctrl-C to stop");
-    let pipeline = pipeline::run(findings, |f| {
+    let pipeline = pipeline::run(collector, |f| {
         if (!args.pid.is_empty() && !args.pid.contains(&f.pid))
             || (!args.comm.is_empty() && !args.comm.contains(&f.comm))
         {
@@ -179,17 +204,36 @@ async fn trace(args: TraceArgs) -> Result<()> {
         }
         let line = if args.json {
             serde_json::to_string(&f).expect("serializable")
+        } else if args.stacks {
+            format!("{}\n{}", f.human(), f.call_sites.stacks(&f.so_error_reads))
         } else {
             f.human()
         };
-        println!("{line}");
+        println!("{}", line.trim_end());
     });
     tokio::select! {
         result = pipeline => result?,
         () = shutdown() => {}
     }
-    drop(ebpf);
     Ok(())
+}
+
+/// The finding pipeline's stages, owning the loaded programs; drops the
+/// capabilities attaching needed (keeping those of per-process uprobes).
+fn collector(
+    ebpf: aya::Ebpf,
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    stacks: aya::maps::StackTraceMap<aya::maps::MapData>,
+    args: &CallSiteArgs,
+) -> Result<pipeline::Collector> {
+    let instrumenter = callsites::uprobes::Instrumenter::new(ebpf, args.mode, args.max_processes)?;
+    // Per-process uprobes are created later, so their capability stays.
+    privileges::drop_after_attach(args.mode == callsites::uprobes::Mode::Flagged)?;
+    Ok(pipeline::Collector {
+        ring,
+        instrumenter,
+        resolver: callsites::Resolver::new(stacks),
+    })
 }
 
 /// SIGINT or SIGTERM.

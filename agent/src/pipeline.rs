@@ -5,47 +5,96 @@ use std::time::Duration;
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
+use sockerr_common::MAX_READS;
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::{attribution, finding::Finding};
+use crate::{
+    attribution,
+    callsites::{
+        Resolver,
+        uprobes::{Coverage, Instrumenter},
+    },
+    finding::Finding,
+};
 
 /// The kernel wakes the agent only when findings pile up (see the eBPF
 /// `WAKEUP_BYTES`); otherwise they are collected on this tick.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
+/// How often instrumented processes that exited are let go.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// Reads findings until the task is dropped.
-pub async fn run(ring: RingBuf<MapData>, mut sink: impl FnMut(Finding)) -> Result<()> {
+/// Everything a finding passes through on its way to the sink.
+pub struct Collector {
+    pub ring: RingBuf<MapData>,
+    /// Owns the loaded programs: dropping the collector detaches them.
+    pub instrumenter: Instrumenter,
+    pub resolver: Resolver,
+}
+
+/// Reads findings until the future is dropped.
+pub async fn run(collector: Collector, mut sink: impl FnMut(Finding)) -> Result<()> {
+    let Collector {
+        ring,
+        mut instrumenter,
+        mut resolver,
+    } = collector;
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns it.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the findings ring buffer: {e}"))?;
     let mut tick = tokio::time::interval(DRAIN_EVERY);
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    let mut stages = Stages {
+        instrumenter: &mut instrumenter,
+        resolver: &mut resolver,
+        sink: &mut sink,
+    };
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut sink);
+                stages.drain(guard.get_inner_mut());
                 guard.clear_ready();
             }
-            _ = tick.tick() => drain(ring.get_mut(), &mut sink),
+            _ = tick.tick() => stages.drain(ring.get_mut()),
+            _ = sweep.tick() => stages.instrumenter.sweep(),
         }
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, sink: &mut impl FnMut(Finding)) {
-    while let Some(item) = ring.next() {
-        let Some((ev, kind, trigger)) = Finding::decode(&item) else {
-            tracing::error!(len = item.len(), "undecodable finding record");
-            continue;
-        };
-        drop(item);
-        let process = attribution::attribute(ev.tgid, ev.inode);
-        sink(Finding::new(
-            &ev,
-            kind,
-            trigger,
-            process,
-            crate::finding::wall_time(ev.boot_ns),
-        ));
+struct Stages<'a, S> {
+    instrumenter: &'a mut Instrumenter,
+    resolver: &'a mut Resolver,
+    sink: &'a mut S,
+}
+
+impl<S: FnMut(Finding)> Stages<'_, S> {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            let Some((ev, kind, trigger)) = Finding::decode(&item) else {
+                tracing::error!(len = item.len(), "undecodable finding record");
+                continue;
+            };
+            drop(item);
+            let pid = ev.tgid;
+            let process = attribution::attribute(pid, ev.inode);
+            let coverage = self.instrumenter.coverage(pid);
+            if coverage == Coverage::NotYet {
+                // The snapshot of its mappings, taken while the process
+                // most likely runs, names modules after it exits.
+                let maps = self.resolver.snapshot(pid);
+                self.instrumenter.instrument(pid, maps);
+            }
+            let nreads = (ev.nreads as usize).min(MAX_READS);
+            let sites = self.resolver.resolve(pid, &ev.sites, nreads, &coverage);
+            (self.sink)(Finding::new(
+                &ev,
+                kind,
+                trigger,
+                process,
+                sites,
+                crate::finding::wall_time(ev.boot_ns),
+            ));
+        }
     }
 }
 
@@ -68,6 +117,7 @@ pub fn log(f: &Finding) {
         errno = f.errno.as_deref().unwrap_or(""),
         so_error_reads = ?f.so_error_reads,
         syscall = f.syscall,
+        call_sites = f.call_sites.summary(&f.so_error_reads),
         "finding"
     );
 }

@@ -5,8 +5,8 @@ use std::{fs::File, path::PathBuf};
 use anyhow::{Context as _, Result};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockopt},
+    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockopt, Program},
 };
 use sockerr_common::{CounterKey, KernelOffsets, names};
 
@@ -44,6 +44,8 @@ pub struct Probes {
     pub ebpf: Ebpf,
     pub findings: RingBuf<MapData>,
     pub counters: KernelCounters,
+    /// User stacks of call sites.
+    pub stacks: StackTraceMap<MapData>,
     /// Per probe of [`PROBES`]: attached or not.
     pub attached: [bool; PROBES.len()],
 }
@@ -75,23 +77,21 @@ impl KernelCounters {
 }
 
 /// Loads every program into the kernel (the verifier runs here) without
-/// attaching anything.
+/// attaching anything. The call-site uprobes are attached later, per process.
 pub fn load(offsets: &KernelOffsets) -> Result<Ebpf> {
     let btf = Btf::from_sys_fs().context("reading kernel BTF from /sys/kernel/btf/vmlinux")?;
     let mut ebpf = EbpfLoader::new()
         .override_global(names::OFFSETS, offsets, true)
         .load(OBJECT)
         .context("loading sockerr's eBPF object into the kernel")?;
-    for (_, program, _) in PROBES {
-        let prog = ebpf
-            .program_mut(program)
-            .with_context(|| format!("program {program} missing"))?;
-        let result = if let Ok(tp) = <&mut BtfTracePoint>::try_from(&mut *prog) {
-            tp.load(program, &btf)
-        } else {
-            <&mut CgroupSockopt>::try_from(prog)?.load()
+    for (name, prog) in ebpf.programs_mut() {
+        let result = match prog {
+            Program::BtfTracePoint(p) => p.load(name, &btf),
+            Program::CgroupSockopt(p) => p.load(),
+            Program::UProbe(p) => p.load(),
+            other => anyhow::bail!("program {name}: unexpected type {:?}", other.prog_type()),
         };
-        result.with_context(|| format!("loading program {program} (verifier)"))?;
+        result.with_context(|| format!("loading program {name} (verifier)"))?;
     }
     Ok(ebpf)
 }
@@ -140,6 +140,7 @@ impl Probes {
                 counters: PerCpuHashMap::try_from(map(names::COUNTERS)?)?,
                 health: PerCpuArray::try_from(map(names::HEALTH)?)?,
             },
+            stacks: StackTraceMap::try_from(map(names::STACKS)?)?,
             ebpf,
             attached,
         })

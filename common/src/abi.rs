@@ -12,11 +12,15 @@ pub mod names {
     pub const HEALTH: &str = "HEALTH";
     pub const OFFSETS: &str = "OFFSETS";
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    pub const STACKS: &str = "STACKS";
+    /// The uprobes on the C library's wrappers, attached per process.
+    pub const CONNECT_SITE: &str = "connect_site";
+    pub const GETSOCKOPT_SITE: &str = "getsockopt_site";
 }
 
 /// Capacity of the `COUNTERS` per-CPU hash map: (comm, counter, errno) keys.
 pub const COUNTER_ENTRIES: u32 = 16384;
-/// Ring buffer size for findings (a finding is 96 bytes + 8 of header).
+/// Ring buffer size for findings (a finding is 176 bytes + 8 of header).
 pub const FINDINGS_RING_BYTES: u32 = 1 << 22;
 
 /// Why a finding was raised: the call that made it visible.
@@ -57,6 +61,51 @@ pub struct Endpoint {
     pub _pad: u32,
 }
 
+/// Capacity of the `STACKS` stack trace map, and the frames kept per stack.
+pub const STACK_ENTRIES: usize = 4096;
+pub const STACK_DEPTH: usize = 32;
+/// Capacity of the per-thread map that carries a call site from a uprobe to
+/// the kernel hook that runs later in the same system call.
+pub const PENDING_SITES: u32 = 8192;
+
+/// The C library wrapper a [`CallSite`] was captured in.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SiteOp {
+    Connect = 1,
+    Getsockopt = 2,
+}
+
+/// Where in a process a C library call was made, captured by a uprobe on the
+/// wrapper (only in processes the agent instruments).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallSite {
+    /// Return address into the wrapper's caller, read at the user stack
+    /// pointer on entry (the wrapper builds no frame, so a frame-pointer
+    /// stack misses its caller); 0 when no site was captured.
+    pub ret: u64,
+    /// Id of the user stack in `STACKS`, or a negative errno when the stack
+    /// could not be taken.
+    pub stack_id: i32,
+    /// A [`SiteOp`].
+    pub op: u32,
+}
+
+impl CallSite {
+    pub fn captured(&self) -> bool {
+        self.ret != 0
+    }
+}
+
+/// The call sites of one attempt: its connect() and its kept SO_ERROR reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallSites {
+    pub connect: CallSite,
+    pub reads: [CallSite; MAX_READS],
+}
+
 /// Per-socket state in socket-local storage: the latest attempt and what is
 /// known about who made it.
 #[repr(C)]
@@ -70,6 +119,7 @@ pub struct SocketState {
     pub tgid: u32,
     pub _pad: u32,
     pub comm: [u8; TASK_COMM_LEN],
+    pub sites: CallSites,
 }
 
 /// One finding, sent to user space through the `FINDINGS` ring buffer.
@@ -93,6 +143,7 @@ pub struct FindingEvent {
     pub _pad: u8,
     pub remote: Endpoint,
     pub comm: [u8; TASK_COMM_LEN],
+    pub sites: CallSites,
 }
 
 impl FindingEvent {
@@ -111,6 +162,7 @@ impl FindingEvent {
             _pad: 0,
             remote: state.remote,
             comm: [0; TASK_COMM_LEN],
+            sites: state.sites,
         }
     }
 }

@@ -134,6 +134,12 @@ impl Attempt {
         self.reads
     }
 
+    /// Index in [`Attempt::reads`] of the latest decided read, if it is kept.
+    pub fn latest_read_slot(&self) -> Option<usize> {
+        let n = self.nreads as usize;
+        (1..=MAX_READS).contains(&n).then(|| n - 1)
+    }
+
     /// Number of decided reads, including those beyond [`MAX_READS`].
     pub fn nreads(&self) -> u8 {
         self.nreads

@@ -10,6 +10,8 @@ pub const AF_INET6: u16 = 10;
 pub const TCP_ESTABLISHED: i32 = 1;
 pub const TCP_SYN_SENT: i32 = 2;
 pub const TCP_CLOSE: i32 = 7;
+pub const SOL_SOCKET: i32 = 1;
+pub const SO_ERROR: i32 = 4;
 
 #[unsafe(no_mangle)]
 static OFFSETS: KernelOffsets = KernelOffsets {

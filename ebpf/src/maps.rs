@@ -7,17 +7,18 @@ use aya_ebpf::{
         BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
         BPF_SK_STORAGE_GET_F_CREATE,
     },
-    btf_maps::SkStorage,
+    btf_maps::{SkStorage, StackTrace},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
         generated::bpf_sk_storage_get,
     },
     macros::{btf_map, map},
-    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sockerr_common::{
-    COUNTER_ENTRIES, Counter, CounterKey, FINDINGS_RING_BYTES, FindingEvent, FindingKind,
-    HEALTH_SLOTS, Health, SocketState, TASK_COMM_LEN, Trigger,
+    COUNTER_ENTRIES, CallSite, Counter, CounterKey, FINDINGS_RING_BYTES, FindingEvent, FindingKind,
+    HEALTH_SLOTS, Health, PENDING_SITES, STACK_DEPTH, STACK_ENTRIES, SiteOp, SocketState,
+    TASK_COMM_LEN, Trigger,
 };
 
 /// The latest connect attempt of each TCP socket; freed with the socket.
@@ -35,6 +36,17 @@ static COUNTERS: PerCpuHashMap<CounterKey, u64> =
 /// Findings produced and everything the kernel side had to drop.
 #[map]
 static HEALTH: PerCpuArray<u64> = PerCpuArray::with_max_entries(HEALTH_SLOTS, 0);
+
+/// User stacks of call sites. Identical stacks share an id; a different
+/// stack hashing to a used bucket is not stored (the id would otherwise be
+/// reused under findings still in flight).
+#[btf_map]
+pub static STACKS: StackTrace<STACK_ENTRIES, 0, STACK_DEPTH> = StackTrace::new();
+
+/// The call site a uprobe saw, per thread, until the kernel hook of the same
+/// system call takes it.
+#[map]
+static PENDING: LruHashMap<u64, CallSite> = LruHashMap::with_max_entries(PENDING_SITES, 0);
 
 /// Wake-ups were the dominant cost measured, so the agent is woken only by
 /// the first finding queued into an empty ring (it then attributes it while
@@ -60,6 +72,29 @@ pub fn socket_state(sk: *mut c_void, create: bool) -> Option<&'static mut Socket
         health(Health::StorageFailed);
     }
     state
+}
+
+/// Leaves the call site of the current thread's system call for its kernel hook.
+pub fn put_site(site: &CallSite) {
+    // An old entry of this thread is simply replaced.
+    let _ = PENDING.insert(&bpf_get_current_pid_tgid(), site, 0);
+}
+
+/// Takes the call site a uprobe left for the current system call; the
+/// default (not captured) when the process is not instrumented or made the
+/// call without the C library.
+pub fn take_site(op: SiteOp) -> CallSite {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(site) = (unsafe { PENDING.get(&key) }).copied() else {
+        return CallSite::default();
+    };
+    let _ = PENDING.remove(&key);
+    if site.op == op as u32 {
+        site
+    } else {
+        CallSite::default()
+    }
 }
 
 pub fn health(slot: Health) {

@@ -53,6 +53,11 @@ fn run(name: &str, v6: bool, rest: &[&str]) -> Result<()> {
         "blocking-io" => blocking_io(v6),
         "fd-reuse" => fd_reuse(v6),
         "threads-masked" => threads_masked(v6),
+        "repeat-masked" => {
+            let usage = "repeat-masked <attempts> <pause ms|stdin>";
+            let n = rest.first().context(usage)?.parse()?;
+            repeat_masked(v6, n, rest.get(1).context(usage)?)
+        }
         "renamed" => {
             net::set_comm(rest.first().context("renamed <comm>")?)?;
             masked(v6)
@@ -88,6 +93,41 @@ fn masked(v6: bool) -> Result<()> {
         s.read()
     );
     Ok(())
+}
+
+/// The libevent bug `n` times, each read of SO_ERROR made by its own function
+/// as in libevent (the bufferevent layer, then evhttp). Between attempts it
+/// pauses `pause` ms, or with `stdin`, waits for a line after the first.
+fn repeat_masked(v6: bool, n: usize, pause: &str) -> Result<()> {
+    for i in 0..n {
+        let s = refused(v6)?;
+        let first = bufferevent_finished_connecting(&s);
+        let second = evhttp_connection_cb(&s);
+        println!("attempt {i}: reads={first},{second}");
+        drop(s);
+        if pause == "stdin" {
+            if i == 0 {
+                std::io::stdin().read_line(&mut String::new())?;
+            }
+        } else {
+            thread::sleep(Duration::from_millis(pause.parse()?));
+        }
+    }
+    Ok(())
+}
+
+// Not inlined, and kept different (black_box) so that they are not merged
+// into one function either.
+#[inline(never)]
+fn bufferevent_finished_connecting(s: &Sock) -> i32 {
+    std::hint::black_box(1);
+    s.so_error()
+}
+
+#[inline(never)]
+fn evhttp_connection_cb(s: &Sock) -> i32 {
+    std::hint::black_box(2);
+    s.so_error()
 }
 
 /// A non-blocking connect to a closed port, decided (writable).

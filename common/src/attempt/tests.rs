@@ -150,12 +150,23 @@ fn scenarios() {
 fn reads_are_kept_in_order_and_counted_past_capacity() {
     let mut a = Attempt::new();
     assert_eq!(a.so_error_read(7).0, ReadClass::Pending);
+    assert_eq!(a.latest_read_slot(), None, "pending reads are not kept");
     assert!(a.failed(ECONNREFUSED));
     assert!(!a.established(), "an outcome is decided once");
     assert_eq!(a.so_error_read(111), (ReadClass::Error, None));
+    assert_eq!(a.latest_read_slot(), Some(0));
     assert_eq!(a.so_error_read(0), (ReadClass::Zero, Some(SoErrorMasked)));
+    assert_eq!(a.latest_read_slot(), Some(1));
+    a.so_error_read(0);
+    a.so_error_read(0);
+    assert_eq!(a.latest_read_slot(), Some(MAX_READS - 1));
     for _ in 0..300 {
         a.so_error_read(0);
+        assert_eq!(
+            a.latest_read_slot(),
+            None,
+            "reads past capacity have no slot"
+        );
     }
     assert_eq!(a.reads(), &[111, 0, 0, 0]);
     assert_eq!(a.nreads(), u8::MAX);

@@ -6,11 +6,11 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 use aya_log_ebpf::warn;
-use sockerr_common::{Attempt, Counter};
+use sockerr_common::{Attempt, CallSites, Counter, SiteOp};
 
 use crate::{
     kernel::{self, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT},
-    maps::{count, current_comm, socket_state},
+    maps::{count, current_comm, socket_state, take_site},
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -34,6 +34,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 }
 
 fn start(ctx: &BtfTracePointContext, sk: *mut c_void) {
+    let site = take_site(SiteOp::Connect);
     let Some(state) = socket_state(sk, true) else {
         warn!(
             ctx,
@@ -46,6 +47,10 @@ fn start(ctx: &BtfTracePointContext, sk: *mut c_void) {
     state.inode = kernel::inode(sk);
     state.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     state.comm = current_comm();
+    state.sites = CallSites {
+        connect: site,
+        ..CallSites::default()
+    };
 }
 
 /// Outcome of the attempt: established when `errno` is 0, failed otherwise.

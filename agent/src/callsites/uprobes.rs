@@ -1,0 +1,207 @@
+//! Which processes get the call-site uprobes on their C library's `connect`
+//! and `getsockopt`, and attaching them.
+//!
+//! A uprobe costs a trap on every call it sees, so by default only flagged
+//! processes get them (per process, from their first finding on): a process
+//! that never misbehaves pays nothing.
+
+use std::{collections::HashMap, num::NonZeroU32, path::Path};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    programs::{
+        UProbe,
+        uprobe::{UProbeLink, UProbeScope},
+    },
+};
+use sockerr_common::names;
+
+use super::procmaps::{Mapping, ProcMaps};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// No uprobes: findings carry no call sites.
+    Off,
+    /// Uprobes on each process from its first finding on.
+    Flagged,
+    /// Uprobes on the host's C library for every process, from the start.
+    All,
+}
+
+/// What a process's findings can carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Coverage {
+    Off,
+    /// Not instrumented before this finding.
+    NotYet,
+    Instrumented,
+    Unavailable(String),
+}
+
+/// The wrappers probed: (program, C library symbol).
+const WRAPPERS: [(&str, &str); 2] = [
+    (names::CONNECT_SITE, "connect"),
+    (names::GETSOCKOPT_SITE, "getsockopt"),
+];
+
+enum Entry {
+    /// The links detach when dropped; empty when the host-wide probes of
+    /// [`Mode::All`] already cover the process's C library.
+    Instrumented {
+        _links: Vec<UProbeLink>,
+    },
+    Unavailable(String),
+}
+
+pub struct Instrumenter {
+    /// Owns the programs (and every other program and link of the agent).
+    ebpf: Ebpf,
+    mode: Mode,
+    /// Why no process can be instrumented, if so.
+    unavailable: Option<String>,
+    max: usize,
+    procs: HashMap<u32, Entry>,
+    /// [`Mode::All`]: (device, inode) of the C library probed host-wide.
+    host_libc: Option<((u32, u32), u64)>,
+    _host_links: Vec<UProbeLink>,
+}
+
+impl Instrumenter {
+    /// In [`Mode::All`], attaches to the agent's own C library (the host's)
+    /// for every process.
+    pub fn new(mut ebpf: Ebpf, mode: Mode, max: usize) -> Result<Self> {
+        let mut host_libc = None;
+        let mut host_links = Vec::new();
+        let unavailable = (mode != Mode::Off && !crate::privileges::can_create_uprobes())
+            .then(|| "creating uprobes needs CAP_SYS_ADMIN, which the agent lacks".to_owned());
+        if let Some(why) = &unavailable {
+            tracing::warn!("findings will carry no call sites: {why}");
+        } else if mode == Mode::All {
+            let maps = ProcMaps::read(std::process::id()).context("reading /proc/self/maps")?;
+            let libc = c_library(&maps).context("the agent maps no C library")?;
+            host_links = attach(&mut ebpf, Path::new(&libc.path), UProbeScope::AllProcesses)
+                .with_context(|| format!("attaching call-site uprobes to {}", libc.path))?;
+            host_libc = Some((libc.dev, libc.inode));
+            tracing::info!(libc = libc.path, "call-site uprobes on every process");
+        }
+        Ok(Self {
+            ebpf,
+            mode,
+            unavailable,
+            max,
+            procs: HashMap::new(),
+            host_libc,
+            _host_links: host_links,
+        })
+    }
+
+    pub fn coverage(&self, pid: u32) -> Coverage {
+        if let Some(why) = &self.unavailable {
+            return Coverage::Unavailable(why.clone());
+        }
+        match (self.mode, self.procs.get(&pid)) {
+            (Mode::Off, _) => Coverage::Off,
+            (_, Some(Entry::Instrumented { .. })) => Coverage::Instrumented,
+            (_, Some(Entry::Unavailable(why))) => Coverage::Unavailable(why.clone()),
+            (_, None) if self.procs.len() >= self.max => Coverage::Unavailable(format!(
+                "{} processes are instrumented already (--call-sites.max-processes)",
+                self.max
+            )),
+            (_, None) => Coverage::NotYet,
+        }
+    }
+
+    /// Instruments `pid`, whose mappings are `maps` (None: it is gone).
+    pub fn instrument(&mut self, pid: u32, maps: Option<&ProcMaps>) {
+        if self.coverage(pid) != Coverage::NotYet {
+            return;
+        }
+        let entry = match self.try_instrument(pid, maps) {
+            Ok(entry) => entry,
+            Err(e) => {
+                tracing::warn!(pid, "no call sites for this process: {e:#}");
+                Entry::Unavailable(format!("{e:#}"))
+            }
+        };
+        self.procs.insert(pid, entry);
+    }
+
+    fn try_instrument(&mut self, pid: u32, maps: Option<&ProcMaps>) -> Result<Entry> {
+        let maps = maps.context("the process exited")?;
+        let libc = c_library(maps).context(
+            "no C library mapped: a static binary, or a runtime that makes raw system calls (e.g. Go)",
+        )?;
+        if self.host_libc == Some((libc.dev, libc.inode)) {
+            return Ok(Entry::Instrumented { _links: Vec::new() });
+        }
+        let pid_nz = NonZeroU32::new(pid).context("pid 0")?;
+        // The library as the process sees it, also inside a container.
+        let path = format!("/proc/{pid}/root{}", libc.path);
+        let links = attach(
+            &mut self.ebpf,
+            Path::new(&path),
+            UProbeScope::OneProcess(pid_nz),
+        )
+        .with_context(|| format!("attaching uprobes to {}", libc.path))?;
+        tracing::info!(pid, libc = libc.path, "call-site uprobes attached");
+        Ok(Entry::Instrumented { _links: links })
+    }
+
+    /// Detaches from processes that exited (their pids may be reused).
+    pub fn sweep(&mut self) {
+        self.procs
+            .retain(|pid, _| Path::new(&format!("/proc/{pid}")).exists());
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, library: &Path, scope: UProbeScope) -> Result<Vec<UProbeLink>> {
+    WRAPPERS
+        .iter()
+        .map(|(program, symbol)| {
+            let probe: &mut UProbe = ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} missing"))?
+                .try_into()?;
+            let id = probe
+                .attach(*symbol, library, scope)
+                .with_context(|| format!("uprobe on {symbol}"))?;
+            Ok(probe.take_link(id)?)
+        })
+        .collect()
+}
+
+/// The C library among a process's mappings: glibc or musl.
+fn c_library(maps: &ProcMaps) -> Option<&Mapping> {
+    maps.iter().find(|m| {
+        let name = m.name();
+        m.is_file()
+            && (name.starts_with("libc.so")
+                || (name.starts_with("libc-") && name.ends_with(".so"))
+                || name.starts_with("ld-musl-"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_glibc_and_musl_but_not_look_alikes() {
+        let maps = |path: &str| {
+            ProcMaps::parse(&format!(
+                "7f0000000000-7f0000001000 r-xp 00000000 fd:01 42 /usr/lib/libcrypto.so.3\n\
+                 7f0000001000-7f0000002000 r-xp 00000000 fd:01 43 {path}\n"
+            ))
+        };
+        for libc in [
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib/libc-2.31.so",
+            "/lib/ld-musl-x86_64.so.1",
+        ] {
+            assert_eq!(c_library(&maps(libc)).unwrap().path, libc);
+        }
+        assert!(c_library(&maps("/usr/lib/libcap.so.2")).is_none());
+        assert!(c_library(&ProcMaps::default()).is_none());
+    }
+}
