@@ -109,6 +109,13 @@ pub fn requirements(trial_load: bool) -> Vec<Requirement> {
         }
         .into()),
     ));
+    reqs.push(req(
+        "call sites (optional)",
+        Ok(match crate::callsites::uprobes::unavailable() {
+            None => "uprobes can be attached to flagged processes".into(),
+            Some(why) => format!("findings will carry no call sites: {why}"),
+        }),
+    ));
     if trial_load {
         let can_load = reqs.iter().all(|r| r.ok);
         let result = match (&offsets, can_load) {

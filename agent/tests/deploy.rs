@@ -90,7 +90,10 @@ fn runs_with_exactly_the_units_capabilities_and_each_is_needed() {
         return;
     }
     let caps = unit_capabilities();
-    assert_eq!(caps, ["bpf", "perfmon", "net_admin", "sys_ptrace"]);
+    assert_eq!(
+        caps,
+        ["bpf", "perfmon", "net_admin", "sys_ptrace", "sys_admin"]
+    );
 
     // With exactly the unit's set: attaches, detects, attributes, serves.
     let port = closed_port();
@@ -103,15 +106,25 @@ fn runs_with_exactly_the_units_capabilities_and_each_is_needed() {
         wait_healthy(port),
         "sockerr run did not start with the unit's capabilities"
     );
-    // After attaching it keeps CAP_SYS_PTRACE (bit 19) only.
-    assert_eq!(effective_caps(agent.child.id()), 1 << 19);
-    let (pid, out) = scenario_env(&["masked"], &[("SCENARIO_LINGER_MS", "1000")]);
+    // After attaching it keeps CAP_SYS_PTRACE (bit 19) and, for call-site
+    // uprobes, CAP_SYS_ADMIN (bit 21).
+    assert_eq!(effective_caps(agent.child.id()), (1 << 19) | (1 << 21));
+    let (pid, out) = scenario_env(
+        &["repeat", "buggy", "3", "200"],
+        &[("SCENARIO_LINGER_MS", "1000")],
+    );
     assert!(out.status.success());
-    let found = agent.wait_findings_of(pid, 2);
-    assert_eq!(found.len(), 2, "detected with reduced capabilities");
+    let found = agent.wait_findings_of(pid, 1);
+    assert_eq!(found.len(), 1, "detected with reduced capabilities");
     assert!(
         found.iter().all(|f| f["exe"].is_string()),
         "attributed: {found:?}"
+    );
+    assert!(
+        found[0]["call_sites"]["so_error_reads"][1]["at"]["function"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("evhttp_connection_cb")),
+        "call sites of the latest finding: {found:?}"
     );
     assert!(
         agent
@@ -129,6 +142,15 @@ fn runs_with_exactly_the_units_capabilities_and_each_is_needed() {
         let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
         let port = closed_port();
         let mut child = run_with_caps(&fewer, port);
+        if missing == "sys_admin" {
+            assert!(wait_healthy(port));
+            let agent = Agent { child, port };
+            let (pid, _) = scenario_env(&["repeat", "buggy", "3", "200"], &[]);
+            let found = agent.wait_findings_of(pid, 1);
+            let note = found[0]["call_sites"]["note"].as_str().unwrap_or_default();
+            assert!(note.contains("needs CAP_SYS_ADMIN"), "{found:?}");
+            continue;
+        }
         if missing == "sys_ptrace" {
             assert!(wait_healthy(port));
             let agent = Agent { child, port };

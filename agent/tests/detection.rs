@@ -4,10 +4,11 @@
 
 mod support;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use support::{
-    Tracer, closed_port, http_server, require_root, run_program, scenario, scenario_env,
+    Tracer, build_evhttp_client, closed_port, http_server, require_root, run_program, scenario,
+    scenario_env,
 };
 
 const MASKED: &str = "so_error_masked";
@@ -186,19 +187,4 @@ fn real_clients() {
         Vec::<String>::new(),
         "libevent against a closed port"
     );
-}
-
-/// Compiles the evhttp client fixture against Debian's libevent.
-fn build_evhttp_client() -> std::path::PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/evhttp_client.c");
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("evhttp_client");
-    let status = Command::new("gcc")
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .args(["-levent"])
-        .status()
-        .expect("running gcc (cargo xtask setup installs gcc and libevent-dev)");
-    assert!(status.success(), "compiling {}", src.display());
-    out
 }

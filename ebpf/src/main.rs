@@ -14,6 +14,9 @@
 //! - `tp_btf/sock_send_length` and `sock_recv_length` ([`probes::io`]): every
 //!   socket send/recv, including read()/write(); they leave at once unless the
 //!   socket is closed, so established traffic pays one byte read.
+//! - uprobes on the C library's `connect` and `getsockopt`
+//!   ([`probes::call_site`]): attached by the agent only to flagged
+//!   processes; they leave the call site and user stack for the hooks above.
 //!
 //! Findings are decided here, by the state machine in `sockerr-common`; only
 //! findings reach user space, through a ring buffer with batched wake-ups.

@@ -77,7 +77,7 @@ pub fn socket_state(sk: *mut c_void, create: bool) -> Option<&'static mut Socket
 /// Leaves the call site of the current thread's system call for its kernel hook.
 pub fn put_site(site: &CallSite) {
     // An old entry of this thread is simply replaced.
-    let _ = PENDING.insert(&bpf_get_current_pid_tgid(), site, 0);
+    let _ = PENDING.insert(bpf_get_current_pid_tgid(), site, 0);
 }
 
 /// Takes the call site a uprobe left for the current system call; the
@@ -86,10 +86,10 @@ pub fn put_site(site: &CallSite) {
 pub fn take_site(op: SiteOp) -> CallSite {
     let key = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(site) = (unsafe { PENDING.get(&key) }).copied() else {
+    let Some(site) = (unsafe { PENDING.get(key) }).copied() else {
         return CallSite::default();
     };
-    let _ = PENDING.remove(&key);
+    let _ = PENDING.remove(key);
     if site.op == op as u32 {
         site
     } else {

@@ -73,8 +73,11 @@ impl Instrumenter {
     pub fn new(mut ebpf: Ebpf, mode: Mode, max: usize) -> Result<Self> {
         let mut host_libc = None;
         let mut host_links = Vec::new();
-        let unavailable = (mode != Mode::Off && !crate::privileges::can_create_uprobes())
-            .then(|| "creating uprobes needs CAP_SYS_ADMIN, which the agent lacks".to_owned());
+        let unavailable = if mode == Mode::Off {
+            None
+        } else {
+            unavailable()
+        };
         if let Some(why) = &unavailable {
             tracing::warn!("findings will carry no call sites: {why}");
         } else if mode == Mode::All {
@@ -152,6 +155,17 @@ impl Instrumenter {
     pub fn sweep(&mut self) {
         self.procs
             .retain(|pid, _| Path::new(&format!("/proc/{pid}")).exists());
+    }
+}
+
+/// Why this host or agent cannot create uprobes, if it cannot.
+pub fn unavailable() -> Option<String> {
+    if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
+        Some("the kernel has no uprobe events (CONFIG_UPROBE_EVENTS)".into())
+    } else if !crate::privileges::can_create_uprobes() {
+        Some("creating uprobes needs CAP_SYS_ADMIN, which the agent lacks".into())
+    } else {
+        None
     }
 }
 

@@ -172,6 +172,19 @@ impl Tracer {
     }
 }
 
+impl Tracer {
+    /// Stops the agent (SIGSTOP): findings wait in the ring buffer.
+    pub fn pause(&self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) };
+    }
+
+    pub fn resume(&self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+    }
+}
+
 impl Drop for Tracer {
     fn drop(&mut self) {
         stop(&mut self.child);
@@ -329,4 +342,20 @@ impl Drop for Agent {
     fn drop(&mut self) {
         stop(&mut self.child);
     }
+}
+
+/// Compiles the evhttp client fixture against Debian's libevent.
+pub fn build_evhttp_client() -> PathBuf {
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/evhttp_client.c");
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("evhttp_client");
+    let status = Command::new("gcc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .args(["-levent"])
+        .status()
+        .expect("running gcc (cargo xtask setup installs gcc and libevent-dev)");
+    assert!(status.success(), "compiling {}", src.display());
+    out
 }

@@ -1,0 +1,196 @@
+//! Call sites (root, real kernel): from a process's first finding on, the
+//! agent puts uprobes on its C library, and the findings that follow say
+//! where each connect() and SO_ERROR read was made.
+
+mod support;
+
+use std::{
+    fs,
+    io::Write,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use support::{
+    Tracer, build_evhttp_client, http_server, require_root, run_program, scenario, scenario_bin,
+    scenario_exe,
+};
+
+/// The function named at a read's call site.
+fn read_function(finding: &Value, read: usize) -> &str {
+    finding["call_sites"]["so_error_reads"][read]["at"]["function"]
+        .as_str()
+        .unwrap_or_else(|| panic!("read {read} has no named call site: {finding:#}"))
+}
+
+fn read_module(finding: &Value, read: usize) -> &str {
+    finding["call_sites"]["so_error_reads"][read]["at"]["module"]
+        .as_str()
+        .unwrap_or_else(|| panic!("read {read} has no module: {finding:#}"))
+}
+
+/// Whether the kernel set up uprobe trampolines in a process: it maps
+/// `[uprobes]` the first time one of its uprobes fires.
+fn has_uprobes_mapped(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/maps"))
+        .expect("the process is still running")
+        .contains("[uprobes]")
+}
+
+#[test]
+fn reads_named_by_the_functions_that_made_them() {
+    if !require_root() {
+        return;
+    }
+    let tracer = Tracer::start();
+    // The clean twin runs alongside, alive after its last call: never
+    // flagged, so never probed.
+    let mut clean = Command::new(scenario_bin())
+        .args(["repeat", "correct", "10", "100"])
+        .env("SCENARIO_LINGER_MS", "3000")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (pid, out) = scenario(&["repeat", "buggy", "10", "100"]);
+    assert!(out.status.success(), "{out:?}");
+    let found = tracer.wait_for(pid, 10, Duration::from_secs(10));
+    assert_eq!(found.len(), 10, "one finding per attempt");
+    assert!(
+        found[0]["call_sites"]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("not instrumented yet")),
+        "the first finding says why it has no call sites: {:#}",
+        found[0]
+    );
+    for f in &found[1..] {
+        assert_eq!(f["kind"], "so_error_masked");
+        assert!(
+            read_function(f, 0).ends_with("::bufferevent_finished_connecting"),
+            "{f:#}"
+        );
+        assert!(
+            read_function(f, 1).ends_with("::evhttp_connection_cb"),
+            "{f:#}"
+        );
+        assert_eq!(read_module(f, 0), scenario_exe());
+        assert_eq!(
+            f["call_sites"]["connect"]["at"]["module"],
+            scenario_exe(),
+            "{f:#}"
+        );
+        // The stack starts in the C library's wrapper, then its caller.
+        let read = &f["call_sites"]["so_error_reads"][1];
+        let stack = read["stack"].as_array().unwrap();
+        assert!(
+            stack[0]["function"]
+                .as_str()
+                .is_some_and(|s| s.contains("getsockopt")),
+            "{f:#}"
+        );
+        assert!(stack[0]["module"].as_str().unwrap().contains("libc"));
+        assert_eq!(stack[1], read["at"]);
+        assert!(f["call_sites"].get("note").is_none(), "{f:#}");
+    }
+    assert!(
+        !has_uprobes_mapped(clean.id()),
+        "a process that was never flagged must not pay for uprobes"
+    );
+    assert!(clean.wait().unwrap().success());
+    assert!(tracer.of(clean.id()).is_empty());
+}
+
+/// The flagged process is probed (so the twin's check above can fail).
+#[test]
+fn a_flagged_process_gets_uprobes() {
+    if !require_root() {
+        return;
+    }
+    let tracer = Tracer::start();
+    let mut child = Command::new(scenario_bin())
+        .args(["repeat", "buggy", "2", "stdin"])
+        .env("SCENARIO_LINGER_MS", "2000")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert_eq!(tracer.wait_for(pid, 1, Duration::from_secs(5)).len(), 1);
+    writeln!(child.stdin.take().unwrap()).unwrap();
+    assert_eq!(tracer.wait_for(pid, 2, Duration::from_secs(5)).len(), 2);
+    assert!(has_uprobes_mapped(pid));
+    assert!(child.wait().unwrap().success());
+}
+
+/// libevent's evhttp reads SO_ERROR twice on success: both reads are named
+/// by libevent's modules.
+#[test]
+fn libevent_reads_named_by_its_modules() {
+    if !require_root() {
+        return;
+    }
+    let open = http_server(false);
+    let evhttp = build_evhttp_client();
+    let tracer = Tracer::start();
+    let (pid, out) = run_program(Command::new(&evhttp).args([&open.to_string(), "5", "150"]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("status=200")
+            .count(),
+        5,
+        "{out:?}"
+    );
+    let found = tracer.wait_for(pid, 5, Duration::from_secs(10));
+    assert_eq!(found.len(), 5);
+    for f in &found[1..] {
+        assert_eq!(f["kind"], "so_error_reread");
+        assert!(read_module(f, 0).contains("libevent"), "{f:#}");
+        assert!(read_module(f, 1).contains("libevent"), "{f:#}");
+        assert!(
+            f["call_sites"]["connect"]["at"]["module"]
+                .as_str()
+                .is_some_and(|m| m.contains("libevent")),
+            "{f:#}"
+        );
+    }
+    eprintln!(
+        "libevent finding's sites: {:#}",
+        found.last().unwrap()["call_sites"]
+    );
+}
+
+/// A process gone before its findings are symbolized (the agent is stopped
+/// meanwhile, and the executable deleted): modules and addresses remain.
+#[test]
+fn exited_process_keeps_modules_and_addresses() {
+    if !require_root() {
+        return;
+    }
+    let copy = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("short-lived-client");
+    fs::copy(scenario_bin(), &copy).unwrap();
+    let tracer = Tracer::start();
+    let mut child = Command::new(&copy)
+        .args(["repeat", "buggy", "3", "stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert_eq!(tracer.wait_for(pid, 1, Duration::from_secs(5)).len(), 1);
+    tracer.pause();
+    writeln!(child.stdin.take().unwrap()).unwrap();
+    assert!(child.wait().unwrap().success());
+    fs::remove_file(&copy).unwrap();
+    tracer.resume();
+    let found = tracer.wait_for(pid, 3, Duration::from_secs(10));
+    assert_eq!(found.len(), 3);
+    for f in &found[1..] {
+        for read in 0..2 {
+            let at = &f["call_sites"]["so_error_reads"][read]["at"];
+            assert_eq!(at["module"], copy.to_str().unwrap(), "{f:#}");
+            assert!(at["address"].as_str().unwrap().starts_with("0x"));
+            assert!(at["module_offset"].as_str().unwrap().starts_with("0x"));
+            assert!(at["function"].is_null(), "the file is gone: {f:#}");
+        }
+    }
+}
