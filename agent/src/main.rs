@@ -81,7 +81,7 @@ struct CallSiteArgs {
     mode: callsites::uprobes::Mode,
     /// Most processes instrumented with call-site uprobes at once.
     #[arg(long = "call-sites.max-processes", default_value_t = 64)]
-    max_processes: usize,
+    max_instrumented: usize,
 }
 
 #[derive(Args)]
@@ -226,7 +226,8 @@ fn collector(
     stacks: aya::maps::StackTraceMap<aya::maps::MapData>,
     args: &CallSiteArgs,
 ) -> Result<pipeline::Collector> {
-    let instrumenter = callsites::uprobes::Instrumenter::new(ebpf, args.mode, args.max_processes)?;
+    let instrumenter =
+        callsites::uprobes::Instrumenter::new(ebpf, args.mode, args.max_instrumented)?;
     // Per-process uprobes are created later, so their capability stays.
     privileges::drop_after_attach(args.mode == callsites::uprobes::Mode::Flagged)?;
     Ok(pipeline::Collector {
@@ -245,4 +246,12 @@ async fn shutdown() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

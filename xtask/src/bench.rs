@@ -38,18 +38,29 @@ const LOOPS: [(&str, &str, u64); 5] = [
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Tool {
     Baseline,
+    /// `sockerr run` as deployed: call-site uprobes on flagged processes only.
     Sockerr,
+    /// `sockerr run --call-sites=all`: uprobes on every process's connect
+    /// and getsockopt, what always-on call sites would cost.
+    SockerrAll,
     Bpftrace,
     Strace,
 }
 
-const TOOLS: [Tool; 4] = [Tool::Baseline, Tool::Sockerr, Tool::Bpftrace, Tool::Strace];
+const TOOLS: [Tool; 5] = [
+    Tool::Baseline,
+    Tool::Sockerr,
+    Tool::SockerrAll,
+    Tool::Bpftrace,
+    Tool::Strace,
+];
 
 impl Tool {
     fn name(self) -> &'static str {
         match self {
             Tool::Baseline => "baseline",
             Tool::Sockerr => "sockerr",
+            Tool::SockerrAll => "sockerr_sites_all",
             Tool::Bpftrace => "bpftrace",
             Tool::Strace => "strace",
         }
@@ -144,7 +155,8 @@ impl Run {
 
     fn round(&mut self, tool: Tool) -> Result<()> {
         let mut agent = match tool {
-            Tool::Sockerr => Some(Agent::start(&self.agent)?),
+            Tool::Sockerr => Some(Agent::start(&self.agent, &[])?),
+            Tool::SockerrAll => Some(Agent::start(&self.agent, &["--call-sites=all"])?),
             _ => None,
         };
         let bpftrace = if tool == Tool::Bpftrace {
@@ -152,21 +164,23 @@ impl Run {
         } else {
             None
         };
-        let cpu_before = agent.as_ref().map(|a| (a.cpu_seconds(), Instant::now()));
+        // The agent's own figures (CPU, memory, findings) are those of
+        // sockerr as deployed.
+        let mut watched = agent.as_mut().filter(|_| tool == Tool::Sockerr);
+        let cpu_before = watched.as_ref().map(|a| (a.cpu_seconds(), Instant::now()));
         for (name, _, base) in LOOPS {
             if name == "masked"
-                && let Some((cpu, since)) = cpu_before
+                && let (Some((cpu, since)), Some(a)) = (cpu_before, watched.as_ref())
             {
-                let a = agent.as_ref().unwrap();
                 self.agent_cpu
                     .push((a.cpu_seconds() - cpu) / since.elapsed().as_secs_f64());
             }
-            let before = agent.as_mut().map(Agent::counts).transpose()?;
+            let before = watched.as_mut().map(|a| a.counts()).transpose()?;
             let n = self.iterations(base, tool);
             let ns = self.measure(tool, name, n)?;
             self.ns.entry((tool, name)).or_default().push(ns);
             if let (Some(a), Some((delivered, lost)), true) =
-                (agent.as_mut(), before, name == "masked")
+                (watched.as_mut(), before, name == "masked")
             {
                 // Findings reach the agent within its drain interval.
                 thread::sleep(Duration::from_millis(300));
@@ -177,7 +191,7 @@ impl Run {
                 self.finding_rate.push(1e9 / ns);
             }
         }
-        if let Some(a) = &agent {
+        if let Some(a) = &watched {
             self.agent_rss_kib = self.agent_rss_kib.max(a.rss_kib("VmRSS:"));
         }
         if let Some(mut b) = bpftrace {
@@ -223,7 +237,7 @@ impl Run {
     /// Median time of a /metrics scrape with 100 distinct comms exported.
     fn scrape_with_many_comms(&self) -> Result<f64> {
         println!("xtask bench: /metrics with 100 comms");
-        let mut agent = Agent::start(&self.agent)?;
+        let mut agent = Agent::start(&self.agent, &[])?;
         for i in 0..100 {
             Command::new(&self.scenario)
                 .args(["renamed", &format!("bench-comm-{i}")])
@@ -249,7 +263,7 @@ impl Run {
     /// RSS (MiB) of the agent after `n` findings.
     fn rss_after_findings(&self, n: u64) -> Result<f64> {
         println!("xtask bench: agent memory after {n} findings");
-        let mut agent = Agent::start(&self.agent)?;
+        let mut agent = Agent::start(&self.agent, &[])?;
         self.measure(Tool::Baseline, "masked", n)?;
         thread::sleep(Duration::from_millis(500));
         let rss = agent.rss_kib("VmRSS:") as f64 / 1024.0;
@@ -269,13 +283,18 @@ impl Run {
     fn report(&self, scrape_ms: f64, rss_after: Option<f64>) -> String {
         let mut out = String::new();
         let mut bench = String::from("BENCH");
-        writeln!(out, "\n| loop | baseline ns/op | sockerr | bpftrace | strace | sockerr added vs ⅓ of bpftrace's |").unwrap();
-        writeln!(out, "| --- | --- | --- | --- | --- | --- |").unwrap();
+        writeln!(out, "\n| loop | baseline ns/op | sockerr | sockerr, call sites on all | bpftrace | strace | sockerr added vs ⅓ of bpftrace's |").unwrap();
+        writeln!(out, "| --- | --- | --- | --- | --- | --- | --- |").unwrap();
         for (name, label, _) in LOOPS {
             let (base, bmin, bmax) = self.stats(Tool::Baseline, name).unwrap();
             let mut row = format!("| {label} | {base:.0} [{bmin:.0}–{bmax:.0}] ");
             let mut added = HashMap::new();
-            for tool in [Tool::Sockerr, Tool::Bpftrace, Tool::Strace] {
+            for tool in [
+                Tool::Sockerr,
+                Tool::SockerrAll,
+                Tool::Bpftrace,
+                Tool::Strace,
+            ] {
                 let (m, lo, hi) = self.stats(tool, name).unwrap();
                 let ratio = m / base;
                 added.insert(tool, ratio - 1.0);
@@ -403,12 +422,13 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(bin: &Path) -> Result<Self> {
+    fn start(bin: &Path, extra: &[&str]) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let child = Command::new(bin)
             .args(["run", "--web.listen-address", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .stderr(Stdio::null())
             .spawn()?;
         let agent = Self { child, port };
