@@ -2,7 +2,12 @@
 //! when the finding arrives. The process may already be gone; then we say so
 //! rather than guess.
 
-use std::{fs, io, path::PathBuf};
+use std::{
+    collections::HashMap,
+    fs, io,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Process {
@@ -26,13 +31,53 @@ pub fn attribute(tgid: u32, socket_inode: u64) -> Process {
     attribute_in(&PathBuf::from(format!("/proc/{tgid}")), socket_inode)
 }
 
+/// How long a process's identity is remembered for its later findings.
+const REMEMBER: Duration = Duration::from_secs(1);
+/// Past this many remembered processes, the stale ones are forgotten.
+const REMEMBER_MAX: usize = 4096;
+
+/// [`attribute`], remembering each process briefly: a process that exits
+/// right after a finding keeps its exe and cgroup on the findings that
+/// follow it within [`REMEMBER`] (instrumenting it for call sites delays
+/// those by milliseconds).
+#[derive(Default)]
+pub struct Attributor {
+    recent: HashMap<u32, (Instant, Process)>,
+}
+
+impl Attributor {
+    pub fn attribute(&mut self, tgid: u32, socket_inode: u64) -> Process {
+        self.attribute_at(attribute(tgid, socket_inode), tgid, Instant::now())
+    }
+
+    fn attribute_at(&mut self, found: Process, tgid: u32, now: Instant) -> Process {
+        if found.exe.is_some() {
+            if self.recent.len() >= REMEMBER_MAX {
+                self.recent.retain(|_, (t, _)| now - *t < REMEMBER);
+            }
+            self.recent.insert(tgid, (now, found.clone()));
+            return found;
+        }
+        let exited = found
+            .exe_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(EXITED));
+        match self.recent.get(&tgid) {
+            Some((seen, known)) if exited && now - *seen < REMEMBER => Process {
+                fd: None,
+                ..known.clone()
+            },
+            _ => found,
+        }
+    }
+}
+
+const EXITED: &str = "process exited before it could be attributed";
+
 fn attribute_in(proc_dir: &std::path::Path, socket_inode: u64) -> Process {
     let (exe, exe_error) = match fs::read_link(proc_dir.join("exe")) {
         Ok(p) => (Some(p.to_string_lossy().into_owned()), None),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => (
-            None,
-            Some("process exited before it could be attributed".to_owned()),
-        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (None, Some(EXITED.to_owned())),
         Err(e) => (
             None,
             Some(format!("reading {}/exe: {e}", proc_dir.display())),
@@ -109,6 +154,36 @@ fn is_pod_uid(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exited_process_keeps_its_identity_briefly() {
+        let mut a = Attributor::default();
+        let t0 = Instant::now();
+        let alive = Process {
+            exe: Some("/usr/bin/client".into()),
+            fd: Some(7),
+            ..Process::default()
+        };
+        let gone = Process {
+            exe_error: Some(EXITED.into()),
+            ..Process::default()
+        };
+        assert_eq!(a.attribute_at(alive.clone(), 42, t0), alive);
+        let later = a.attribute_at(gone.clone(), 42, t0 + Duration::from_millis(30));
+        assert_eq!(later.exe.as_deref(), Some("/usr/bin/client"));
+        assert_eq!(later.fd, None, "the fd is not remembered");
+        assert_eq!(a.attribute_at(gone.clone(), 42, t0 + REMEMBER), gone);
+        assert_eq!(a.attribute_at(gone.clone(), 43, t0), gone, "another pid");
+        let denied = Process {
+            exe_error: Some("reading /proc/42/exe: Permission denied".into()),
+            ..Process::default()
+        };
+        assert_eq!(
+            a.attribute_at(denied.clone(), 42, t0),
+            denied,
+            "only an exited process is filled in"
+        );
+    }
 
     const ID: &str = "3f4b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b";
     const UID: &str = "8d1a3c9e-2b4f-4e6a-9c7d-1f2e3d4c5b6a";

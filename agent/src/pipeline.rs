@@ -44,6 +44,7 @@ pub async fn run(collector: Collector, mut sink: impl FnMut(Finding)) -> Result<
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut stages = Stages {
+        attributor: attribution::Attributor::default(),
         instrumenter: &mut instrumenter,
         resolver: &mut resolver,
         sink: &mut sink,
@@ -62,6 +63,7 @@ pub async fn run(collector: Collector, mut sink: impl FnMut(Finding)) -> Result<
 }
 
 struct Stages<'a, S> {
+    attributor: attribution::Attributor,
     instrumenter: &'a mut Instrumenter,
     resolver: &'a mut Resolver,
     sink: &'a mut S,
@@ -69,14 +71,20 @@ struct Stages<'a, S> {
 
 impl<S: FnMut(Finding)> Stages<'_, S> {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        // Attribute everything queued first, while the processes most likely
+        // still run: instrumenting a new process takes milliseconds.
+        let mut batch = Vec::new();
         while let Some(item) = ring.next() {
             let Some((ev, kind, trigger)) = Finding::decode(&item) else {
                 tracing::error!(len = item.len(), "undecodable finding record");
                 continue;
             };
             drop(item);
+            let process = self.attributor.attribute(ev.tgid, ev.inode);
+            batch.push((ev, kind, trigger, process));
+        }
+        for (ev, kind, trigger, process) in batch {
             let pid = ev.tgid;
-            let process = attribution::attribute(pid, ev.inode);
             let coverage = self.instrumenter.coverage(pid);
             if coverage == Coverage::NotYet {
                 // The snapshot of its mappings, taken while the process

@@ -15,6 +15,10 @@ use aya::{
         uprobe::{UProbeLink, UProbeScope},
     },
 };
+use blazesym::inspect::{
+    Inspector,
+    source::{Elf, Source},
+};
 use sockerr_common::names;
 
 use super::procmaps::{Mapping, ProcMaps};
@@ -63,40 +67,49 @@ pub struct Instrumenter {
     max: usize,
     procs: HashMap<u32, Entry>,
     /// [`Mode::All`]: (device, inode) of the C library probed host-wide.
-    host_libc: Option<((u32, u32), u64)>,
+    host_libc: Option<FileId>,
     _host_links: Vec<UProbeLink>,
+    /// File offsets of the [`WRAPPERS`] per C library file: most processes
+    /// share one, whose symbol table is then read once.
+    offsets: HashMap<FileId, [u64; 2]>,
+    inspector: Inspector,
 }
+
+/// (device, inode) of a mapped file.
+type FileId = ((u32, u32), u64);
 
 impl Instrumenter {
     /// In [`Mode::All`], attaches to the agent's own C library (the host's)
     /// for every process.
-    pub fn new(mut ebpf: Ebpf, mode: Mode, max: usize) -> Result<Self> {
-        let mut host_libc = None;
-        let mut host_links = Vec::new();
+    pub fn new(ebpf: Ebpf, mode: Mode, max: usize) -> Result<Self> {
         let unavailable = if mode == Mode::Off {
             None
         } else {
             unavailable()
         };
-        if let Some(why) = &unavailable {
-            tracing::warn!("findings will carry no call sites: {why}");
-        } else if mode == Mode::All {
-            let maps = ProcMaps::read(std::process::id()).context("reading /proc/self/maps")?;
-            let libc = c_library(&maps).context("the agent maps no C library")?;
-            host_links = attach(&mut ebpf, Path::new(&libc.path), UProbeScope::AllProcesses)
-                .with_context(|| format!("attaching call-site uprobes to {}", libc.path))?;
-            host_libc = Some((libc.dev, libc.inode));
-            tracing::info!(libc = libc.path, "call-site uprobes on every process");
-        }
-        Ok(Self {
+        let mut this = Self {
             ebpf,
             mode,
             unavailable,
             max,
             procs: HashMap::new(),
-            host_libc,
-            _host_links: host_links,
-        })
+            host_libc: None,
+            _host_links: Vec::new(),
+            offsets: HashMap::new(),
+            inspector: Inspector::new(),
+        };
+        if let Some(why) = &this.unavailable {
+            tracing::warn!("findings will carry no call sites: {why}");
+        } else if mode == Mode::All {
+            let maps = ProcMaps::read(std::process::id()).context("reading /proc/self/maps")?;
+            let libc = c_library(&maps).context("the agent maps no C library")?;
+            this._host_links = this
+                .attach(libc, Path::new(&libc.path), UProbeScope::AllProcesses)
+                .with_context(|| format!("attaching call-site uprobes to {}", libc.path))?;
+            this.host_libc = Some((libc.dev, libc.inode));
+            tracing::info!(libc = libc.path, "call-site uprobes on every process");
+        }
+        Ok(this)
     }
 
     pub fn coverage(&self, pid: u32) -> Coverage {
@@ -131,6 +144,7 @@ impl Instrumenter {
     }
 
     fn try_instrument(&mut self, pid: u32, maps: Option<&ProcMaps>) -> Result<Entry> {
+        let start = std::time::Instant::now();
         let maps = maps.context("the process exited")?;
         let libc = c_library(maps).context(
             "no C library mapped: a static binary, or a runtime that makes raw system calls (e.g. Go)",
@@ -141,14 +155,65 @@ impl Instrumenter {
         let pid_nz = NonZeroU32::new(pid).context("pid 0")?;
         // The library as the process sees it, also inside a container.
         let path = format!("/proc/{pid}/root{}", libc.path);
-        let links = attach(
-            &mut self.ebpf,
-            Path::new(&path),
-            UProbeScope::OneProcess(pid_nz),
-        )
-        .with_context(|| format!("attaching uprobes to {}", libc.path))?;
-        tracing::info!(pid, libc = libc.path, "call-site uprobes attached");
+        let links = self
+            .attach(libc, Path::new(&path), UProbeScope::OneProcess(pid_nz))
+            .with_context(|| format!("attaching uprobes to {}", libc.path))?;
+        tracing::info!(pid, libc = libc.path, took = ?start.elapsed(), "call-site uprobes attached");
         Ok(Entry::Instrumented { _links: links })
+    }
+
+    /// Attaches the [`WRAPPERS`] uprobes to `libc`, opened at `path`.
+    fn attach(
+        &mut self,
+        libc: &Mapping,
+        path: &Path,
+        scope: UProbeScope,
+    ) -> Result<Vec<UProbeLink>> {
+        let id = (libc.dev, libc.inode);
+        let offsets = match self.offsets.get(&id) {
+            Some(known) => *known,
+            None => {
+                let found = self.wrapper_offsets(path)?;
+                self.offsets.insert(id, found);
+                found
+            }
+        };
+        WRAPPERS
+            .iter()
+            .zip(offsets)
+            .map(|((program, symbol), offset)| {
+                let probe: &mut UProbe = self
+                    .ebpf
+                    .program_mut(program)
+                    .with_context(|| format!("program {program} missing"))?
+                    .try_into()?;
+                let link = probe
+                    .attach(offset, path, scope)
+                    .with_context(|| format!("uprobe on {symbol}"))?;
+                Ok(probe.take_link(link)?)
+            })
+            .collect()
+    }
+
+    /// File offsets of the wrappers, from the library's dynamic symbols.
+    fn wrapper_offsets(&self, path: &Path) -> Result<[u64; 2]> {
+        let source = Source::Elf(Elf {
+            debug_syms: false,
+            ..Elf::new(path)
+        });
+        let names = WRAPPERS.map(|(_, symbol)| symbol);
+        let found = self
+            .inspector
+            .lookup(&source, &names)
+            .with_context(|| format!("reading the symbols of {}", path.display()))?;
+        let mut offsets = [0; 2];
+        for ((offset, symbol), infos) in offsets.iter_mut().zip(names).zip(found) {
+            *offset = infos
+                .iter()
+                .find_map(|i| i.file_offset)
+                .with_context(|| format!("no symbol {symbol}"))?;
+        }
+        Ok(offsets)
     }
 
     /// Detaches from processes that exited (their pids may be reused).
@@ -167,22 +232,6 @@ pub fn unavailable() -> Option<String> {
     } else {
         None
     }
-}
-
-fn attach(ebpf: &mut Ebpf, library: &Path, scope: UProbeScope) -> Result<Vec<UProbeLink>> {
-    WRAPPERS
-        .iter()
-        .map(|(program, symbol)| {
-            let probe: &mut UProbe = ebpf
-                .program_mut(program)
-                .with_context(|| format!("program {program} missing"))?
-                .try_into()?;
-            let id = probe
-                .attach(*symbol, library, scope)
-                .with_context(|| format!("uprobe on {symbol}"))?;
-            Ok(probe.take_link(id)?)
-        })
-        .collect()
 }
 
 /// The C library among a process's mappings: glibc or musl.
