@@ -59,7 +59,7 @@ fn privileges() -> Result<String, String> {
 }
 
 /// Every requirement, in order; with `trial_load`, also loads the programs
-/// into the kernel (the verifier, ring buffer and socket storage) without
+/// into the kernel (the verifier, ring buffer and maps) without
 /// attaching them.
 pub fn requirements(trial_load: bool) -> Vec<Requirement> {
     let mut reqs = vec![req("privileges", privileges())];
@@ -120,7 +120,7 @@ pub fn requirements(trial_load: bool) -> Vec<Requirement> {
         let can_load = reqs.iter().all(|r| r.ok);
         let result = match (&offsets, can_load) {
             (Ok(o), true) => probes::load(o)
-                .map(|_| "every program passed the verifier; ring buffer, per-CPU maps and socket storage created".into())
+                .map(|_| "every program passed the verifier; ring buffer and maps created".into())
                 .map_err(|e| format!("{e:#}")),
             _ => Err("not tried: fix the requirements above first".into()),
         };

@@ -18,6 +18,9 @@ pub mod names {
     pub const GETSOCKOPT_SITE: &str = "getsockopt_site";
 }
 
+/// Capacity of the `SOCKETS` LRU map: connect attempts tracked at once (the
+/// least recently used are dropped first).
+pub const SOCKET_ENTRIES: u32 = 65536;
 /// Capacity of the `COUNTERS` per-CPU hash map: (comm, counter, errno) keys.
 pub const COUNTER_ENTRIES: u32 = 16384;
 /// Ring buffer size for findings (a finding is 176 bytes + 8 of header).
@@ -106,8 +109,8 @@ pub struct CallSites {
     pub reads: [CallSite; MAX_READS],
 }
 
-/// Per-socket state in socket-local storage: the latest attempt and what is
-/// known about who made it.
+/// Per-socket state, keyed by the socket's inode number: the latest attempt
+/// and what is known about who made it.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SocketState {
@@ -224,7 +227,7 @@ pub enum Health {
     FindingsProduced = 0,
     /// Findings dropped because the ring buffer was full.
     FindingsLost = 1,
-    /// Socket storage could not be created (memory limits).
+    /// An attempt could not be recorded in `SOCKETS`.
     StorageFailed = 2,
     /// Counter updates dropped because `COUNTERS` was full.
     CountersFull = 3,

@@ -76,15 +76,19 @@ pub fn remote(sk: *const c_void) -> Endpoint {
     }
 }
 
-/// The inode number of the socket's file, which names it in /proc/<pid>/fd.
-/// The inode lies past `struct socket` (in `struct socket_alloc`), where the
-/// verifier allows no direct load: a helper reads it.
+/// The inode number of the socket's file (it names the socket in
+/// /proc/<pid>/fd, and keys its attempt); 0 once the process closed it.
+/// Read with a helper: `sk` may be a cgroup hook's `bpf_sock`, and the inode
+/// lies past `struct socket` (in `struct socket_alloc`), where the verifier
+/// allows no direct load either.
 pub fn inode(sk: *const c_void) -> u64 {
-    let socket: u64 = sock_field(sk, offset!(sk_socket));
+    let field = sk.cast::<u8>().wrapping_add(offset!(sk_socket));
+    // SAFETY: bpf_probe_read_kernel faults safely on a bad address.
+    let socket = unsafe { bpf_probe_read_kernel(field.cast::<u64>()) }.unwrap_or_default();
     if socket == 0 {
         return 0;
     }
     let ino = (socket as *const u8).wrapping_add(offset!(socket_to_ino));
-    // SAFETY: bpf_probe_read_kernel faults safely on a bad address.
+    // SAFETY: as above.
     unsafe { bpf_probe_read_kernel(ino.cast::<u64>()) }.unwrap_or_default()
 }

@@ -5,9 +5,10 @@
 //! syscall of every process on the slow path. Instead:
 //!
 //! - `tp_btf/inet_sock_set_state` ([`probes::state`]): CLOSE→SYN_SENT runs in
-//!   the task calling connect() and starts an attempt in socket-local
-//!   storage; SYN_SENT→ESTABLISHED / →CLOSE decide its outcome (kernel truth,
-//!   with `sk_err`). Fires only on TCP state changes.
+//!   the task calling connect() and starts an attempt, kept by the socket's
+//!   inode number in a preallocated LRU map; SYN_SENT→ESTABLISHED / →CLOSE
+//!   decide its outcome (kernel truth, with `sk_err`). Fires only on TCP
+//!   state changes.
 //! - `cgroup/getsockopt` on the cgroup v2 root ([`probes::so_error`]): sees the
 //!   `SO_ERROR` value the process actually receives. It is the only hook that
 //!   sees getsockopt results without syscall tracepoints (≈ +360 ns a call).
@@ -20,9 +21,10 @@
 //!
 //! Findings are decided here, by the state machine in `sockerr-common`; only
 //! findings reach user space, through a ring buffer with batched wake-ups.
-//! Socket-local storage is freed by the kernel with its socket: no cleanup,
-//! and no confusion when an fd number, a `struct sock` address or a pid is
-//! reused.
+//! Attempts are keyed by socket inode numbers, which are not reused the way
+//! fd numbers, `struct sock` addresses and pids are; those of closed sockets
+//! age out of the LRU map (socket-local storage, freed with its socket, cost
+//! twice as much per connect: the allocation at every connect).
 #![no_std]
 #![no_main]
 

@@ -5,25 +5,28 @@ use core::{ffi::c_void, ptr};
 use aya_ebpf::{
     bindings::{
         BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-        BPF_SK_STORAGE_GET_F_CREATE,
     },
-    btf_maps::{SkStorage, StackTrace},
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
-        generated::bpf_sk_storage_get,
-    },
+    btf_maps::StackTrace,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
     macros::{btf_map, map},
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sockerr_common::{
     COUNTER_ENTRIES, CallSite, Counter, CounterKey, FINDINGS_RING_BYTES, FindingEvent, FindingKind,
-    HEALTH_SLOTS, Health, PENDING_SITES, STACK_DEPTH, STACK_ENTRIES, SiteOp, SocketState,
-    TASK_COMM_LEN, Trigger,
+    HEALTH_SLOTS, Health, PENDING_SITES, SOCKET_ENTRIES, STACK_DEPTH, STACK_ENTRIES, SiteOp,
+    SocketState, TASK_COMM_LEN, Trigger,
 };
 
-/// The latest connect attempt of each TCP socket; freed with the socket.
-#[btf_map]
-static SOCKETS: SkStorage<SocketState> = SkStorage::new();
+use crate::kernel;
+
+/// The latest connect attempt of each TCP socket, by the socket's inode
+/// number. A preallocated LRU map rather than socket-local storage: creating
+/// storage at every connect cost about twice as much (measured with
+/// kernel.bpf_stats_enabled), inode numbers are not reused the way socket
+/// addresses are, and attempts of sockets long closed age out with no hook
+/// on socket destruction.
+#[map]
+static SOCKETS: LruHashMap<u64, SocketState> = LruHashMap::with_max_entries(SOCKET_ENTRIES, 0);
 
 #[map]
 static FINDINGS: RingBuf = RingBuf::with_byte_size(FINDINGS_RING_BYTES, 0);
@@ -48,6 +51,10 @@ pub static STACKS: StackTrace<STACK_ENTRIES, 0, STACK_DEPTH> = StackTrace::new()
 #[map]
 static PENDING: LruHashMap<u64, CallSite> = LruHashMap::with_max_entries(PENDING_SITES, 0);
 
+/// One slot per CPU for [`plain_address`].
+#[map]
+static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Wake-ups were the dominant cost measured, so the agent is woken only by
 /// the first finding queued into an empty ring (it then attributes it while
 /// the process most likely still runs) or once this much is queued; it also
@@ -55,23 +62,36 @@ static PENDING: LruHashMap<u64, CallSite> = LruHashMap::with_max_entries(PENDING
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 64 * 1024;
 
-/// The attempt state of socket `sk`, created when `create` is set.
+/// The attempt state of socket `sk`, if it made one.
 #[inline(always)]
-pub fn socket_state(sk: *mut c_void, create: bool) -> Option<&'static mut SocketState> {
-    let flags = if create {
-        BPF_SK_STORAGE_GET_F_CREATE as u64
-    } else {
-        0
-    };
-    let map = ptr::from_ref(&SOCKETS).cast_mut().cast();
-    // SAFETY: `sk` comes from the program's context (a socket the verifier
-    // knows); the helper returns null or a pointer valid for this program run.
-    let state = unsafe { bpf_sk_storage_get(map, sk, ptr::null_mut(), flags) };
-    let state = unsafe { state.cast::<SocketState>().as_mut() };
-    if state.is_none() && create {
-        health(Health::StorageFailed);
+pub fn socket_state(sk: *const c_void) -> Option<&'static mut SocketState> {
+    let inode = kernel::inode(sk);
+    if inode == 0 {
+        return None;
     }
-    state
+    // SAFETY: the entry stays valid for this program run (RCU); concurrent
+    // updates of one socket's attempt are serialized by the socket's own calls.
+    SOCKETS.get_ptr_mut(inode).map(|p| unsafe { &mut *p })
+}
+
+/// The address `sk` points at, as a plain number that probe reads can
+/// start from. The verifier forbids arithmetic on the cgroup hook's socket
+/// pointer, but lets a privileged program store it in a map and load it back.
+pub fn plain_address(sk: *const c_void) -> Option<*const c_void> {
+    let slot = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, used only here, within one program run.
+    unsafe {
+        ptr::write_volatile(slot, sk as u64);
+        Some(ptr::read_volatile(slot) as *const c_void)
+    }
+}
+
+/// Records a new attempt, replacing the socket's previous one; the error
+/// when it could not be recorded (counted in `HEALTH`).
+pub fn track(state: &SocketState) -> Result<(), i32> {
+    SOCKETS
+        .insert(state.inode, state, 0)
+        .inspect_err(|_| health(Health::StorageFailed))
 }
 
 /// Leaves the call site of the current thread's system call for its kernel hook.

@@ -136,7 +136,10 @@ impl Instrumenter {
         let entry = match self.try_instrument(pid, maps) {
             Ok(entry) => entry,
             Err(e) => {
-                tracing::warn!(pid, "no call sites for this process: {e:#}");
+                // Short-lived processes often exit first: not worth a warning.
+                if maps.is_some() {
+                    tracing::warn!(pid, "no call sites for this process: {e:#}");
+                }
                 Entry::Unavailable(format!("{e:#}"))
             }
         };

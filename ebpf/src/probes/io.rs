@@ -28,7 +28,7 @@ fn io(ctx: &BtfTracePointContext, trigger: Trigger) -> i32 {
     if kernel::state(sk) != TCP_CLOSE {
         return 0;
     }
-    if let Some(state) = socket_state(sk, false)
+    if let Some(state) = socket_state(sk)
         && let Some(kind) = state.attempt.io()
     {
         emit(state, kind, trigger);

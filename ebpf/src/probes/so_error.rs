@@ -5,7 +5,7 @@ use sockerr_common::{Counter, ReadClass, SiteOp, Trigger};
 
 use crate::{
     kernel::{SO_ERROR, SOL_SOCKET},
-    maps::{count, current_comm, emit, socket_state, take_site},
+    maps::{count, current_comm, emit, plain_address, socket_state, take_site},
 };
 
 /// Runs after the kernel's own getsockopt. It must return 1 and change
@@ -35,7 +35,7 @@ fn observe(ctx: &SockoptContext) {
     if sk.is_null() || start.wrapping_byte_add(4) > end {
         return;
     }
-    let Some(state) = socket_state(sk.cast(), false) else {
+    let Some(state) = plain_address(sk.cast()).and_then(socket_state) else {
         return;
     };
     // SAFETY: bounds checked against optval_end above.

@@ -6,11 +6,11 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 use aya_log_ebpf::warn;
-use sockerr_common::{Attempt, CallSites, Counter, SiteOp};
+use sockerr_common::{Attempt, CallSites, Counter, SiteOp, SocketState};
 
 use crate::{
     kernel::{self, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT},
-    maps::{count, current_comm, socket_state, take_site},
+    maps::{count, current_comm, socket_state, take_site, track},
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -35,28 +35,34 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 
 fn start(ctx: &BtfTracePointContext, sk: *mut c_void) {
     let site = take_site(SiteOp::Connect);
-    let Some(state) = socket_state(sk, true) else {
+    let inode = kernel::inode(sk);
+    if inode == 0 {
+        return;
+    }
+    let tracked = track(&SocketState {
+        attempt: Attempt::new(),
+        remote: kernel::remote(sk),
+        inode,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        _pad: 0,
+        comm: current_comm(),
+        sites: CallSites {
+            connect: site,
+            ..CallSites::default()
+        },
+    });
+    if let Err(err) = tracked {
         warn!(
             ctx,
-            "socket storage unavailable: connect attempt not tracked"
+            "connect attempt not tracked: SOCKETS update failed ({})", err
         );
-        return;
-    };
-    state.attempt = Attempt::new();
-    state.remote = kernel::remote(sk);
-    state.inode = kernel::inode(sk);
-    state.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    state.comm = current_comm();
-    state.sites = CallSites {
-        connect: site,
-        ..CallSites::default()
-    };
+    }
 }
 
 /// Outcome of the attempt: established when `errno` is 0, failed otherwise.
 /// Often runs in softirq context, so identity comes from the stored attempt.
 fn decide(sk: *mut c_void, errno: i32) {
-    let Some(state) = socket_state(sk, false) else {
+    let Some(state) = socket_state(sk) else {
         return;
     };
     let (decided, counter) = if errno == 0 {
