@@ -11,6 +11,7 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
+    sync::Mutex,
     thread,
     time::Duration,
 };
@@ -82,6 +83,10 @@ fn run(name: &str, v6: bool, rest: &[&str]) -> Result<()> {
     }
 }
 
+/// Sockets kept open until the process exits, after SCENARIO_LINGER_MS: the
+/// agent finds the fd of a finding's socket only while it is open.
+static KEEP: Mutex<Vec<Sock>> = Mutex::new(Vec::new());
+
 /// The libevent bug: refused non-blocking connect, SO_ERROR read twice (the
 /// second read returns 0), then write() and read() on the dead socket.
 fn masked(v6: bool) -> Result<()> {
@@ -93,6 +98,7 @@ fn masked(v6: bool) -> Result<()> {
         s.write(),
         s.read()
     );
+    KEEP.lock().expect("not poisoned").push(s);
     Ok(())
 }
 
