@@ -6,15 +6,17 @@ mod support;
 
 use std::{
     fs,
-    io::Write,
+    io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
+    sync::mpsc,
+    thread,
     time::Duration,
 };
 
 use serde_json::Value;
 use support::{
-    Tracer, build_evhttp_client, http_server, require_root, run_program, scenario, scenario_bin,
-    scenario_exe,
+    Tracer, agent_bin, build_evhttp_client, http_server, require_root, run_program, scenario,
+    scenario_bin, scenario_env, scenario_exe, stop,
 };
 
 /// The function named at a read's call site.
@@ -193,4 +195,66 @@ fn exited_process_keeps_modules_and_addresses() {
             assert!(at["function"].is_null(), "the file is gone: {f:#}");
         }
     }
+}
+
+/// `sockerr trace --stacks --comm C`: human lines for C's findings only, each
+/// followed by the stacks of its call sites.
+#[test]
+fn trace_prints_stacks_of_the_chosen_comm() {
+    if !require_root() {
+        return;
+    }
+    let mut trace = Command::new(agent_bin())
+        .args(["trace", "--stacks", "--comm", "stacks-test"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(trace.stderr.take().unwrap());
+    for line in stderr.lines() {
+        if line.unwrap().contains("tracing; Ctrl-C to stop") {
+            break;
+        }
+    }
+    let (tx, rx) = mpsc::channel();
+    let stdout = BufReader::new(trace.stdout.take().unwrap());
+    thread::spawn(move || {
+        stdout
+            .lines()
+            .map_while(Result::ok)
+            .for_each(|l| drop(tx.send(l)))
+    });
+    // Another comm, flagged meanwhile: filtered out.
+    let (_, other) = scenario(&["masked"]);
+    assert!(other.status.success());
+    let (_, out) = scenario_env(
+        &["repeat", "buggy", "4", "100"],
+        &[("SCENARIO_COMM", "stacks-test")],
+    );
+    assert!(out.status.success());
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(3)) {
+        lines.push(line);
+    }
+    stop(&mut trace);
+    let text = lines.join("\n");
+    let findings: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains(" so_error_masked "))
+        .collect();
+    assert_eq!(findings.len(), 4, "{text}");
+    assert!(
+        findings.iter().all(|l| l.contains("comm=\"stacks-test\"")),
+        "{text}"
+    );
+    // Findings 2-4: a block per call site, innermost frame first.
+    let read2 = lines.iter().filter(|l| l.trim() == "read 2 (0):").count();
+    assert_eq!(read2, 3, "{text}");
+    assert!(
+        lines.windows(3).any(|w| w[0].trim() == "read 2 (0):"
+            && w[1].trim_start().starts_with("#0 __getsockopt")
+            && w[2].contains("#1 ")
+            && w[2].contains("evhttp_connection_cb")),
+        "{text}"
+    );
 }

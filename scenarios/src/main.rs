@@ -3,6 +3,8 @@
 //! so the agent attributes it like any other program.
 //!
 //! Usage: sockerr-scenario <name> [--v6] [args...]; prints what it read.
+//! SCENARIO_COMM sets the process's comm first; SCENARIO_LINGER_MS keeps it
+//! alive that long at the end.
 
 mod bench;
 mod net;
@@ -32,6 +34,9 @@ fn main() -> Result<()> {
     let name = args
         .first()
         .context("usage: sockerr-scenario <scenario> [--v6] [args]")?;
+    if let Ok(comm) = std::env::var("SCENARIO_COMM") {
+        net::set_comm(&comm)?;
+    }
     let result = run(name, v6, &rest);
     // Stay alive (sockets open) so the agent can attribute the process.
     if let Some(ms) = std::env::var("SCENARIO_LINGER_MS")
