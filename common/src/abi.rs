@@ -18,9 +18,11 @@ pub mod names {
     pub const GETSOCKOPT_SITE: &str = "getsockopt_site";
 }
 
-/// Capacity of the `SOCKETS` LRU map: connect attempts tracked at once (the
-/// least recently used are dropped first).
-pub const SOCKET_ENTRIES: u32 = 65536;
+/// Capacity of the `SOCKETS` LRU map: connect attempts tracked at once, the
+/// least recently used dropped first (preallocated: ≈ 3.8 MiB). Reads and I/O
+/// follow a connect within milliseconds, so this is hours of history on most
+/// hosts and seconds on a proxy making thousands of connects a second.
+pub const SOCKET_ENTRIES: u32 = 16384;
 /// Capacity of the `COUNTERS` per-CPU hash map: (comm, counter, errno) keys.
 pub const COUNTER_ENTRIES: u32 = 16384;
 /// Ring buffer size for findings (a finding is 176 bytes + 8 of header).
