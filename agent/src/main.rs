@@ -167,7 +167,8 @@ async fn run(args: RunArgs) -> Result<()> {
     let metrics = metrics::Metrics::new(args.max_comms);
     metrics.probes_attached(&attached);
     let flagged = flagged::FlaggedTable::new(args.max_processes as usize, args.retention);
-    let state = state::State::new(metrics, flagged, Some(counters));
+    let usage = collector.instrumenter.usage();
+    let state = state::State::new(metrics, flagged, Some(counters), usage);
     let sink = state.clone();
     let pipeline = pipeline::run(collector, move |f| {
         pipeline::log(&f);

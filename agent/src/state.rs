@@ -6,23 +6,33 @@ use std::{
     time::Instant,
 };
 
-use crate::{finding::Finding, flagged::FlaggedTable, metrics::Metrics, probes::KernelCounters};
+use crate::{
+    callsites::uprobes::Usage, finding::Finding, flagged::FlaggedTable, metrics::Metrics,
+    probes::KernelCounters,
+};
 
 pub struct Inner {
     pub metrics: Metrics,
     pub flagged: FlaggedTable,
     kernel: Option<KernelCounters>,
+    call_sites: Usage,
 }
 
 #[derive(Clone)]
 pub struct State(Arc<Mutex<Inner>>);
 
 impl State {
-    pub fn new(metrics: Metrics, flagged: FlaggedTable, kernel: Option<KernelCounters>) -> Self {
+    pub fn new(
+        metrics: Metrics,
+        flagged: FlaggedTable,
+        kernel: Option<KernelCounters>,
+        call_sites: Usage,
+    ) -> Self {
         Self(Arc::new(Mutex::new(Inner {
             metrics,
             flagged,
             kernel,
+            call_sites,
         })))
     }
 
@@ -51,6 +61,11 @@ impl State {
         }
         let by_kind = inner.flagged.flagged_by_kind(Instant::now());
         inner.metrics.flagged(by_kind);
+        inner.metrics.map_usage(
+            "call_site_processes",
+            inner.call_sites.probed(),
+            inner.call_sites.capacity,
+        );
         inner.metrics.map_usage(
             "flagged_processes",
             inner.flagged.len(),

@@ -106,6 +106,14 @@ fn run_detects_the_libevent_bug_and_serves_it() {
         );
     }
     assert_eq!(sample(&metrics, "sockerr_events_lost_total"), Some(0.0));
+    // Processes carrying call-site uprobes, against --call-sites.max-processes.
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"sockerr_map_capacity{map="call_site_processes"}"#
+        ),
+        Some(64.0)
+    );
     assert!(
         metrics.contains(r#"comm="x\"y\\z\n{}""#),
         "hostile comm escaped: {metrics}"

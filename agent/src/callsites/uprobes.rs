@@ -5,7 +5,15 @@
 //! processes get them (per process, from their first finding on): a process
 //! that never misbehaves pays nothing.
 
-use std::{collections::HashMap, num::NonZeroU32, path::Path};
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -43,6 +51,19 @@ pub enum Coverage {
     Unavailable(String),
 }
 
+/// How many processes carry call-site uprobes, for the metrics.
+#[derive(Clone)]
+pub struct Usage {
+    probed: Arc<AtomicUsize>,
+    pub capacity: usize,
+}
+
+impl Usage {
+    pub fn probed(&self) -> usize {
+        self.probed.load(Ordering::Relaxed)
+    }
+}
+
 /// The wrappers probed: (program, C library symbol).
 const WRAPPERS: [(&str, &str); 2] = [
     (names::CONNECT_SITE, "connect"),
@@ -53,7 +74,7 @@ enum Entry {
     /// The links detach when dropped; empty when the host-wide probes of
     /// [`Mode::All`] already cover the process's C library.
     Instrumented {
-        _links: Vec<UProbeLink>,
+        links: Vec<UProbeLink>,
     },
     Unavailable(String),
 }
@@ -66,6 +87,7 @@ pub struct Instrumenter {
     unavailable: Option<String>,
     max: usize,
     procs: HashMap<u32, Entry>,
+    usage: Usage,
     /// [`Mode::All`]: (device, inode) of the C library probed host-wide.
     host_libc: Option<FileId>,
     _host_links: Vec<UProbeLink>,
@@ -93,6 +115,10 @@ impl Instrumenter {
             unavailable,
             max,
             procs: HashMap::new(),
+            usage: Usage {
+                probed: Arc::default(),
+                capacity: max,
+            },
             host_libc: None,
             _host_links: Vec::new(),
             offsets: HashMap::new(),
@@ -144,6 +170,20 @@ impl Instrumenter {
             }
         };
         self.procs.insert(pid, entry);
+        self.count_probed();
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.usage.clone()
+    }
+
+    fn count_probed(&self) {
+        let probed = self
+            .procs
+            .values()
+            .filter(|e| matches!(e, Entry::Instrumented { links } if !links.is_empty()))
+            .count();
+        self.usage.probed.store(probed, Ordering::Relaxed);
     }
 
     fn try_instrument(&mut self, pid: u32, maps: Option<&ProcMaps>) -> Result<Entry> {
@@ -153,7 +193,7 @@ impl Instrumenter {
             "no C library mapped: a static binary, or a runtime that makes raw system calls (e.g. Go)",
         )?;
         if self.host_libc == Some((libc.dev, libc.inode)) {
-            return Ok(Entry::Instrumented { _links: Vec::new() });
+            return Ok(Entry::Instrumented { links: Vec::new() });
         }
         let pid_nz = NonZeroU32::new(pid).context("pid 0")?;
         // The library as the process sees it, also inside a container.
@@ -162,7 +202,7 @@ impl Instrumenter {
             .attach(libc, Path::new(&path), UProbeScope::OneProcess(pid_nz))
             .with_context(|| format!("attaching uprobes to {}", libc.path))?;
         tracing::info!(pid, libc = libc.path, took = ?start.elapsed(), "call-site uprobes attached");
-        Ok(Entry::Instrumented { _links: links })
+        Ok(Entry::Instrumented { links })
     }
 
     /// Attaches the [`WRAPPERS`] uprobes to `libc`, opened at `path`.
