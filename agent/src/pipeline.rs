@@ -1,5 +1,6 @@
 //! The event pipeline: findings from the kernel's ring buffer, decoded,
-//! attributed and handed to a sink; kernel log records to the agent's log.
+//! attributed, given their call sites (instrumenting newly flagged
+//! processes) and handed to a sink; kernel log records to the agent's log.
 
 use std::time::Duration;
 
@@ -32,11 +33,11 @@ pub struct Collector {
 }
 
 /// Reads findings until the future is dropped.
-pub async fn run(collector: Collector, mut sink: impl FnMut(Finding)) -> Result<()> {
+pub async fn run(collector: Collector, sink: impl FnMut(Finding)) -> Result<()> {
     let Collector {
         ring,
-        mut instrumenter,
-        mut resolver,
+        instrumenter,
+        resolver,
     } = collector;
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns it.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -45,9 +46,9 @@ pub async fn run(collector: Collector, mut sink: impl FnMut(Finding)) -> Result<
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut stages = Stages {
         attributor: attribution::Attributor::default(),
-        instrumenter: &mut instrumenter,
-        resolver: &mut resolver,
-        sink: &mut sink,
+        instrumenter,
+        resolver,
+        sink,
     };
     loop {
         tokio::select! {
@@ -62,14 +63,14 @@ pub async fn run(collector: Collector, mut sink: impl FnMut(Finding)) -> Result<
     }
 }
 
-struct Stages<'a, S> {
+struct Stages<S> {
     attributor: attribution::Attributor,
-    instrumenter: &'a mut Instrumenter,
-    resolver: &'a mut Resolver,
-    sink: &'a mut S,
+    instrumenter: Instrumenter,
+    resolver: Resolver,
+    sink: S,
 }
 
-impl<S: FnMut(Finding)> Stages<'_, S> {
+impl<S: FnMut(Finding)> Stages<S> {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         // Attribute everything queued first, while the processes most likely
         // still run: instrumenting a new process takes milliseconds.
