@@ -82,6 +82,11 @@ struct CallSiteArgs {
     /// Most processes instrumented with call-site uprobes at once.
     #[arg(long = "call-sites.max-processes", default_value_t = 64)]
     max_instrumented: usize,
+    /// Findings with call sites a process gives before its uprobes are
+    /// detached (each probe hit costs it a trap); its later findings repeat
+    /// those sites. 0 keeps them until the process exits.
+    #[arg(long = "call-sites.findings", default_value_t = 3)]
+    findings: u32,
 }
 
 #[derive(Args)]
@@ -227,8 +232,12 @@ fn collector(
     stacks: aya::maps::StackTraceMap<aya::maps::MapData>,
     args: &CallSiteArgs,
 ) -> Result<pipeline::Collector> {
-    let instrumenter =
-        callsites::uprobes::Instrumenter::new(ebpf, args.mode, args.max_instrumented)?;
+    let instrumenter = callsites::uprobes::Instrumenter::new(
+        ebpf,
+        args.mode,
+        args.max_instrumented,
+        args.findings,
+    )?;
     // Per-process uprobes are created later, so their capability stays.
     privileges::drop_after_attach(args.mode == callsites::uprobes::Mode::Flagged)?;
     Ok(pipeline::Collector {

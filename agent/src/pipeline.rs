@@ -58,7 +58,11 @@ pub async fn run(collector: Collector, sink: impl FnMut(Finding)) -> Result<()> 
                 guard.clear_ready();
             }
             _ = tick.tick() => stages.drain(ring.get_mut()),
-            _ = sweep.tick() => stages.instrumenter.sweep(),
+            _ = sweep.tick() => {
+                for pid in stages.instrumenter.sweep() {
+                    stages.resolver.forget(pid);
+                }
+            }
         }
     }
 }
@@ -86,6 +90,10 @@ impl<S: FnMut(Finding)> Stages<S> {
         }
         for (ev, kind, trigger, process) in batch {
             let pid = ev.tgid;
+            if !self.resolver.remembers(pid, kind) {
+                // A kind whose call sites are not known yet: probe again.
+                self.instrumenter.reinstrument(pid);
+            }
             let coverage = self.instrumenter.coverage(pid);
             if coverage == Coverage::NotYet {
                 // The snapshot of its mappings, taken while the process
@@ -94,15 +102,15 @@ impl<S: FnMut(Finding)> Stages<S> {
                 self.instrumenter.instrument(pid, maps);
             }
             let nreads = (ev.nreads as usize).min(MAX_READS);
-            let sites = self.resolver.resolve(pid, &ev.sites, nreads, &coverage);
-            (self.sink)(Finding::new(
-                &ev,
-                kind,
-                trigger,
-                process,
-                sites,
-                crate::finding::wall_time(ev.boot_ns),
-            ));
+            let at = crate::finding::wall_time(ev.boot_ns);
+            let time = humantime::format_rfc3339_millis(at).to_string();
+            let sites = self
+                .resolver
+                .resolve(pid, kind, &time, &ev.sites, nreads, &coverage);
+            if sites.note.is_none() {
+                self.instrumenter.captured(pid);
+            }
+            (self.sink)(Finding::new(&ev, kind, trigger, process, sites, at));
         }
     }
 }

@@ -92,8 +92,21 @@ fn reads_named_by_the_functions_that_made_them() {
         );
         assert!(stack[0]["module"].as_str().unwrap().contains("libc"));
         assert_eq!(stack[1], read["at"]);
-        assert!(f["call_sites"].get("note").is_none(), "{f:#}");
     }
+    // Three findings with call sites (--call-sites.findings), then the uprobes
+    // go (once the agent got there) and later findings repeat the sites,
+    // saying so.
+    let notes: Vec<Option<&str>> = found[1..]
+        .iter()
+        .map(|f| f["call_sites"]["note"].as_str())
+        .collect();
+    let recalled = |n: &Option<&str>| n.is_some_and(|n| n.contains("uprobes were detached"));
+    assert!(notes[..3].iter().all(Option::is_none), "{notes:?}");
+    assert!(
+        notes[3..].iter().all(|n| n.is_none() || recalled(n)),
+        "{notes:?}"
+    );
+    assert!(recalled(notes.last().unwrap()), "{notes:?}");
     assert!(
         !has_uprobes_mapped(clean.id()),
         "a process that was never flagged must not pay for uprobes"

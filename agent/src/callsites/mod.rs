@@ -10,13 +10,15 @@ use std::{collections::HashMap, fmt};
 
 use aya::maps::{MapData, StackTraceMap};
 use serde::{Serialize, Serializer};
-use sockerr_common::{CallSite, STACK_ENTRIES, abi};
+use sockerr_common::{CallSite, FindingKind, STACK_ENTRIES, abi};
 
 use self::{procmaps::ProcMaps, symbolize::Symbolizer, uprobes::Coverage};
 
 /// Processes whose mappings are kept; past this the snapshots start over
 /// (those of live processes are simply read again).
 const MAX_SNAPSHOTS: usize = 1024;
+/// (process, kind) whose latest complete call sites are remembered.
+const MAX_REMEMBERED: usize = 4096;
 
 /// One code location in a process.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -137,6 +139,9 @@ pub struct Resolver {
     stack_cache: HashMap<u32, Vec<u64>>,
     maps: HashMap<u32, ProcMaps>,
     symbolizer: Symbolizer,
+    /// The latest complete sites per (process, kind), and when: what the
+    /// findings of a process whose uprobes were detached repeat.
+    remembered: HashMap<(u32, FindingKind), (CallSites, String)>,
 }
 
 impl Resolver {
@@ -146,7 +151,19 @@ impl Resolver {
             stack_cache: HashMap::new(),
             maps: HashMap::new(),
             symbolizer: Symbolizer::new(),
+            remembered: HashMap::new(),
         }
+    }
+
+    /// Whether complete call sites of a `kind` finding of `pid` are known.
+    pub fn remembers(&self, pid: u32, kind: FindingKind) -> bool {
+        self.remembered.contains_key(&(pid, kind))
+    }
+
+    /// `pid` exited.
+    pub fn forget(&mut self, pid: u32) {
+        self.maps.remove(&pid);
+        self.remembered.retain(|(p, _), _| *p != pid);
     }
 
     /// Reads the mappings of `pid` now, while it runs, so that its findings
@@ -160,10 +177,14 @@ impl Resolver {
         self.maps.get(&pid)
     }
 
-    /// The sites of an attempt with `nreads` kept reads, made by `pid`.
+    /// The sites of a `kind` finding made at `time` by `pid`, whose attempt
+    /// kept `nreads` reads. Complete sites are remembered; a process whose
+    /// uprobes were detached gets those remembered for its kind, said so.
     pub fn resolve(
         &mut self,
         pid: u32,
+        kind: FindingKind,
+        time: &str,
         sites: &abi::CallSites,
         nreads: usize,
         coverage: &Coverage,
@@ -174,11 +195,30 @@ impl Resolver {
             .map(|s| self.site(pid, s))
             .collect();
         let missing = connect.is_none() || so_error_reads.iter().any(Option::is_none);
-        CallSites {
+        let resolved = CallSites {
             connect,
             so_error_reads,
             note: missing.then(|| note(coverage)),
+        };
+        if !missing {
+            if self.remembered.len() >= MAX_REMEMBERED {
+                self.remembered.clear();
+            }
+            self.remembered
+                .insert((pid, kind), (resolved.clone(), time.to_owned()));
+        } else if *coverage == Coverage::Detached
+            && let Some((known, at)) = self.remembered.get(&(pid, kind))
+        {
+            return CallSites {
+                note: Some(format!(
+                    "call sites of this process's {} finding at {at}: its uprobes were \
+                     detached once its call sites were known (--call-sites.findings)",
+                    kind.name()
+                )),
+                ..known.clone()
+            };
         }
+        resolved
     }
 
     fn site(&mut self, pid: u32, site: &CallSite) -> Option<Site> {
@@ -270,9 +310,11 @@ fn note(coverage: &Coverage) -> String {
         Coverage::NotYet => {
             "the process was not instrumented yet: call sites come with its next findings".into()
         }
-        Coverage::Instrumented => "no C library call was seen for the missing sites: \
-                                   raw system calls (e.g. Go), or calls made before the process was instrumented"
-            .into(),
+        Coverage::Instrumented | Coverage::Detached => {
+            "no C library call was seen for the missing sites: \
+             raw system calls (e.g. Go), or calls made before the process was instrumented"
+                .into()
+        }
         Coverage::Unavailable(why) => format!("no call sites: {why}"),
     }
 }

@@ -48,6 +48,8 @@ pub enum Coverage {
     /// Not instrumented before this finding.
     NotYet,
     Instrumented,
+    /// Its call sites are known: the uprobes were detached.
+    Detached,
     Unavailable(String),
 }
 
@@ -72,10 +74,13 @@ const WRAPPERS: [(&str, &str); 2] = [
 
 enum Entry {
     /// The links detach when dropped; empty when the host-wide probes of
-    /// [`Mode::All`] already cover the process's C library.
+    /// [`Mode::All`] already cover the process's C library. `captured`:
+    /// findings with call sites since.
     Instrumented {
         links: Vec<UProbeLink>,
+        captured: u32,
     },
+    Detached,
     Unavailable(String),
 }
 
@@ -83,6 +88,9 @@ pub struct Instrumenter {
     /// Owns the programs (and every other program and link of the agent).
     ebpf: Ebpf,
     mode: Mode,
+    /// Findings with call sites a process gives before its uprobes are
+    /// detached (0: never): each probe hit costs the process a trap.
+    keep: u32,
     /// Why no process can be instrumented, if so.
     unavailable: Option<String>,
     max: usize,
@@ -103,7 +111,7 @@ type FileId = ((u32, u32), u64);
 impl Instrumenter {
     /// In [`Mode::All`], attaches to the agent's own C library (the host's)
     /// for every process.
-    pub fn new(ebpf: Ebpf, mode: Mode, max: usize) -> Result<Self> {
+    pub fn new(ebpf: Ebpf, mode: Mode, max: usize, keep: u32) -> Result<Self> {
         let unavailable = if mode == Mode::Off {
             None
         } else {
@@ -112,6 +120,7 @@ impl Instrumenter {
         let mut this = Self {
             ebpf,
             mode,
+            keep,
             unavailable,
             max,
             procs: HashMap::new(),
@@ -145,8 +154,9 @@ impl Instrumenter {
         match (self.mode, self.procs.get(&pid)) {
             (Mode::Off, _) => Coverage::Off,
             (_, Some(Entry::Instrumented { .. })) => Coverage::Instrumented,
+            (_, Some(Entry::Detached)) => Coverage::Detached,
             (_, Some(Entry::Unavailable(why))) => Coverage::Unavailable(why.clone()),
-            (_, None) if self.procs.len() >= self.max => Coverage::Unavailable(format!(
+            (_, None) if self.usage.probed() >= self.max => Coverage::Unavailable(format!(
                 "{} processes are instrumented already (--call-sites.max-processes)",
                 self.max
             )),
@@ -173,6 +183,28 @@ impl Instrumenter {
         self.count_probed();
     }
 
+    /// A finding of `pid` came with every call site: past `keep` of them,
+    /// its uprobes are detached.
+    pub fn captured(&mut self, pid: u32) {
+        let Some(Entry::Instrumented { links, captured }) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        *captured += 1;
+        // Host-wide probes ([`Mode::All`]) stay.
+        if self.keep > 0 && *captured >= self.keep && !links.is_empty() {
+            self.procs.insert(pid, Entry::Detached);
+            self.count_probed();
+            tracing::info!(pid, "call sites known: uprobes detached");
+        }
+    }
+
+    /// Lets `pid` be instrumented again (a finding of a new kind).
+    pub fn reinstrument(&mut self, pid: u32) {
+        if matches!(self.procs.get(&pid), Some(Entry::Detached)) {
+            self.procs.remove(&pid);
+        }
+    }
+
     pub fn usage(&self) -> Usage {
         self.usage.clone()
     }
@@ -181,7 +213,7 @@ impl Instrumenter {
         let probed = self
             .procs
             .values()
-            .filter(|e| matches!(e, Entry::Instrumented { links } if !links.is_empty()))
+            .filter(|e| matches!(e, Entry::Instrumented { links, .. } if !links.is_empty()))
             .count();
         self.usage.probed.store(probed, Ordering::Relaxed);
     }
@@ -193,7 +225,10 @@ impl Instrumenter {
             "no C library mapped: a static binary, or a runtime that makes raw system calls (e.g. Go)",
         )?;
         if self.host_libc == Some((libc.dev, libc.inode)) {
-            return Ok(Entry::Instrumented { links: Vec::new() });
+            return Ok(Entry::Instrumented {
+                links: Vec::new(),
+                captured: 0,
+            });
         }
         let pid_nz = NonZeroU32::new(pid).context("pid 0")?;
         // The library as the process sees it, also inside a container.
@@ -202,7 +237,7 @@ impl Instrumenter {
             .attach(libc, Path::new(&path), UProbeScope::OneProcess(pid_nz))
             .with_context(|| format!("attaching uprobes to {}", libc.path))?;
         tracing::info!(pid, libc = libc.path, took = ?start.elapsed(), "call-site uprobes attached");
-        Ok(Entry::Instrumented { links })
+        Ok(Entry::Instrumented { links, captured: 0 })
     }
 
     /// Attaches the [`WRAPPERS`] uprobes to `libc`, opened at `path`.
@@ -259,10 +294,20 @@ impl Instrumenter {
         Ok(offsets)
     }
 
-    /// Detaches from processes that exited (their pids may be reused).
-    pub fn sweep(&mut self) {
-        self.procs
-            .retain(|pid, _| Path::new(&format!("/proc/{pid}")).exists());
+    /// Detaches from processes that exited (their pids may be reused);
+    /// returns those pids.
+    pub fn sweep(&mut self) -> Vec<u32> {
+        let gone: Vec<u32> = self
+            .procs
+            .keys()
+            .copied()
+            .filter(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        for pid in &gone {
+            self.procs.remove(pid);
+        }
+        self.count_probed();
+        gone
     }
 }
 
