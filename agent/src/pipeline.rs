@@ -54,8 +54,11 @@ pub async fn run(collector: Collector, sink: impl FnMut(Finding)) -> Result<()> 
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                stages.drain(guard.get_inner_mut());
+                // Cleared before draining: a wake-up for a record queued
+                // while draining then makes the next wait return at once
+                // (cleared after, it would be lost until the next tick).
                 guard.clear_ready();
+                stages.drain(guard.get_inner_mut());
             }
             _ = tick.tick() => stages.drain(ring.get_mut()),
             _ = sweep.tick() => {
