@@ -26,28 +26,41 @@ pub struct Container {
     pub pod_uid: Option<String>,
 }
 
-/// Attributes process `tgid`, and finds its fd for the socket inode.
-pub fn attribute(tgid: u32, socket_inode: u64) -> Process {
-    attribute_in(&PathBuf::from(format!("/proc/{tgid}")), socket_inode)
-}
-
 /// How long a process's identity is remembered for its later findings.
 const REMEMBER: Duration = Duration::from_secs(1);
 /// Past this many remembered processes, the stale ones are forgotten.
 const REMEMBER_MAX: usize = 4096;
 
-/// [`attribute`], remembering each process briefly: a process that exits
-/// right after a finding keeps its exe and cgroup on the findings that
-/// follow it within [`REMEMBER`] (instrumenting it for call sites delays
-/// those by milliseconds).
+/// Attributes findings to processes. Within a pass over queued findings
+/// each process is read once (its identity, and all its socket fds: a burst
+/// of findings costs one scan of its fds, not one per finding). A process is
+/// remembered briefly: one that exits right after a finding keeps its exe
+/// and cgroup on the findings that follow it within [`REMEMBER`]
+/// (instrumenting it for call sites delays those by milliseconds).
 #[derive(Default)]
 pub struct Attributor {
     recent: HashMap<u32, (Instant, Process)>,
+    pass: HashMap<u32, (Process, HashMap<u64, i32>)>,
 }
 
 impl Attributor {
+    /// Starts a pass: processes are read afresh.
+    pub fn new_pass(&mut self) {
+        self.pass.clear();
+    }
+
+    /// Process `tgid`, with its fd for the socket `socket_inode`.
     pub fn attribute(&mut self, tgid: u32, socket_inode: u64) -> Process {
-        self.attribute_at(attribute(tgid, socket_inode), tgid, Instant::now())
+        if !self.pass.contains_key(&tgid) {
+            let (found, fds) = read_process(&PathBuf::from(format!("/proc/{tgid}")));
+            let identity = self.attribute_at(found, tgid, Instant::now());
+            self.pass.insert(tgid, (identity, fds));
+        }
+        let (identity, fds) = &self.pass[&tgid];
+        Process {
+            fd: fds.get(&socket_inode).copied(),
+            ..identity.clone()
+        }
     }
 
     fn attribute_at(&mut self, found: Process, tgid: u32, now: Instant) -> Process {
@@ -74,7 +87,8 @@ impl Attributor {
 
 const EXITED: &str = "process exited before it could be attributed";
 
-fn attribute_in(proc_dir: &std::path::Path, socket_inode: u64) -> Process {
+/// A process's identity (fd unset), and its socket fds by inode.
+fn read_process(proc_dir: &std::path::Path) -> (Process, HashMap<u64, i32>) {
     let (exe, exe_error) = match fs::read_link(proc_dir.join("exe")) {
         Ok(p) => (Some(p.to_string_lossy().into_owned()), None),
         Err(e) if e.kind() == io::ErrorKind::NotFound => (None, Some(EXITED.to_owned())),
@@ -87,13 +101,14 @@ fn attribute_in(proc_dir: &std::path::Path, socket_inode: u64) -> Process {
         .ok()
         .and_then(|s| unified_cgroup(&s).map(str::to_owned));
     let container = cgroup.as_deref().map(container).unwrap_or_default();
-    Process {
+    let process = Process {
         exe,
         exe_error,
         cgroup,
         container,
-        fd: socket_fd(proc_dir, socket_inode),
-    }
+        fd: None,
+    };
+    (process, socket_fds(proc_dir))
 }
 
 /// The cgroup v2 path from /proc/<pid>/cgroup (the `0::` line).
@@ -101,21 +116,23 @@ fn unified_cgroup(contents: &str) -> Option<&str> {
     contents.lines().find_map(|l| l.strip_prefix("0::"))
 }
 
-/// The fd whose link is `socket:[inode]`.
-fn socket_fd(proc_dir: &std::path::Path, inode: u64) -> Option<i32> {
-    if inode == 0 {
-        return None;
-    }
-    let target = format!("socket:[{inode}]");
-    fs::read_dir(proc_dir.join("fd"))
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
+/// The process's socket fds by socket inode (links `socket:[inode]`).
+fn socket_fds(proc_dir: &std::path::Path) -> HashMap<u64, i32> {
+    let Ok(dir) = fs::read_dir(proc_dir.join("fd")) else {
+        return HashMap::new();
+    };
+    dir.flatten()
+        .filter_map(|entry| {
             let link = fs::read_link(entry.path()).ok()?;
-            (link.as_os_str() == target.as_str())
-                .then(|| entry.file_name().to_str()?.parse().ok())
-                .flatten()
+            let inode = link
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()?;
+            Some((inode, entry.file_name().to_str()?.parse().ok()?))
         })
+        .collect()
 }
 
 /// Container id and pod UID from the shapes runtimes give cgroup paths:
@@ -250,7 +267,7 @@ mod tests {
         ))
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
         .unwrap();
-        let me = attribute(std::process::id(), inode);
+        let me = Attributor::default().attribute(std::process::id(), inode);
         assert_eq!(
             me.exe.as_deref(),
             std::env::current_exe()
@@ -259,8 +276,8 @@ mod tests {
                 .and_then(|p| p.to_str())
         );
         assert_eq!(me.fd, Some(std::os::fd::AsRawFd::as_raw_fd(&listener)));
-        let gone = attribute_in(std::path::Path::new("/proc/does-not-exist"), inode);
-        assert_eq!((gone.exe, gone.fd), (None, None));
+        let (gone, fds) = read_process(std::path::Path::new("/proc/does-not-exist"));
+        assert_eq!((gone.exe, fds.len()), (None, 0));
         assert!(gone.exe_error.unwrap().contains("exited"));
     }
 }

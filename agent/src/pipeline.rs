@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
-use sockerr_common::MAX_READS;
+use sockerr_common::{FindingEvent, FindingKind, MAX_READS, Trigger};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
-    attribution,
+    attribution::{self, Process},
     callsites::{
         Resolver,
         uprobes::{Coverage, Instrumenter},
@@ -21,6 +21,8 @@ use crate::{
 /// The kernel wakes the agent only when findings pile up (see the eBPF
 /// `WAKEUP_BYTES`); otherwise they are collected on this tick.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
+/// Findings attributed before their call sites are resolved.
+const BATCH: usize = 256;
 /// How often instrumented processes that exited are let go.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -78,43 +80,58 @@ struct Stages<S> {
 }
 
 impl<S: FnMut(Finding)> Stages<S> {
+    /// Handles everything queued, [`BATCH`] findings at a time.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        // Attribute everything queued first, while the processes most likely
-        // still run: instrumenting a new process takes milliseconds.
-        let mut batch = Vec::new();
-        while let Some(item) = ring.next() {
-            let Some((ev, kind, trigger)) = Finding::decode(&item) else {
-                tracing::error!(len = item.len(), "undecodable finding record");
-                continue;
-            };
-            drop(item);
-            let process = self.attributor.attribute(ev.tgid, ev.inode);
-            batch.push((ev, kind, trigger, process));
+        loop {
+            // Attribute a batch first, while its processes most likely still
+            // run: instrumenting a new process takes milliseconds. Bounded,
+            // or a producer as fast as attribution would keep it growing.
+            let mut batch = Vec::with_capacity(BATCH);
+            self.attributor.new_pass();
+            while batch.len() < BATCH
+                && let Some(item) = ring.next()
+            {
+                let Some((ev, kind, trigger)) = Finding::decode(&item) else {
+                    tracing::error!(len = item.len(), "undecodable finding record");
+                    continue;
+                };
+                drop(item);
+                let process = self.attributor.attribute(ev.tgid, ev.inode);
+                batch.push((ev, kind, trigger, process));
+            }
+            if batch.is_empty() {
+                return;
+            }
+            for (ev, kind, trigger, process) in batch {
+                self.finish(&ev, kind, trigger, process);
+            }
         }
-        for (ev, kind, trigger, process) in batch {
-            let pid = ev.tgid;
-            if !self.resolver.remembers(pid, kind) {
-                // A kind whose call sites are not known yet: probe again.
-                self.instrumenter.reinstrument(pid);
-            }
-            let coverage = self.instrumenter.coverage(pid);
-            if coverage == Coverage::NotYet {
-                // The snapshot of its mappings, taken while the process
-                // most likely runs, names modules after it exits.
-                let maps = self.resolver.snapshot(pid);
-                self.instrumenter.instrument(pid, maps);
-            }
-            let nreads = (ev.nreads as usize).min(MAX_READS);
-            let at = crate::finding::wall_time(ev.boot_ns);
-            let time = humantime::format_rfc3339_millis(at).to_string();
-            let sites = self
-                .resolver
-                .resolve(pid, kind, &time, &ev.sites, nreads, &coverage);
-            if sites.note.is_none() {
-                self.instrumenter.captured(pid);
-            }
-            (self.sink)(Finding::new(&ev, kind, trigger, process, sites, at));
+    }
+
+    /// Call sites (instrumenting the process if new), then the sink.
+    fn finish(&mut self, ev: &FindingEvent, kind: FindingKind, trigger: Trigger, process: Process) {
+        let pid = ev.tgid;
+        if !self.resolver.remembers(pid, kind) {
+            // A kind whose call sites are not known yet: probe again.
+            self.instrumenter.reinstrument(pid);
         }
+        let coverage = self.instrumenter.coverage(pid);
+        if coverage == Coverage::NotYet {
+            // The snapshot of its mappings, taken while the process most
+            // likely runs, names modules after it exits.
+            let maps = self.resolver.snapshot(pid);
+            self.instrumenter.instrument(pid, maps);
+        }
+        let nreads = (ev.nreads as usize).min(MAX_READS);
+        let at = crate::finding::wall_time(ev.boot_ns);
+        let time = humantime::format_rfc3339_millis(at).to_string();
+        let sites = self
+            .resolver
+            .resolve(pid, kind, &time, &ev.sites, nreads, &coverage);
+        if sites.note.is_none() {
+            self.instrumenter.captured(pid);
+        }
+        (self.sink)(Finding::new(ev, kind, trigger, process, sites, at));
     }
 }
 
