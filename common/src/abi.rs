@@ -25,7 +25,7 @@ pub mod names {
 pub const SOCKET_ENTRIES: u32 = 16384;
 /// Capacity of the `COUNTERS` per-CPU hash map: (comm, counter, errno) keys.
 pub const COUNTER_ENTRIES: u32 = 16384;
-/// Ring buffer size for findings (a finding is 176 bytes + 8 of header).
+/// Ring buffer size for findings (a finding is 168 bytes + 8 of header).
 pub const FINDINGS_RING_BYTES: u32 = 1 << 22;
 
 /// Why a finding was raised: the call that made it visible.
@@ -118,11 +118,11 @@ pub struct CallSites {
 pub struct SocketState {
     pub attempt: Attempt,
     pub remote: Endpoint,
-    /// Inode of the socket, to find the process's fd for it in /proc.
+    /// Inode of the socket: its key in `SOCKETS`, and how the agent finds
+    /// the process's fd for it in /proc.
     pub inode: u64,
-    /// Thread group of the task that called connect().
-    pub tgid: u32,
-    pub _pad: u32,
+    /// comm of the task that called connect(), for the counters of an
+    /// outcome decided in softirq context.
     pub comm: [u8; TASK_COMM_LEN],
     pub sites: CallSites,
 }

@@ -2,9 +2,7 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
-};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use aya_log_ebpf::warn;
 use sockerr_common::{Attempt, CallSites, Counter, SiteOp, SocketState};
 
@@ -43,8 +41,6 @@ fn start(ctx: &BtfTracePointContext, sk: *mut c_void) {
         attempt: Attempt::new(),
         remote: kernel::remote(sk),
         inode,
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        _pad: 0,
         comm: current_comm(),
         sites: CallSites {
             connect: site,
