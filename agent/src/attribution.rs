@@ -1,283 +1,255 @@
-//! Who made the call: executable, cgroup, container and fd, from /proc, read
-//! when the finding arrives. The process may already be gone; then we say so
-//! rather than guess.
+//! Who made the call: executable, cgroup and container of a finding's
+//! process, resolved once per process and kept by (pid, start time), so a
+//! reused pid is a new process and a steady stream of findings costs no
+//! /proc reads. While the process lives, /proc gives the full executable
+//! path; once it has exited, the identity the kernel took with the finding
+//! record (executable file name, cgroup id) stands in, and the finding says
+//! which (`exe_source`).
 
 use std::{
     collections::HashMap,
-    fs, io,
-    path::PathBuf,
+    path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
+use serde::Serialize;
+use sockerr_common::FindingRecord;
+
+use crate::{
+    containers::{self, Container},
+    decode,
+    proc::{self, Proc, Unreadable},
+};
+
+/// Where a finding's `exe` comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExeSource {
+    /// /proc/<pid>/exe while the process ran: the full path.
+    Proc,
+    /// Taken by the kernel with the finding: the file name only (the
+    /// process had exited, or /proc could not be read).
+    Kernel,
+}
+
+/// A process as findings name it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Process {
     pub exe: Option<String>,
+    pub exe_source: Option<ExeSource>,
+    /// Why `exe` is missing, or why it is only a file name.
     pub exe_error: Option<String>,
+    /// cgroup v2 path.
     pub cgroup: Option<String>,
     pub container: Container,
-    pub fd: Option<i32>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Container {
-    /// 64-hex container id (docker, containerd, cri-o, podman).
-    pub id: Option<String>,
-    /// Kubernetes pod UID, dashed form.
-    pub pod_uid: Option<String>,
-}
+/// Processes remembered; past this the least recently used are forgotten.
+const MAX_PROCESSES: usize = 8192;
+/// How often the cgroup tree may be walked again to name a new cgroup id.
+const RESCAN_EVERY: Duration = Duration::from_secs(1);
 
-/// How long a process's identity is remembered for its later findings.
-const REMEMBER: Duration = Duration::from_secs(1);
-/// Past this many remembered processes, the stale ones are forgotten.
-const REMEMBER_MAX: usize = 4096;
-
-/// Attributes findings to processes. Within a pass over queued findings
-/// each process is read once (its identity, and all its socket fds: a burst
-/// of findings costs one scan of its fds, not one per finding). A process is
-/// remembered briefly: one that exits right after a finding keeps its exe
-/// and cgroup on the findings that follow it within [`REMEMBER`]
-/// (instrumenting it for call sites delays those by milliseconds).
-#[derive(Default)]
 pub struct Attributor {
-    recent: HashMap<u32, (Instant, Process)>,
-    pass: HashMap<u32, (Process, HashMap<u64, i32>)>,
+    processes: HashMap<(u32, u64), (Instant, Arc<Process>)>,
+    cgroups: CgroupNames,
 }
 
 impl Attributor {
-    /// Starts a pass: processes are read afresh.
-    pub fn new_pass(&mut self) {
-        self.pass.clear();
-    }
-
-    /// Process `tgid`, with its fd for the socket `socket_inode`.
-    pub fn attribute(&mut self, tgid: u32, socket_inode: u64) -> Process {
-        if !self.pass.contains_key(&tgid) {
-            let (found, fds) = read_process(&PathBuf::from(format!("/proc/{tgid}")));
-            let identity = self.attribute_at(found, tgid, Instant::now());
-            self.pass.insert(tgid, (identity, fds));
-        }
-        let (identity, fds) = &self.pass[&tgid];
-        Process {
-            fd: fds.get(&socket_inode).copied(),
-            ..identity.clone()
+    pub fn new(cgroup_root: Option<PathBuf>) -> Self {
+        Self {
+            processes: HashMap::new(),
+            cgroups: CgroupNames::new(cgroup_root),
         }
     }
 
-    fn attribute_at(&mut self, found: Process, tgid: u32, now: Instant) -> Process {
-        if found.exe.is_some() {
-            if self.recent.len() >= REMEMBER_MAX {
-                self.recent.retain(|_, (t, _)| now - *t < REMEMBER);
+    /// The process that made the call of `record`.
+    pub fn attribute(&mut self, record: &FindingRecord, now: Instant) -> Arc<Process> {
+        let key = (record.tgid, record.start_boot_ns);
+        if let Some((seen, known)) = self.processes.get_mut(&key) {
+            *seen = now;
+            return known.clone();
+        }
+        let process = Arc::new(self.resolve(record));
+        if self.processes.len() >= MAX_PROCESSES {
+            self.forget_oldest();
+        }
+        self.processes.insert(key, (now, process.clone()));
+        process
+    }
+
+    fn forget_oldest(&mut self) {
+        let mut by_age: Vec<Instant> = self.processes.values().map(|(t, _)| *t).collect();
+        by_age.sort();
+        let cutoff = by_age[by_age.len() / 2];
+        self.processes.retain(|_, (t, _)| *t > cutoff);
+    }
+
+    fn resolve(&mut self, record: &FindingRecord) -> Process {
+        let live = Proc::open(record.tgid).and_then(|p| {
+            // The kernel's start time in clock ticks, as /proc shows it: a
+            // different one means the pid now names another process.
+            let ticks = record.start_boot_ns / (1_000_000_000 / proc::ticks_per_second());
+            match p.start_ticks()? {
+                t if record.start_boot_ns != 0 && t != ticks => Err(Unreadable::Exited),
+                _ => Ok(p.identity()),
             }
-            self.recent.insert(tgid, (now, found.clone()));
-            return found;
-        }
-        let exited = found
-            .exe_error
-            .as_deref()
-            .is_some_and(|e| e.starts_with(EXITED));
-        match self.recent.get(&tgid) {
-            Some((seen, known)) if exited && now - *seen < REMEMBER => Process {
-                fd: None,
-                ..known.clone()
+        });
+        let kernel_exe = Some(decode::comm(&record.exe)).filter(|e| !e.is_empty());
+        let (exe, exe_source, exe_error, cgroup) = match live {
+            Ok(identity) => match identity.exe {
+                Ok(path) => (Some(path), Some(ExeSource::Proc), None, identity.cgroup),
+                Err(why) => (
+                    kernel_exe.clone(),
+                    kernel_exe.as_ref().map(|_| ExeSource::Kernel),
+                    Some(why.to_string()),
+                    identity.cgroup,
+                ),
             },
-            _ => found,
+            Err(why) => {
+                let exe_error = match (&kernel_exe, &why) {
+                    (Some(_), Unreadable::Exited) => None,
+                    _ => Some(why.to_string()),
+                };
+                (
+                    kernel_exe.clone(),
+                    kernel_exe.as_ref().map(|_| ExeSource::Kernel),
+                    exe_error,
+                    self.cgroups.name(record.cgroup_id),
+                )
+            }
+        };
+        let container = cgroup
+            .as_deref()
+            .map(containers::from_cgroup)
+            .unwrap_or_default();
+        Process {
+            exe,
+            exe_source,
+            exe_error,
+            cgroup,
+            container,
         }
     }
 }
 
-const EXITED: &str = "process exited before it could be attributed";
-
-/// A process's identity (fd unset), and its socket fds by inode.
-fn read_process(proc_dir: &std::path::Path) -> (Process, HashMap<u64, i32>) {
-    let (exe, exe_error) = match fs::read_link(proc_dir.join("exe")) {
-        Ok(p) => (Some(p.to_string_lossy().into_owned()), None),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => (None, Some(EXITED.to_owned())),
-        Err(e) => (
-            None,
-            Some(format!("reading {}/exe: {e}", proc_dir.display())),
-        ),
-    };
-    let cgroup = fs::read_to_string(proc_dir.join("cgroup"))
-        .ok()
-        .and_then(|s| unified_cgroup(&s).map(str::to_owned));
-    let container = cgroup.as_deref().map(container).unwrap_or_default();
-    let process = Process {
-        exe,
-        exe_error,
-        cgroup,
-        container,
-        fd: None,
-    };
-    (process, socket_fds(proc_dir))
+/// cgroup v2 ids to paths: a cgroup's id is its directory's inode number,
+/// so the tree is walked (at most once per [`RESCAN_EVERY`]) when an
+/// unknown id shows up. A cgroup removed before that is named by nothing.
+struct CgroupNames {
+    root: Option<PathBuf>,
+    names: HashMap<u64, String>,
+    scanned: Option<Instant>,
 }
 
-/// The cgroup v2 path from /proc/<pid>/cgroup (the `0::` line).
-fn unified_cgroup(contents: &str) -> Option<&str> {
-    contents.lines().find_map(|l| l.strip_prefix("0::"))
-}
-
-/// The process's socket fds by socket inode (links `socket:[inode]`).
-fn socket_fds(proc_dir: &std::path::Path) -> HashMap<u64, i32> {
-    let Ok(dir) = fs::read_dir(proc_dir.join("fd")) else {
-        return HashMap::new();
-    };
-    dir.flatten()
-        .filter_map(|entry| {
-            let link = fs::read_link(entry.path()).ok()?;
-            let inode = link
-                .to_str()?
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()?;
-            Some((inode, entry.file_name().to_str()?.parse().ok()?))
-        })
-        .collect()
-}
-
-/// Container id and pod UID from the shapes runtimes give cgroup paths:
-/// `/docker/<id>`, `docker-<id>.scope`, `cri-containerd-<id>.scope`,
-/// `crio-<id>.scope`, `libpod-<id>.scope`, cgroupfs `/kubepods/.../pod<uid>/<id>`
-/// and systemd `kubepods-...-pod<uid_with_underscores>.slice`.
-pub fn container(path: &str) -> Container {
-    let mut found = Container::default();
-    for part in path.split('/') {
-        let stem = part
-            .strip_suffix(".scope")
-            .or(part.strip_suffix(".slice"))
-            .unwrap_or(part);
-        if let Some(uid) = stem
-            .rsplit_once("-pod")
-            .map(|(_, u)| u)
-            .or(stem.strip_prefix("pod"))
-            && is_pod_uid(uid)
-        {
-            found.pod_uid = Some(uid.replace('_', "-"));
-        }
-        let id = stem.rsplit(['-', ':']).next().unwrap_or(stem);
-        if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            found.id = Some(id.to_owned());
+impl CgroupNames {
+    fn new(root: Option<PathBuf>) -> Self {
+        Self {
+            root,
+            names: HashMap::new(),
+            scanned: None,
         }
     }
-    found
+
+    fn name(&mut self, id: u64) -> Option<String> {
+        if id == 0 {
+            return None;
+        }
+        if let Some(name) = self.names.get(&id) {
+            return Some(name.clone());
+        }
+        let root = self.root.clone()?;
+        if self.scanned.is_some_and(|t| t.elapsed() < RESCAN_EVERY) {
+            return None;
+        }
+        self.scanned = Some(Instant::now());
+        self.names.clear();
+        walk(&root, &root, &mut self.names);
+        self.names.get(&id).cloned()
+    }
 }
 
-fn is_pod_uid(s: &str) -> bool {
-    s.len() == 36
-        && s.bytes()
-            .all(|b| b.is_ascii_hexdigit() || b == b'-' || b == b'_')
+fn walk(root: &Path, dir: &Path, names: &mut HashMap<u64, String>) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(md) = std::fs::metadata(dir) else {
+        return;
+    };
+    let relative = dir.strip_prefix(root).unwrap_or(dir);
+    names.insert(md.ino(), format!("/{}", relative.display()));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            walk(root, &entry.path(), names);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
     use super::*;
 
+    fn record(pid: u32) -> FindingRecord {
+        let mut r = FindingRecord::zeroed();
+        r.tgid = pid;
+        r.exe[..6].copy_from_slice(b"client");
+        r
+    }
+
     #[test]
-    fn an_exited_process_keeps_its_identity_briefly() {
-        let mut a = Attributor::default();
-        let t0 = Instant::now();
-        let alive = Process {
-            exe: Some("/usr/bin/client".into()),
-            fd: Some(7),
-            ..Process::default()
-        };
-        let gone = Process {
-            exe_error: Some(EXITED.into()),
-            ..Process::default()
-        };
-        assert_eq!(a.attribute_at(alive.clone(), 42, t0), alive);
-        let later = a.attribute_at(gone.clone(), 42, t0 + Duration::from_millis(30));
-        assert_eq!(later.exe.as_deref(), Some("/usr/bin/client"));
-        assert_eq!(later.fd, None, "the fd is not remembered");
-        assert_eq!(a.attribute_at(gone.clone(), 42, t0 + REMEMBER), gone);
-        assert_eq!(a.attribute_at(gone.clone(), 43, t0), gone, "another pid");
-        let denied = Process {
-            exe_error: Some("reading /proc/42/exe: Permission denied".into()),
-            ..Process::default()
-        };
+    fn a_live_process_is_read_from_proc_once() {
+        let root = proc::cgroup2_root().ok();
+        let mut a = Attributor::new(root);
+        let me = record(std::process::id());
+        let p = a.attribute(&me, Instant::now());
+        assert_eq!(p.exe_source, Some(ExeSource::Proc));
         assert_eq!(
-            a.attribute_at(denied.clone(), 42, t0),
-            denied,
-            "only an exited process is filled in"
+            p.exe.as_deref().map(Path::new),
+            std::env::current_exe().ok().as_deref()
         );
-    }
-
-    const ID: &str = "3f4b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b";
-    const UID: &str = "8d1a3c9e-2b4f-4e6a-9c7d-1f2e3d4c5b6a";
-
-    #[test]
-    fn container_ids_from_real_cgroup_path_shapes() {
-        let uid_ = UID.replace('-', "_");
-        let cases = [
-            (format!("/docker/{ID}"), Some(ID), None),
-            (format!("/system.slice/docker-{ID}.scope"), Some(ID), None),
-            (
-                format!("/machine.slice/libpod-{ID}.scope/container"),
-                Some(ID),
-                None,
-            ),
-            (
-                format!("/kubepods/besteffort/pod{UID}/{ID}"),
-                Some(ID),
-                Some(UID),
-            ),
-            (
-                format!(
-                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{ID}.scope"
-                ),
-                Some(ID),
-                Some(UID),
-            ),
-            (
-                format!("/kubepods.slice/kubepods-pod{uid_}.slice/crio-{ID}.scope"),
-                Some(ID),
-                Some(UID),
-            ),
-            (
-                format!("/kubepods/pod{UID}/cri-containerd:{ID}"),
-                Some(ID),
-                Some(UID),
-            ),
-            (
-                "/user.slice/user-1000.slice/session-2.scope".into(),
-                None,
-                None,
-            ),
-            ("/".into(), None, None),
-        ];
-        for (path, id, uid) in cases {
-            let c = container(&path);
-            assert_eq!(c.id.as_deref(), id, "{path}");
-            assert_eq!(c.pod_uid.as_deref(), uid, "{path}");
-        }
+        assert!(p.cgroup.is_some());
+        let again = a.attribute(&me, Instant::now());
+        assert!(Arc::ptr_eq(&p, &again), "cached by (pid, start)");
     }
 
     #[test]
-    fn unified_line_of_a_hybrid_host() {
-        let s = "12:pids:/user.slice\n1:name=systemd:/user.slice/x.scope\n0::/user.slice/x.scope\n";
-        assert_eq!(unified_cgroup(s), Some("/user.slice/x.scope"));
+    fn an_exited_process_is_named_by_what_the_kernel_took() {
+        let root = proc::cgroup2_root().unwrap();
+        let own = Proc::open(std::process::id())
+            .unwrap()
+            .identity()
+            .cgroup
+            .unwrap();
+        let mut gone = record(u32::MAX >> 1);
+        gone.cgroup_id = std::fs::metadata(root.join(own.trim_start_matches('/')))
+            .unwrap()
+            .ino();
+        let p = Attributor::new(Some(root)).attribute(&gone, Instant::now());
+        assert_eq!(p.exe.as_deref(), Some("client"));
+        assert_eq!(p.exe_source, Some(ExeSource::Kernel));
+        assert_eq!(p.exe_error, None, "an exited process is not an error");
+        assert_eq!(p.cgroup.as_deref(), Some(own.as_str()));
     }
 
     #[test]
-    fn this_process_and_a_gone_one() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let inode = fs::metadata(format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&listener)
-        ))
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-        .unwrap();
-        let me = Attributor::default().attribute(std::process::id(), inode);
-        assert_eq!(
-            me.exe.as_deref(),
-            std::env::current_exe()
-                .ok()
-                .as_deref()
-                .and_then(|p| p.to_str())
-        );
-        assert_eq!(me.fd, Some(std::os::fd::AsRawFd::as_raw_fd(&listener)));
-        let (gone, fds) = read_process(std::path::Path::new("/proc/does-not-exist"));
-        assert_eq!((gone.exe, fds.len()), (None, 0));
-        assert!(gone.exe_error.unwrap().contains("exited"));
+    fn a_reused_pid_is_another_process() {
+        let mut me = record(std::process::id());
+        me.start_boot_ns = 1_000_000_000; // started a second after boot: not us
+        let p = Attributor::new(None).attribute(&me, Instant::now());
+        assert_eq!(p.exe_source, Some(ExeSource::Kernel));
+        assert_eq!(p.exe.as_deref(), Some("client"));
+    }
+
+    #[test]
+    fn nothing_known_says_why() {
+        let mut gone = record(u32::MAX >> 1);
+        gone.exe = [0; sockerr_common::EXE_NAME_LEN];
+        let p = Attributor::new(None).attribute(&gone, Instant::now());
+        assert_eq!((p.exe.as_deref(), p.exe_source), (None, None));
+        assert_eq!(p.exe_error.as_deref(), Some("the process exited"));
+        assert_eq!(p.cgroup, None);
     }
 }

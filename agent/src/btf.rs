@@ -6,7 +6,7 @@
 //! anonymous structs and unions as C does. aya's own BTF type does not expose
 //! member lookups, and the crates that do are LGPL.
 
-use std::{collections::HashMap, path::Path};
+use std::collections::HashMap;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use sockerr_common::KernelOffsets;
@@ -50,13 +50,6 @@ pub struct Btf {
 }
 
 impl Btf {
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let data = std::fs::read(path)
-            .with_context(|| format!("reading kernel BTF from {}", path.display()))?;
-        Self::parse(&data).with_context(|| format!("parsing kernel BTF {}", path.display()))
-    }
-
     pub fn parse(data: &[u8]) -> Result<Self> {
         let u32_at = |off: usize| -> Result<u32> {
             let bytes = data.get(off..off + 4).context("truncated BTF")?;
@@ -137,12 +130,6 @@ impl Btf {
         std::str::from_utf8(&rest[..end]).unwrap_or_default()
     }
 
-    /// Whether a type of that name exists, e.g. `btf_trace_sock_send_length`
-    /// for a tp_btf attach point.
-    pub fn has_type(&self, name: &str) -> bool {
-        self.by_name.contains_key(name)
-    }
-
     fn strip(&self, mut id: u32) -> u32 {
         while matches!(
             self.types[id as usize].kind,
@@ -185,7 +172,8 @@ impl Btf {
         })
     }
 
-    /// The offsets the probes need, from `struct sock` and friends.
+    /// The offsets the probes need: `struct sock` and its socket, and the
+    /// task fields a finding record names its process by.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets> {
         // `struct sock` embeds `struct sock_common` as __sk_common.
         let common = self.offset("sock", "__sk_common")?;
@@ -197,11 +185,19 @@ impl Btf {
             skc_state: skc("skc_state")?,
             skc_daddr: skc("skc_daddr")?,
             skc_dport: skc("skc_dport")?,
+            skc_num: skc("skc_num")?,
             skc_v6_daddr: skc("skc_v6_daddr")?,
             sk_err: self.offset("sock", "sk_err")?,
             sk_err_soft: self.offset("sock", "sk_err_soft")?,
             sk_socket: self.offset("sock", "sk_socket")?,
+            socket_state: self.offset("socket", "state")?,
             socket_to_ino: inode - socket + self.offset("inode", "i_ino")?,
+            task_group_leader: self.offset("task_struct", "group_leader")?,
+            task_start_boottime: self.offset("task_struct", "start_boottime")?,
+            task_mm: self.offset("task_struct", "mm")?,
+            mm_exe_file: self.offset("mm_struct", "exe_file")?,
+            file_dentry: self.offset("file", "f_path")? + self.offset("path", "dentry")?,
+            dentry_name: self.offset("dentry", "d_name")? + self.offset("qstr", "name")?,
             _pad: 0,
         })
     }
@@ -214,12 +210,12 @@ mod tests {
     /// Reads the running kernel's BTF (world-readable; no root needed).
     #[test]
     fn resolves_struct_sock_offsets_on_this_kernel() {
-        if !Path::new(VMLINUX).exists() {
+        if !std::path::Path::new(VMLINUX).exists() {
             assert!(std::env::var("CI").is_err(), "CI machines have BTF");
             eprintln!("skipping: no {VMLINUX}");
             return;
         }
-        let btf = Btf::from_file(VMLINUX).unwrap();
+        let btf = Btf::parse(&std::fs::read(VMLINUX).unwrap()).unwrap();
         let o = btf.kernel_offsets().unwrap();
         // sock_common's layout has been stable for years on x86_64: the
         // address pair first, then family and state.
@@ -227,7 +223,7 @@ mod tests {
         assert_eq!(o.skc_dport, 12);
         assert_eq!((o.skc_family, o.skc_state), (16, 18));
         assert!(o.sk_err > o.skc_v6_daddr && o.sk_socket > 0 && o.socket_to_ino > 0);
-        assert!(btf.has_type("btf_trace_inet_sock_set_state"));
+        assert!(o.task_mm > 0 && o.dentry_name > 0 && o.socket_to_ino > o.socket_state);
         assert!(btf.offset("sock", "no_such_member").is_err());
         assert!(btf.offset("no_such_struct", "x").is_err());
     }

@@ -1,52 +1,56 @@
-//! `sockerr check`: can this host run the agent, and if not, why.
+//! `sockerr check`: can this host run the agent, which hook observes each
+//! thing, and if something is missing, why.
 
 use std::path::Path;
 
-use crate::{btf, probes};
+use caps::{CapSet, Capability};
+
+use crate::{
+    loader::{self, Kernel, KernelBtf},
+    proc,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Optional, and not available here: the agent runs without it.
+    Absent,
+    /// The agent cannot run.
+    Missing,
+}
 
 pub struct Requirement {
     pub name: String,
-    pub ok: bool,
+    pub status: Status,
     pub detail: String,
 }
 
 fn req(name: impl Into<String>, result: Result<String, String>) -> Requirement {
-    let (ok, detail) = match result {
-        Ok(d) => (true, d),
-        Err(d) => (false, d),
+    let (status, detail) = match result {
+        Ok(d) => (Status::Ok, d),
+        Err(d) => (Status::Missing, d),
     };
     Requirement {
         name: name.into(),
-        ok,
+        status,
         detail,
     }
 }
 
 /// Capabilities loading and attaching the probes needs: tracing programs
 /// need CAP_PERFMON, cgroup programs CAP_NET_ADMIN, both CAP_BPF.
-const CAPABILITIES: [(u32, &str); 3] =
-    [(39, "CAP_BPF"), (38, "CAP_PERFMON"), (12, "CAP_NET_ADMIN")];
-
-fn effective_capabilities() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let hex = s
-                .lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))?
-                .trim()
-                .to_owned();
-            u64::from_str_radix(&hex, 16).ok()
-        })
-        .unwrap_or(0)
-}
+const CAPABILITIES: [Capability; 3] = [
+    Capability::CAP_BPF,
+    Capability::CAP_PERFMON,
+    Capability::CAP_NET_ADMIN,
+];
 
 fn privileges() -> Result<String, String> {
-    let eff = effective_capabilities();
-    let missing: Vec<_> = CAPABILITIES
+    let effective = caps::read(None, CapSet::Effective).map_err(|e| e.to_string())?;
+    let missing: Vec<String> = CAPABILITIES
         .iter()
-        .filter(|(bit, _)| eff & (1 << bit) == 0)
-        .map(|(_, n)| *n)
+        .filter(|c| !effective.contains(c))
+        .map(|c| c.to_string())
         .collect();
     if missing.is_empty() {
         Ok("CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN are effective".into())
@@ -58,56 +62,38 @@ fn privileges() -> Result<String, String> {
     }
 }
 
-/// Every requirement, in order; with `trial_load`, also loads the programs
-/// into the kernel (the verifier, ring buffer and maps) without
-/// attaching them.
-pub fn requirements(trial_load: bool) -> Vec<Requirement> {
+/// Every requirement, in order; with `options`, also loads the programs
+/// into the kernel and attaches each probe through the hook it would use
+/// (detached again at once).
+pub fn requirements(options: Option<&loader::Options>) -> Vec<Requirement> {
     let mut reqs = vec![req("privileges", privileges())];
-    let parsed = btf::Btf::from_file(btf::VMLINUX)
+    let btf = KernelBtf::read()
+        .and_then(|btf| btf.offsets.kernel_offsets().map(|_| btf))
         .map_err(|e| format!("{e:#} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)"));
-    let offsets = parsed
-        .as_ref()
-        .map_err(Clone::clone)
-        .and_then(|b| b.kernel_offsets().map_err(|e| format!("{e:#}")));
     reqs.push(req(
         "kernel BTF",
-        offsets
-            .as_ref()
-            .map(|_| format!("{} describes struct sock", btf::VMLINUX))
+        btf.as_ref()
+            .map(|_| {
+                format!(
+                    "{} describes the structs the probes read",
+                    crate::btf::VMLINUX
+                )
+            })
             .map_err(Clone::clone),
     ));
-    for (name, program, what) in probes::PROBES {
-        let result = if program == "so_error" {
-            probes::cgroup2_root()
-                .map(|root| {
-                    format!(
-                        "cgroup getsockopt on the cgroup v2 root {}: {what}",
-                        root.display()
-                    )
-                })
-                .map_err(|e| format!("{e:#}"))
-        } else {
-            match &parsed {
-                Ok(b) if b.has_type(&format!("btf_trace_{name}")) => {
-                    Ok(format!("tp_btf/{name}: {what}"))
-                }
-                Ok(_) => Err(format!(
-                    "this kernel has no tracepoint {name} (needed for {what})"
-                )),
-                Err(e) => Err(e.clone()),
-            }
-        };
-        reqs.push(req(format!("probe {name}"), result));
-    }
+    reqs.push(req(
+        "cgroup v2",
+        proc::cgroup2_root()
+            .map(|root| format!("mounted at {}", root.display()))
+            .map_err(|e| format!("{e:#}")),
+    ));
     let tracefs = Path::new("/sys/kernel/tracing/events").is_dir();
     reqs.push(req(
         "tracefs",
-        Ok(if tracefs {
-            "mounted (not required: sockerr uses BTF tracepoints)"
-        } else {
-            "not mounted (not required: sockerr uses BTF tracepoints)"
-        }
-        .into()),
+        Ok(format!(
+            "{} (not required: the probes attach through BTF and cgroups)",
+            if tracefs { "mounted" } else { "not mounted" }
+        )),
     ));
     reqs.push(req(
         "call sites (optional)",
@@ -116,37 +102,57 @@ pub fn requirements(trial_load: bool) -> Vec<Requirement> {
             Some(why) => format!("findings will carry no call sites: {why}"),
         }),
     ));
-    if trial_load {
-        let can_load = reqs.iter().all(|r| r.ok);
-        let result = match (&offsets, can_load) {
-            (Ok(o), true) => probes::load(o)
-                .map(|_| "every program passed the verifier; ring buffer and maps created".into())
-                .map_err(|e| format!("{e:#}")),
-            _ => Err("not tried: fix the requirements above first".into()),
-        };
-        reqs.push(req("eBPF load", result));
+    let Some(options) = options else {
+        return reqs;
+    };
+    let (Ok(btf), true) = (&btf, reqs.iter().all(|r| r.status == Status::Ok)) else {
+        reqs.push(req(
+            "eBPF load",
+            Err("not tried: fix the requirements above first".into()),
+        ));
+        return reqs;
+    };
+    let attached = Kernel::load(btf, options).and_then(|mut kernel| kernel.try_attach(btf));
+    match attached {
+        Ok(attached) => {
+            for (probe, result) in attached.iter() {
+                reqs.push(Requirement {
+                    name: format!("probe {}", probe.name),
+                    status: match (result, probe.required) {
+                        (Ok(_), _) => Status::Ok,
+                        (Err(_), true) => Status::Missing,
+                        (Err(_), false) => Status::Absent,
+                    },
+                    detail: match result {
+                        Ok(hook) => format!("{}: {}", hook.attach, probe.observes),
+                        Err(why) => format!("no hook works here ({why}); lost: {}", probe.observes),
+                    },
+                });
+            }
+        }
+        Err(e) => reqs.push(req("eBPF load", Err(format!("{e:#}")))),
     }
     reqs
 }
 
-/// Prints every requirement; true when all are met.
+/// Prints every requirement; true when the agent can run.
 pub fn report(reqs: &[Requirement]) -> bool {
     for r in reqs {
-        println!(
-            "{:<8} {:<28} {}",
-            if r.ok { "ok" } else { "MISSING" },
-            r.name,
-            r.detail
-        );
+        let status = match r.status {
+            Status::Ok => "ok",
+            Status::Absent => "absent",
+            Status::Missing => "MISSING",
+        };
+        println!("{status:<8} {:<28} {}", r.name, r.detail);
     }
-    reqs.iter().all(|r| r.ok)
+    reqs.iter().all(|r| r.status != Status::Missing)
 }
 
-/// The same checks as `sockerr check`, as one error for `run` and `trace`.
+/// The static checks of `sockerr check`, as one error for `run` and `trace`.
 pub fn require() -> anyhow::Result<()> {
-    let missing: Vec<_> = requirements(false)
+    let missing: Vec<_> = requirements(None)
         .into_iter()
-        .filter(|r| !r.ok)
+        .filter(|r| r.status == Status::Missing)
         .map(|r| format!("{}: {}", r.name, r.detail))
         .collect();
     anyhow::ensure!(

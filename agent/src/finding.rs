@@ -1,28 +1,30 @@
-//! A finding as users see it: decoded from the kernel record and attributed
-//! to a process.
+//! A finding as users see it: a kernel finding record, decoded and
+//! attributed to its process.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    time::{Duration, SystemTime},
+use std::{sync::Arc, time::SystemTime};
+
+use serde::{Serialize, Serializer};
+use sockerr_common::{FindingKind, FindingRecord, MAX_READS, Trigger};
+
+use crate::{
+    attribution::{ExeSource, Process},
+    callsites::CallSites,
+    decode,
 };
-
-use serde::Serialize;
-use sockerr_common::{Endpoint, FindingEvent, FindingKind, MAX_READS, Trigger};
-
-use crate::{attribution::Process, callsites::CallSites};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
-    pub kind: &'static str,
+    pub kind: FindingKind,
     pub severity: &'static str,
     /// Process (thread group) id.
     pub pid: u32,
     /// Thread that made the call.
     pub tid: u32,
     pub comm: String,
-    /// Null when the process exited before it could be attributed
-    /// (`exe_error` says so).
+    /// The executable: a full path from /proc, or (`exe_source: kernel`) the
+    /// file name the kernel took; null when neither is known (`exe_error`).
     pub exe: Option<String>,
+    pub exe_source: Option<ExeSource>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exe_error: Option<String>,
     pub cgroup: Option<String>,
@@ -42,61 +44,77 @@ pub struct Finding {
     pub syscall: &'static str,
     /// Where the attempt's connect() and SO_ERROR reads were made.
     pub call_sites: CallSites,
-    /// RFC 3339.
-    pub time: String,
-    #[serde(skip)]
-    pub kind_enum: FindingKind,
-    #[serde(skip)]
+    #[serde(rename = "time", serialize_with = "rfc3339")]
     pub at: SystemTime,
 }
 
-impl Finding {
-    /// Decodes a ring-buffer record; None for a record this agent does not
-    /// understand (never expected: the object is embedded in the agent).
-    pub fn decode(bytes: &[u8]) -> Option<(FindingEvent, FindingKind, Trigger)> {
-        if bytes.len() < size_of::<FindingEvent>() {
+/// A finding record the agent understands: its kind and trigger decoded.
+pub struct Record {
+    pub raw: FindingRecord,
+    pub kind: FindingKind,
+    pub trigger: Trigger,
+}
+
+impl Record {
+    /// None for a record this agent does not understand (never expected:
+    /// the object is embedded in the agent).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < size_of::<FindingRecord>() {
             return None;
         }
-        // SAFETY: FindingEvent is plain old data and the length was checked.
-        let ev: FindingEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        Some((
-            ev,
-            FindingKind::from_u8(ev.kind)?,
-            Trigger::from_u8(ev.trigger)?,
-        ))
+        // SAFETY: FindingRecord is plain old data and the length was checked.
+        let raw: FindingRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        Some(Self {
+            kind: FindingKind::from_repr(raw.kind)?,
+            trigger: Trigger::from_repr(raw.trigger)?,
+            raw,
+        })
     }
 
+    /// The decided reads kept.
+    pub fn reads(&self) -> &[i32] {
+        &self.raw.reads[..(self.raw.nreads as usize).min(MAX_READS)]
+    }
+
+    pub fn at(&self) -> SystemTime {
+        decode::wall_time(self.raw.boot_ns)
+    }
+}
+
+impl Finding {
     pub fn new(
-        ev: &FindingEvent,
-        kind: FindingKind,
-        trigger: Trigger,
-        process: Process,
+        record: &Record,
+        process: &Arc<Process>,
+        fd: Option<i32>,
         call_sites: CallSites,
-        at: SystemTime,
     ) -> Self {
-        let nreads = (ev.nreads as usize).min(MAX_READS);
+        let raw = &record.raw;
         Self {
-            kind: kind.name(),
-            severity: kind.severity(),
-            pid: ev.tgid,
-            tid: ev.tid,
-            comm: comm(&ev.comm),
-            exe: process.exe,
-            exe_error: process.exe_error,
-            cgroup: process.cgroup,
-            container_id: process.container.id,
-            pod_uid: process.container.pod_uid,
-            fd: process.fd,
-            remote: remote(&ev.remote).map_or_else(|| "unknown".into(), |a| a.to_string()),
-            errno: (ev.errno != 0).then(|| errno_name(ev.errno)),
-            so_error_reads: ev.reads[..nreads].to_vec(),
-            so_error_read_count: ev.nreads,
-            syscall: trigger.name(),
+            kind: record.kind,
+            severity: record.kind.severity(),
+            pid: raw.tgid,
+            tid: raw.tid,
+            comm: decode::comm(&raw.comm),
+            exe: process.exe.clone(),
+            exe_source: process.exe_source,
+            exe_error: process.exe_error.clone(),
+            cgroup: process.cgroup.clone(),
+            container_id: process.container.id.clone(),
+            pod_uid: process.container.pod_uid.clone(),
+            fd,
+            remote: decode::endpoint(&raw.remote)
+                .map_or_else(|| "unknown".into(), |a| a.to_string()),
+            errno: (raw.errno != 0).then(|| decode::errno_name(raw.errno)),
+            so_error_reads: record.reads().to_vec(),
+            so_error_read_count: raw.nreads,
+            syscall: record.trigger.into(),
             call_sites,
-            time: humantime::format_rfc3339_millis(at).to_string(),
-            kind_enum: kind,
-            at,
+            at: record.at(),
         }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        self.kind.into()
     }
 
     /// One human line, e.g. for `sockerr trace`.
@@ -104,9 +122,9 @@ impl Finding {
         let reads: Vec<String> = self.so_error_reads.iter().map(i32::to_string).collect();
         format!(
             "{} {} {} pid={} comm={:?} exe={} fd={} remote={} errno={} so_error_reads=[{}] syscall={} sites: {}",
-            self.time,
+            decode::rfc3339(self.at),
             self.severity.to_uppercase(),
-            self.kind,
+            self.kind_name(),
             self.pid,
             self.comm,
             self.exe
@@ -122,89 +140,69 @@ impl Finding {
     }
 }
 
-/// A task's comm: NUL-terminated, any bytes; invalid UTF-8 is replaced.
-pub fn comm(raw: &[u8]) -> String {
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
-}
-
-pub fn remote(ep: &Endpoint) -> Option<SocketAddr> {
-    let ip = match ep.family as i32 {
-        libc::AF_INET => IpAddr::V4(Ipv4Addr::new(
-            ep.addr[0], ep.addr[1], ep.addr[2], ep.addr[3],
-        )),
-        libc::AF_INET6 => IpAddr::V6(Ipv6Addr::from(ep.addr)),
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, ep.port))
-}
-
-/// `ECONNREFUSED` for 111; `errno 4242` for what has no name.
-pub fn errno_name(errno: i32) -> String {
-    let e = nix::errno::Errno::from_raw(errno);
-    if e == nix::errno::Errno::UnknownErrno {
-        format!("errno {errno}")
-    } else {
-        format!("{e:?}")
-    }
-}
-
-/// Converts a CLOCK_BOOTTIME timestamp from the kernel to wall-clock time.
-pub fn wall_time(boot_ns: u64) -> SystemTime {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    let now_boot = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-    SystemTime::now() - now_boot.saturating_sub(Duration::from_nanos(boot_ns))
+pub fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&decode::rfc3339(*t))
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::time::Duration;
+
     use super::*;
 
-    #[test]
-    fn endpoints_format_like_users_expect() {
-        let mut v4 = Endpoint {
-            family: libc::AF_INET as u16,
-            port: 8080,
-            ..Default::default()
-        };
-        v4.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        assert_eq!(remote(&v4).unwrap().to_string(), "127.0.0.1:8080");
-        let v6 = Endpoint {
-            family: libc::AF_INET6 as u16,
-            port: 443,
-            addr: Ipv6Addr::LOCALHOST.octets(),
-            ..Default::default()
-        };
-        assert_eq!(remote(&v6).unwrap().to_string(), "[::1]:443");
-        assert!(remote(&Endpoint::default()).is_none());
+    /// A record as the kernel sends it.
+    pub fn record(pid: u32, kind: FindingKind) -> Record {
+        let mut raw = FindingRecord::zeroed();
+        raw.tgid = pid;
+        raw.tid = pid;
+        raw.errno = 111;
+        raw.reads = [111, 0, 0, 0];
+        raw.nreads = 2;
+        raw.kind = kind as u8;
+        raw.trigger = Trigger::Getsockopt as u8;
+        raw.comm[..6].copy_from_slice(b"client");
+        Record::decode(bytemuck(&raw)).unwrap()
     }
 
-    #[test]
-    fn errno_names() {
-        assert_eq!(errno_name(111), "ECONNREFUSED");
-        assert_eq!(errno_name(110), "ETIMEDOUT");
-        assert_eq!(errno_name(113), "EHOSTUNREACH");
-        assert_eq!(errno_name(4242), "errno 4242");
+    fn bytemuck(raw: &FindingRecord) -> &[u8] {
+        // SAFETY: plain old data, read as bytes.
+        unsafe {
+            std::slice::from_raw_parts((raw as *const FindingRecord).cast(), size_of_val(raw))
+        }
     }
 
-    #[test]
-    fn comm_stops_at_nul_and_survives_invalid_utf8() {
-        assert_eq!(comm(b"curl\0\0\0garbage"), "curl");
-        assert_eq!(comm(b"a\xffb\0"), "a\u{fffd}b");
+    pub fn finding(pid: u32, kind: FindingKind, secs: u64) -> Finding {
+        let process = Arc::new(Process {
+            exe: Some("/usr/bin/client".into()),
+            exe_source: Some(ExeSource::Proc),
+            ..Default::default()
+        });
+        let mut f = Finding::new(&record(pid, kind), &process, None, CallSites::default());
+        f.at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        f
     }
 
     #[test]
     fn decode_rejects_short_or_unknown_records() {
-        assert!(Finding::decode(&[0u8; 8]).is_none());
-        let zeroed = vec![0u8; size_of::<FindingEvent>()];
+        assert!(Record::decode(&[0u8; 8]).is_none());
+        let zeroed = vec![0u8; size_of::<FindingRecord>()];
+        assert!(Record::decode(&zeroed).is_none(), "kind 0 is not a finding");
+    }
+
+    #[test]
+    fn a_finding_names_what_users_need() {
+        let f = finding(42, FindingKind::SoErrorMasked, 5);
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["kind"], "so_error_masked");
+        assert_eq!(json["errno"], "ECONNREFUSED");
+        assert_eq!(json["so_error_reads"], serde_json::json!([111, 0]));
+        assert_eq!(json["syscall"], "getsockopt");
+        assert_eq!(json["exe_source"], "proc");
+        assert_eq!(json["time"], "1970-01-01T00:00:05.000Z");
+        assert!(json.get("at").is_none() && json.get("exe_error").is_none());
         assert!(
-            Finding::decode(&zeroed).is_none(),
-            "kind 0 is not a finding"
+            f.human()
+                .contains("CRITICAL so_error_masked pid=42 comm=\"client\"")
         );
     }
 }

@@ -1,7 +1,5 @@
 //! HTTP endpoints: metrics, findings, health.
 
-use std::time::Instant;
-
 use axum::{
     Json, Router,
     extract::{Query, State as Extract},
@@ -45,7 +43,7 @@ async fn metrics(Extract(state): Extract<State>) -> Response {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FindingsQuery {
-    kind: Option<String>,
+    kind: Option<FindingKind>,
     limit: Option<usize>,
 }
 
@@ -53,30 +51,10 @@ async fn findings(
     Extract(state): Extract<State>,
     query: Result<Query<FindingsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Query(query) = match query {
-        Ok(q) => q,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
-    };
-    let kind = match query.kind.as_deref() {
-        None => None,
-        Some(name) => match FindingKind::ALL.into_iter().find(|k| k.name() == name) {
-            Some(k) => Some(k),
-            None => {
-                let known: Vec<_> = FindingKind::ALL.iter().map(|k| k.name()).collect();
-                return (
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "unknown kind {name:?}; expected one of {}\n",
-                        known.join(", ")
-                    ),
-                )
-                    .into_response();
-            }
-        },
-    };
-    let mut inner = state.lock();
-    let views = inner
-        .flagged
-        .findings(Instant::now(), kind, query.limit.unwrap_or(LIMIT_DEFAULT));
-    Json(views).into_response()
+    match query {
+        Ok(Query(q)) => {
+            Json(state.findings_json(q.kind, q.limit.unwrap_or(LIMIT_DEFAULT))).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
 }

@@ -5,14 +5,18 @@ mod attribution;
 mod btf;
 mod callsites;
 mod check;
+mod containers;
+mod decode;
 mod finding;
-mod flagged;
+mod findings;
 mod http;
+mod loader;
 mod logging;
 mod metrics;
 mod pipeline;
 mod privileges;
-mod probes;
+mod proc;
+mod sampler;
 mod state;
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
@@ -69,8 +73,33 @@ struct RunArgs {
     /// Distinct comm label values in metrics; the rest are reported as "other".
     #[arg(long = "metrics.max-comms", default_value_t = 100)]
     max_comms: usize,
+    /// Distinct remote endpoints in sockerr_connect_failures_by_remote_total;
+    /// the rest are reported as "other".
+    #[arg(long = "metrics.max-remotes", default_value_t = 100)]
+    max_remotes: usize,
+    /// How often a process that goes on producing findings of a kind is
+    /// summarised in the log (its first finding is logged in full at once).
+    #[arg(long = "log.summary-interval", default_value = "1m", value_parser = positive_duration)]
+    summary_interval: Duration,
+    #[command(flatten)]
+    kernel: KernelArgs,
     #[command(flatten)]
     call_sites: CallSiteArgs,
+}
+
+#[derive(Args)]
+struct KernelArgs {
+    /// Connect attempts of live sockets the kernel side tracks at once
+    /// (≈ 150 bytes each); past this the least recently used are dropped
+    /// and counted (sockerr_kernel_drops_total{reason="attempt_untracked"}).
+    #[arg(long = "kernel.max-attempts", default_value_t = sockerr_common::DEFAULT_MAX_ATTEMPTS,
+          value_parser = clap::value_parser!(u32).range(1024..))]
+    max_attempts: u32,
+    /// After the first finding of a (process, kind), at most one full finding
+    /// record per this interval (every finding is still counted). Default:
+    /// 10s for run, 0 (every finding) for trace.
+    #[arg(long = "findings.detail-interval", value_parser = humantime::parse_duration)]
+    detail_interval: Option<Duration>,
 }
 
 #[derive(Args)]
@@ -104,7 +133,16 @@ struct TraceArgs {
     #[arg(long)]
     stacks: bool,
     #[command(flatten)]
+    kernel: KernelArgs,
+    #[command(flatten)]
     call_sites: CallSiteArgs,
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s).map_err(|e| e.to_string())? {
+        d if d.is_zero() => Err("must be more than 0".into()),
+        d => Ok(d),
+    }
 }
 
 fn telemetry_path(s: &str) -> Result<String, String> {
@@ -118,7 +156,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, &cli.log_level);
     let result = match cli.command {
-        Command::Check => Ok(check::report(&check::requirements(true))),
+        Command::Check => Ok(check::report(&check::requirements(Some(
+            &loader::Options {
+                max_attempts: sockerr_common::DEFAULT_MAX_ATTEMPTS,
+                detail_interval: Duration::ZERO,
+            },
+        )))),
         command => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -156,53 +199,57 @@ async fn run(args: RunArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    check::require()?;
-    let probes::Probes {
-        ebpf,
-        findings,
-        counters,
-        stacks,
-        attached,
-    } = probes::Probes::attach()?;
-    let collector = collector(ebpf, findings, stacks, &args.call_sites)?;
-    // Loading parsed the kernel's BTF twice (megabytes, now freed): hand
-    // that memory back to the system instead of keeping it in the heap.
-    // SAFETY: malloc_trim has no preconditions.
-    unsafe { libc::malloc_trim(0) };
-    let metrics = metrics::Metrics::new(args.max_comms);
-    metrics.probes_attached(&attached);
-    let flagged = flagged::FlaggedTable::new(args.max_processes as usize, args.retention);
-    let usage = collector.instrumenter.usage();
-    let state = state::State::new(metrics, flagged, Some(counters), usage);
+    let started = start(&args.kernel, Duration::from_secs(10), &args.call_sites)?;
+    let metrics = metrics::Metrics::new(args.max_comms, args.max_remotes);
+    for (probe, hook) in started.attached.iter() {
+        let hook = hook.as_ref().ok().map(|h| h.attach.to_string());
+        metrics.probe(probe.name, hook.as_deref());
+    }
+    let findings = findings::Findings::new(args.max_processes as usize, args.retention);
+    let usage = started.pipeline.locator.usage();
+    let state = state::State::new(findings, started.sampler, metrics, usage);
     let sink = state.clone();
-    let pipeline = pipeline::run(collector, move |f| {
-        pipeline::log(&f);
-        sink.record(f);
-    });
+    let mut pipeline =
+        pipeline::Running::spawn(started.pipeline, move |output| sink.record(output))?;
+    let periodic = periodic(state.clone(), args.summary_interval);
     tracing::info!(address = %args.listen, path = args.telemetry_path, "sockerr running");
     let app = http::router(state, &args.telemetry_path);
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown());
-    // The pipeline owns the programs: when select! drops it, every program
-    // and link is detached and unloaded.
     tokio::select! {
         result = server => result.context("HTTP server")?,
-        result = pipeline => result.context("event pipeline")?,
+        result = pipeline.ended() => result.context("event pipeline")?,
+        () = periodic => {}
     }
+    // The pipeline owns the programs: stopping it detaches and unloads
+    // every program and link.
+    drop(pipeline);
     tracing::info!("probes detached; bye");
     Ok(())
 }
 
+/// Folds the kernel's counters into the metrics between scrapes (so its
+/// maps never fill), and logs summaries of processes that go on misbehaving.
+async fn periodic(state: state::State, summaries: Duration) {
+    let mut sample = tokio::time::interval(Duration::from_secs(5));
+    let mut summary = tokio::time::interval(summaries);
+    loop {
+        tokio::select! {
+            _ = sample.tick() => {
+                let state = state.clone();
+                let _ = tokio::task::spawn_blocking(move || state.sample_kernel()).await;
+            }
+            _ = summary.tick() => state.log_summaries(),
+        }
+    }
+}
+
 async fn trace(args: TraceArgs) -> Result<()> {
-    check::require()?;
-    let probes::Probes {
-        ebpf,
-        findings,
-        stacks,
-        ..
-    } = probes::Probes::attach()?;
-    let collector = collector(ebpf, findings, stacks, &args.call_sites)?;
+    let started = start(&args.kernel, Duration::ZERO, &args.call_sites)?;
     eprintln!("sockerr: tracing; Ctrl-C to stop");
-    let pipeline = pipeline::run(collector, |f| {
+    let mut pipeline = pipeline::Running::spawn(started.pipeline, move |output| {
+        let pipeline::Output::Finding { finding: f, .. } = output else {
+            return;
+        };
         if (!args.pid.is_empty() && !args.pid.contains(&f.pid))
             || (!args.comm.is_empty() && !args.comm.contains(&f.comm))
         {
@@ -216,35 +263,89 @@ async fn trace(args: TraceArgs) -> Result<()> {
             f.human()
         };
         println!("{}", line.trim_end());
-    });
+    })?;
     tokio::select! {
-        result = pipeline => result?,
+        result = pipeline.ended() => result?,
         () = shutdown() => {}
     }
     Ok(())
 }
 
-/// The finding pipeline's stages, owning the loaded programs; drops the
-/// capabilities attaching needed (keeping those of per-process uprobes).
-fn collector(
-    ebpf: aya::Ebpf,
-    ring: aya::maps::RingBuf<aya::maps::MapData>,
-    stacks: aya::maps::StackTraceMap<aya::maps::MapData>,
-    args: &CallSiteArgs,
-) -> Result<pipeline::Collector> {
-    let instrumenter = callsites::uprobes::Instrumenter::new(
-        ebpf,
-        args.mode,
-        args.max_instrumented,
-        args.findings,
+/// The kernel side attached and the agent's side of it ready.
+struct Started {
+    pipeline: pipeline::Pipeline,
+    sampler: sampler::Sampler,
+    attached: loader::Attached,
+}
+
+/// Checks the host, loads and attaches the probes, and drops the
+/// capabilities that needed (keeping those of per-process uprobes).
+fn start(
+    kernel_args: &KernelArgs,
+    detail_default: Duration,
+    call_sites: &CallSiteArgs,
+) -> Result<Started> {
+    check::require()?;
+    let btf = loader::KernelBtf::read()?;
+    let options = loader::Options {
+        max_attempts: kernel_args.max_attempts,
+        detail_interval: kernel_args.detail_interval.unwrap_or(detail_default),
+    };
+    let mut kernel = loader::Kernel::load(&btf, &options)?;
+    let attached = kernel.attach(&btf)?;
+    log_attached(&attached);
+    match kernel.logger() {
+        Ok(logger) => logging::forward_kernel_logs(logger),
+        Err(e) => tracing::warn!("kernel log records unavailable: {e:#}"),
+    }
+    let uprobes = call_sites.mode != callsites::uprobes::Mode::Off;
+    if uprobes {
+        kernel.load_uprobes()?;
+    }
+    drop(btf);
+    // Loading parsed the kernel's BTF (megabytes, now freed): hand that
+    // memory back to the system instead of keeping it in the heap.
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
+    let maps = kernel.take_maps()?;
+    let locator = callsites::Locator::new(
+        &mut kernel,
+        maps.stacks,
+        call_sites.mode,
+        call_sites.max_instrumented,
+        call_sites.findings,
     )?;
     // Per-process uprobes are created later, so their capability stays.
-    privileges::drop_after_attach(args.mode == callsites::uprobes::Mode::Flagged)?;
-    Ok(pipeline::Collector {
-        ring,
-        instrumenter,
-        resolver: callsites::Resolver::new(stacks),
+    privileges::drop_after_attach(call_sites.mode == callsites::uprobes::Mode::Flagged)?;
+    Ok(Started {
+        pipeline: pipeline::Pipeline {
+            kernel,
+            ring: maps.findings,
+            tallies: maps.tallies,
+            locator,
+            attributor: attribution::Attributor::new(proc::cgroup2_root().ok()),
+        },
+        sampler: sampler::Sampler::new(maps.counters, maps.remotes, maps.health),
+        attached,
     })
+}
+
+/// One line naming the hook of each probe, and what this kernel cannot offer.
+fn log_attached(attached: &loader::Attached) {
+    let hooks: Vec<String> = attached
+        .iter()
+        .filter_map(|(p, r)| r.as_ref().ok().map(|h| format!("{}={}", p.name, h.attach)))
+        .collect();
+    tracing::info!(hooks = hooks.join(" "), "probes attached");
+    for (probe, result) in attached.iter() {
+        if let Err(why) = result {
+            tracing::warn!(
+                probe = probe.name,
+                "not observed on this kernel: {} ({why})",
+                probe.observes
+            );
+        }
+    }
 }
 
 /// SIGINT or SIGTERM.

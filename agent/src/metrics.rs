@@ -1,61 +1,72 @@
 //! Prometheus metrics: the names, labels and HELP texts of the interface
-//! contract (DESIGN.md §4). Counters the kernel counts are fed from its
-//! per-CPU maps as deltas of their running totals.
+//! contract (docs/design.md, "Metrics"). Every method takes `&self`, so the
+//! pipeline, the kernel sampler and the HTTP handlers share one instance
+//! without a lock around it; only the label caps have their own.
 
-use std::collections::{HashMap, HashSet};
-
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
-use sockerr_common::{Counter, CounterKey, FindingKind, Health};
-
-use crate::{
-    finding::{comm, errno_name},
-    probes::PROBES,
+use std::{
+    collections::HashSet,
+    sync::{Mutex, PoisonError},
 };
 
-/// Running totals read from the kernel maps.
-#[derive(Default)]
-pub struct KernelCounts {
-    pub counters: Vec<(CounterKey, u64)>,
-    pub health: [u64; sockerr_common::HEALTH_SLOTS as usize],
-}
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use sockerr_common::FindingKind;
+use strum::IntoEnumIterator as _;
 
-/// Bounds the `comm` label: the first `max` distinct comms keep their name,
-/// the rest are reported as `other`.
-struct CommCap {
+/// Bounds a label: the first `max` distinct values keep their name, the
+/// rest are reported as `other`.
+struct Cap {
     max: usize,
     admitted: HashSet<String>,
 }
 
-impl CommCap {
-    fn label(&mut self, comm: &str) -> String {
-        if self.admitted.contains(comm) {
-            return comm.to_owned();
+impl Cap {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            admitted: HashSet::new(),
+        }
+    }
+
+    fn label(&mut self, value: String) -> String {
+        if self.admitted.contains(&value) {
+            return value;
         }
         if self.admitted.len() < self.max {
-            self.admitted.insert(comm.to_owned());
-            return comm.to_owned();
+            self.admitted.insert(value.clone());
+            return value;
         }
         "other".to_owned()
     }
 }
+
+/// Why a failed or aborted attempt to a remote failed: the errno's name, or
+/// `aborted`.
+pub const ABORTED: &str = "aborted";
+
+/// Kernel-side drops, by `sockerr_kernel_drops_total{reason}`.
+pub const DROP_REASONS: [&str; 4] = [
+    "storage_unavailable",
+    "counters_full",
+    "attempt_untracked",
+    "remotes_full",
+];
 
 pub struct Metrics {
     registry: Registry,
     findings: IntCounterVec,
     attempts: IntCounterVec,
     failures: IntCounterVec,
+    by_remote: IntCounterVec,
     reads: IntCounterVec,
     flagged: IntGaugeVec,
-    events_lost: IntCounter,
+    records_lost: IntCounter,
     evicted: IntCounter,
     kernel_drops: IntCounterVec,
     map_entries: IntGaugeVec,
     map_capacity: IntGaugeVec,
     probe_attached: IntGaugeVec,
-    comms: CommCap,
-    /// Kernel totals already added, per (counter, comm label, errno).
-    seen: HashMap<(u8, String, u16), u64>,
-    seen_health: [u64; sockerr_common::HEALTH_SLOTS as usize],
+    comms: Mutex<Cap>,
+    remotes: Mutex<Cap>,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -74,23 +85,27 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
     v
 }
 
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+/// What the kernel counted for one comm.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommCount {
+    Established,
+    Failed { errno: String },
+    Aborted,
+    Read { result: &'static str },
+    Finding(FindingKind),
+}
+
 impl Metrics {
-    pub fn new(max_comms: usize) -> Self {
+    pub fn new(max_comms: usize, max_remotes: usize) -> Self {
         let r = Registry::new();
-        let events_lost = IntCounter::new(
-            "sockerr_events_lost_total",
-            "Findings the kernel produced but could not deliver (ring buffer full).",
-        )
-        .expect("valid metric");
-        r.register(Box::new(events_lost.clone()))
-            .expect("unique metric");
-        let evicted = IntCounter::new(
-            "sockerr_flagged_processes_evicted_total",
-            "Flagged processes dropped from the table (--max-processes) before their retention ended.",
-        )
-        .expect("valid metric");
-        r.register(Box::new(evicted.clone()))
-            .expect("unique metric");
         let build_info = gauge_vec(
             &r,
             "sockerr_build_info",
@@ -104,25 +119,38 @@ impl Metrics {
             findings: counter_vec(
                 &r,
                 "sockerr_findings_total",
-                "Findings by kind: so_error_masked, so_error_reread, io_after_failed_connect.",
+                "Findings by kind: so_error_masked, so_error_reread, io_after_failed_connect \
+                 (counted in the kernel, every one).",
                 &["kind", "comm"],
             ),
             attempts: counter_vec(
                 &r,
                 "sockerr_connect_attempts_total",
-                "TCP connect attempts whose outcome the kernel decided, by result (established, failed).",
+                "TCP connect attempts by result: established, failed, or aborted (closed or \
+                 shut down by the process while the outcome was pending, usually an \
+                 application's connect timeout).",
                 &["comm", "result"],
             ),
             failures: counter_vec(
                 &r,
                 "sockerr_connect_failures_total",
-                "Failed TCP connect attempts by errno.",
+                "Failed TCP connect attempts by errno (unknown: a failure inside connect() \
+                 whose errno the kernel keeps nowhere).",
                 &["comm", "errno"],
+            ),
+            by_remote: counter_vec(
+                &r,
+                "sockerr_connect_failures_by_remote_total",
+                "Failed and aborted TCP connect attempts by remote endpoint (ip:port; the \
+                 first --metrics.max-remotes endpoints, the rest as other) and reason (errno \
+                 name, or aborted).",
+                &["remote", "reason"],
             ),
             reads: counter_vec(
                 &r,
                 "sockerr_so_error_reads_total",
-                "getsockopt(SO_ERROR) reads on connecting sockets by result: error, zero, or pending (read before the outcome was decided).",
+                "getsockopt(SO_ERROR) reads on connecting sockets by result: error, zero, or \
+                 pending (read before the outcome was decided).",
                 &["comm", "result"],
             ),
             flagged: gauge_vec(
@@ -131,10 +159,26 @@ impl Metrics {
                 "Processes with a finding of this kind inside the retention window.",
                 &["kind"],
             ),
+            records_lost: counter(
+                &r,
+                "sockerr_events_lost_total",
+                "Finding records the kernel could not deliver (ring buffer full). The findings \
+                 themselves are still counted in sockerr_findings_total; only their detail \
+                 (remote, errno, reads, call sites) is lost.",
+            ),
+            evicted: counter(
+                &r,
+                "sockerr_flagged_processes_evicted_total",
+                "Flagged processes dropped from the table (--max-processes) before their \
+                 retention ended.",
+            ),
             kernel_drops: counter_vec(
                 &r,
                 "sockerr_kernel_drops_total",
-                "Work the kernel side had to skip: storage_unavailable (an attempt not tracked), counters_full (a counter update lost).",
+                "Work the kernel side had to skip: storage_unavailable (an attempt not \
+                 recorded), counters_full (a counter update lost), attempt_untracked (an \
+                 outcome, SO_ERROR read or I/O of an attempt evicted from the attempts map: \
+                 not judged), remotes_full (a by-remote count lost).",
                 &["reason"],
             ),
             map_entries: gauge_vec(
@@ -152,48 +196,84 @@ impl Metrics {
             probe_attached: gauge_vec(
                 &r,
                 "sockerr_probe_attached",
-                "1 when the probe is attached, 0 when it could not be.",
-                &["probe"],
+                "1 when the probe is attached (hook: how), 0 when no hook worked on this kernel.",
+                &["probe", "hook"],
             ),
-            events_lost,
-            evicted,
             registry: r,
-            comms: CommCap {
-                max: max_comms,
-                admitted: HashSet::new(),
-            },
-            seen: HashMap::new(),
-            seen_health: Default::default(),
+            comms: Mutex::new(Cap::new(max_comms)),
+            remotes: Mutex::new(Cap::new(max_remotes)),
         };
-        for kind in FindingKind::ALL {
-            m.flagged.with_label_values(&[kind.name()]).set(0);
+        for kind in FindingKind::iter() {
+            m.flagged.with_label_values(&[<&str>::from(kind)]).set(0);
         }
-        for reason in ["storage_unavailable", "counters_full"] {
+        for reason in DROP_REASONS {
             m.kernel_drops.with_label_values(&[reason]).inc_by(0);
         }
+        m.records_lost.inc_by(0);
         m
     }
 
-    pub fn finding(&mut self, kind: FindingKind, comm: &str) {
-        let comm = self.comms.label(comm);
-        self.findings.with_label_values(&[kind.name(), &comm]).inc();
+    /// The capped `comm` label for a comm already escaped as a label value.
+    pub fn comm_label(&self, comm: String) -> String {
+        self.comms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .label(comm)
+    }
+
+    fn remote_label(&self, remote: String) -> String {
+        self.remotes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .label(remote)
+    }
+
+    /// Adds `n` to what the kernel counted for `comm` (a capped label).
+    pub fn comm_count(&self, comm: &str, what: &CommCount, n: u64) {
+        match what {
+            CommCount::Established => self.attempts.with_label_values(&[comm, "established"]),
+            CommCount::Aborted => self.attempts.with_label_values(&[comm, ABORTED]),
+            CommCount::Failed { errno } => {
+                self.failures.with_label_values(&[comm, errno]).inc_by(n);
+                self.attempts.with_label_values(&[comm, "failed"])
+            }
+            CommCount::Read { result } => self.reads.with_label_values(&[comm, result]),
+            CommCount::Finding(kind) => self.findings.with_label_values(&[(*kind).into(), comm]),
+        }
+        .inc_by(n);
+    }
+
+    /// Adds `n` failed (`reason` an errno name) or aborted attempts to `remote`.
+    pub fn remote_count(&self, remote: String, reason: &str, n: u64) {
+        let remote = self.remote_label(remote);
+        self.by_remote
+            .with_label_values(&[&remote, reason])
+            .inc_by(n);
+    }
+
+    pub fn records_lost(&self, n: u64) {
+        self.records_lost.inc_by(n);
+    }
+
+    pub fn kernel_drops(&self, reason: &str, n: u64) {
+        self.kernel_drops.with_label_values(&[reason]).inc_by(n);
     }
 
     pub fn flagged_evicted(&self) {
         self.evicted.inc();
     }
 
-    pub fn probes_attached(&self, attached: &[bool]) {
-        for ((name, ..), up) in PROBES.iter().zip(attached) {
-            self.probe_attached
-                .with_label_values(&[name])
-                .set(i64::from(*up));
-        }
+    pub fn probe(&self, probe: &str, hook: Option<&str>) {
+        self.probe_attached
+            .with_label_values(&[probe, hook.unwrap_or("none")])
+            .set(i64::from(hook.is_some()));
     }
 
-    pub fn flagged(&self, by_kind: [usize; FindingKind::ALL.len()]) {
-        for (kind, n) in FindingKind::ALL.iter().zip(by_kind) {
-            self.flagged.with_label_values(&[kind.name()]).set(n as i64);
+    pub fn flagged(&self, by_kind: impl IntoIterator<Item = usize>) {
+        for (kind, n) in FindingKind::iter().zip(by_kind) {
+            self.flagged
+                .with_label_values(&[<&str>::from(kind)])
+                .set(n as i64);
         }
     }
 
@@ -206,57 +286,6 @@ impl Metrics {
             .set(capacity as i64);
     }
 
-    /// Adds what the kernel counted since the last call.
-    pub fn kernel(&mut self, counts: &KernelCounts) {
-        let mut totals: HashMap<(u8, String, u16), u64> = HashMap::new();
-        for (key, value) in &counts.counters {
-            let label = self.comms.label(&comm(&key.comm));
-            *totals.entry((key.counter, label, key.errno)).or_default() += value;
-        }
-        for (key, total) in totals {
-            let before = self.seen.insert(key.clone(), total).unwrap_or(0);
-            let delta = total.saturating_sub(before);
-            let (counter, comm, errno) = key;
-            let Some(counter) = Counter::from_u8(counter) else {
-                continue;
-            };
-            let (vec, result) = match counter {
-                Counter::Established => (&self.attempts, "established"),
-                Counter::Failed => {
-                    let errno = errno_name(errno.into());
-                    self.failures
-                        .with_label_values(&[&comm, &errno])
-                        .inc_by(delta);
-                    (&self.attempts, "failed")
-                }
-                Counter::ReadPending => (&self.reads, "pending"),
-                Counter::ReadError => (&self.reads, "error"),
-                Counter::ReadZero => (&self.reads, "zero"),
-            };
-            vec.with_label_values(&[&comm, result]).inc_by(delta);
-        }
-        let delta = |slot: Health, seen: &mut [u64]| {
-            let (now, before) = (counts.health[slot as usize], seen[slot as usize]);
-            seen[slot as usize] = now;
-            now.saturating_sub(before)
-        };
-        self.events_lost
-            .inc_by(delta(Health::FindingsLost, &mut self.seen_health));
-        let storage = delta(Health::StorageFailed, &mut self.seen_health);
-        self.kernel_drops
-            .with_label_values(&["storage_unavailable"])
-            .inc_by(storage);
-        let full = delta(Health::CountersFull, &mut self.seen_health);
-        self.kernel_drops
-            .with_label_values(&["counters_full"])
-            .inc_by(full);
-        self.map_usage(
-            "counters",
-            counts.counters.len(),
-            sockerr_common::COUNTER_ENTRIES as usize,
-        );
-    }
-
     pub fn render(&self) -> String {
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
@@ -267,17 +296,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn key(comm: &[u8], counter: Counter, errno: u16) -> CounterKey {
-        let mut c = [0u8; 16];
-        c[..comm.len()].copy_from_slice(comm);
-        CounterKey {
-            comm: c,
-            errno,
-            counter: counter as u8,
-            _pad: 0,
-        }
-    }
+    use crate::decode::label_value;
 
     /// Every sample line: `name{labels} value`, labels well-formed.
     fn samples(text: &str) -> Vec<&str> {
@@ -287,17 +306,20 @@ mod tests {
     }
 
     #[test]
-    fn hostile_comms_cannot_break_the_exposition() {
-        let mut m = Metrics::new(100);
-        let hostile = [
-            "a\"b",
-            "back\\slash",
-            "new\nline",
-            "{brace}",
-            &comm(b"bad\xff\xfeutf8\0"),
+    fn hostile_comms_cannot_break_the_exposition_or_merge() {
+        let m = Metrics::new(100, 100);
+        let hostile: [&[u8]; 7] = [
+            b"a\"b",
+            b"back\\slash",
+            b"new\nline",
+            b"{brace}",
+            b"bad\xff\xfeutf8",
+            b"\x01ctl",
+            b"ctl",
         ];
         for c in hostile {
-            m.finding(FindingKind::SoErrorMasked, c);
+            let label = m.comm_label(label_value(c));
+            m.comm_count(&label, &CommCount::Finding(FindingKind::SoErrorMasked), 1);
         }
         let text = m.render();
         let lines: Vec<_> = samples(&text)
@@ -306,10 +328,11 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), hostile.len(), "{text}");
         assert!(text.contains(r#"comm="a\"b""#), "{text}");
-        assert!(text.contains(r#"comm="back\\slash""#));
-        assert!(text.contains(r#"comm="new\nline""#));
+        assert!(text.contains(r#"comm="back\\\\slash""#), "{text}");
+        assert!(text.contains(r#"comm="new\\x0aline""#), "{text}");
         assert!(text.contains(r#"comm="{brace}""#));
-        assert!(text.contains("comm=\"bad\u{fffd}\u{fffd}utf8\""));
+        assert!(text.contains(r#"comm="bad\\xff\\xfeutf8""#), "{text}");
+        assert!(text.contains(r#"comm="\\x01ctl""#) && text.contains(r#"comm="ctl""#));
         for line in samples(&text) {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "bad sample line {line:?}");
@@ -317,50 +340,49 @@ mod tests {
     }
 
     #[test]
-    fn comm_label_is_capped() {
-        let mut m = Metrics::new(2);
+    fn labels_are_capped() {
+        let m = Metrics::new(2, 1);
         for c in ["a", "b", "c", "d", "a"] {
-            m.finding(FindingKind::SoErrorReread, c);
+            let label = m.comm_label(c.into());
+            m.comm_count(&label, &CommCount::Finding(FindingKind::SoErrorReread), 1);
+        }
+        for r in ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.1:80"] {
+            m.remote_count(r.into(), "ECONNREFUSED", 1);
         }
         let text = m.render();
-        assert!(
-            text.contains(r#"sockerr_findings_total{comm="a",kind="so_error_reread"} 2"#),
-            "{text}"
-        );
-        assert!(text.contains(r#"sockerr_findings_total{comm="b",kind="so_error_reread"} 1"#));
-        assert!(text.contains(r#"sockerr_findings_total{comm="other",kind="so_error_reread"} 2"#));
+        for expected in [
+            r#"sockerr_findings_total{comm="a",kind="so_error_reread"} 2"#,
+            r#"sockerr_findings_total{comm="b",kind="so_error_reread"} 1"#,
+            r#"sockerr_findings_total{comm="other",kind="so_error_reread"} 2"#,
+            r#"sockerr_connect_failures_by_remote_total{reason="ECONNREFUSED",remote="10.0.0.1:80"} 2"#,
+            r#"sockerr_connect_failures_by_remote_total{reason="ECONNREFUSED",remote="other"} 1"#,
+        ] {
+            assert!(text.contains(expected), "missing {expected}\n{text}");
+        }
         assert!(!text.contains(r#"comm="c""#));
     }
 
     #[test]
-    fn kernel_totals_become_counter_deltas() {
-        let mut m = Metrics::new(100);
-        let mut counts = KernelCounts {
-            counters: vec![
-                (key(b"curl", Counter::Established, 0), 3),
-                (key(b"curl", Counter::Failed, 111), 2),
-                (key(b"curl", Counter::ReadError, 0), 2),
-                (key(b"curl", Counter::ReadPending, 0), 5),
-            ],
-            ..Default::default()
+    fn failures_count_as_attempts_too() {
+        let m = Metrics::new(10, 10);
+        let failed = CommCount::Failed {
+            errno: "EADDRNOTAVAIL".into(),
         };
-        counts.health[Health::FindingsLost as usize] = 4;
-        m.kernel(&counts);
-        counts.counters[1].1 = 5;
-        counts.health[Health::FindingsLost as usize] = 6;
-        m.kernel(&counts);
+        m.comm_count("curl", &failed, 3);
+        m.comm_count("curl", &CommCount::Aborted, 2);
+        m.probe("send", Some("fentry/tcp_sendmsg"));
+        m.probe("release", None);
         let text = m.render();
         for expected in [
-            r#"sockerr_connect_attempts_total{comm="curl",result="established"} 3"#,
-            r#"sockerr_connect_attempts_total{comm="curl",result="failed"} 5"#,
-            r#"sockerr_connect_failures_total{comm="curl",errno="ECONNREFUSED"} 5"#,
-            r#"sockerr_so_error_reads_total{comm="curl",result="error"} 2"#,
-            r#"sockerr_so_error_reads_total{comm="curl",result="pending"} 5"#,
-            "sockerr_events_lost_total 6",
-            r#"sockerr_kernel_drops_total{reason="counters_full"} 0"#,
-            r#"sockerr_map_entries{map="counters"} 4"#,
-            r#"sockerr_build_info{version=""#,
+            r#"sockerr_connect_attempts_total{comm="curl",result="failed"} 3"#,
+            r#"sockerr_connect_attempts_total{comm="curl",result="aborted"} 2"#,
+            r#"sockerr_connect_failures_total{comm="curl",errno="EADDRNOTAVAIL"} 3"#,
+            r#"sockerr_probe_attached{hook="fentry/tcp_sendmsg",probe="send"} 1"#,
+            r#"sockerr_probe_attached{hook="none",probe="release"} 0"#,
+            r#"sockerr_kernel_drops_total{reason="attempt_untracked"} 0"#,
+            "sockerr_events_lost_total 0",
             r#"sockerr_flagged_processes{kind="so_error_masked"} 0"#,
+            r#"sockerr_build_info{version=""#,
         ] {
             assert!(text.contains(expected), "missing {expected}\n{text}");
         }

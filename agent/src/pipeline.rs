@@ -1,55 +1,143 @@
-//! The event pipeline: findings from the kernel's ring buffer, decoded,
-//! attributed, given their call sites (instrumenting newly flagged
-//! processes) and handed to a sink; kernel log records to the agent's log.
+//! The event pipeline: finding records from the kernel's ring buffer,
+//! decoded, attributed, given their call sites and handed to a sink; and the
+//! kernel's per-(process, kind) tallies, read periodically so that counts
+//! stay exact between records.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 use anyhow::Result;
-use aya::maps::{MapData, RingBuf};
-use sockerr_common::{FindingEvent, FindingKind, MAX_READS, Trigger};
+use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
+use sockerr_common::{FindingKind, Tally, TallyKey};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
-    attribution::{self, Process},
-    callsites::{
-        Resolver,
-        uprobes::{Coverage, Instrumenter},
-    },
-    finding::Finding,
+    attribution::{Attributor, Process},
+    callsites::Locator,
+    decode,
+    finding::{Finding, Record},
+    findings::TallyRead,
+    loader::Kernel,
+    proc::{self, Proc},
 };
 
-/// The kernel wakes the agent only when findings pile up (see the eBPF
-/// `WAKEUP_BYTES`); otherwise they are collected on this tick.
+/// The kernel wakes the agent only for the first record of a (process,
+/// kind), or when records pile up (see the eBPF `WAKEUP_BYTES`); otherwise
+/// they are collected on this tick.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
-/// Findings attributed before their call sites are resolved.
+/// Records attributed before their call sites are resolved.
 const BATCH: usize = 256;
-/// How often instrumented processes that exited are let go.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often instrumented processes that exited are let go, and the
+/// kernel's tallies read.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
-/// Everything a finding passes through on its way to the sink.
-pub struct Collector {
-    pub ring: RingBuf<MapData>,
-    /// Owns the loaded programs: dropping the collector detaches them.
-    pub instrumenter: Instrumenter,
-    pub resolver: Resolver,
+/// What the pipeline hands to its sink.
+pub enum Output {
+    /// A finding record, attributed.
+    Finding {
+        finding: Box<Finding>,
+        /// The process's start time (CLOCK_BOOTTIME ns): with the pid, it
+        /// names the process.
+        start_boot_ns: u64,
+        tally: TallyRead,
+    },
+    /// A kernel tally read between records: the findings counted so far.
+    Tally {
+        pid: u32,
+        kind: FindingKind,
+        read: TallyRead,
+        last: SystemTime,
+    },
 }
 
-/// Reads findings until the future is dropped.
-pub async fn run(collector: Collector, sink: impl FnMut(Finding)) -> Result<()> {
-    let Collector {
+/// Everything a record passes through on its way to the sink.
+pub struct Pipeline {
+    /// Owns the loaded programs: dropping the pipeline detaches them.
+    pub kernel: Kernel,
+    pub ring: RingBuf<MapData>,
+    pub tallies: BpfHashMap<MapData, TallyKey, Tally>,
+    pub locator: Locator,
+    pub attributor: Attributor,
+}
+
+/// The pipeline on a thread of its own, so that the slow parts of a record
+/// (symbolizing a module the first time takes up to a second) never hold up
+/// the HTTP server. Dropping it stops the thread and detaches every program.
+pub struct Running {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    ended: tokio::sync::oneshot::Receiver<Result<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn spawn(pipeline: Pipeline, sink: impl FnMut(Output) + Send + 'static) -> Result<Self> {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let (end, ended) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("pipeline".into())
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|rt| {
+                        rt.block_on(async {
+                            tokio::select! {
+                                result = run(pipeline, sink) => result,
+                                _ = stopped => Ok(()),
+                            }
+                        })
+                    });
+                let _ = end.send(result);
+            })?;
+        Ok(Self {
+            stop: Some(stop),
+            ended,
+            thread: Some(thread),
+        })
+    }
+
+    /// Resolves when the pipeline fails (it runs until stopped otherwise).
+    pub async fn ended(&mut self) -> Result<()> {
+        (&mut self.ended)
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the pipeline thread panicked")))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Reads records until the future is dropped.
+async fn run(pipeline: Pipeline, sink: impl FnMut(Output)) -> Result<()> {
+    let Pipeline {
+        kernel,
         ring,
-        instrumenter,
-        resolver,
-    } = collector;
+        tallies,
+        locator,
+        attributor,
+    } = pipeline;
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns it.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the findings ring buffer: {e}"))?;
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut stages = Stages {
-        attributor: attribution::Attributor::default(),
-        instrumenter,
-        resolver,
+        kernel,
+        tallies,
+        locator,
+        attributor,
         sink,
     };
     loop {
@@ -64,113 +152,98 @@ pub async fn run(collector: Collector, sink: impl FnMut(Finding)) -> Result<()> 
             }
             _ = tick.tick() => stages.drain(ring.get_mut()),
             _ = sweep.tick() => {
-                for pid in stages.instrumenter.sweep() {
-                    stages.resolver.forget(pid);
-                }
+                stages.locator.sweep();
+                stages.read_tallies();
             }
         }
     }
 }
 
 struct Stages<S> {
-    attributor: attribution::Attributor,
-    instrumenter: Instrumenter,
-    resolver: Resolver,
+    kernel: Kernel,
+    tallies: BpfHashMap<MapData, TallyKey, Tally>,
+    locator: Locator,
+    attributor: Attributor,
     sink: S,
 }
 
-impl<S: FnMut(Finding)> Stages<S> {
-    /// Handles everything queued, [`BATCH`] findings at a time.
+impl<S: FnMut(Output)> Stages<S> {
+    /// Handles everything queued, [`BATCH`] records at a time.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         loop {
             // Attribute a batch first, while its processes most likely still
             // run: instrumenting a new process takes milliseconds. Bounded,
             // or a producer as fast as attribution would keep it growing.
             let mut batch = Vec::with_capacity(BATCH);
-            self.attributor.new_pass();
+            // Each process's socket fds, read once per batch.
+            let mut fds: HashMap<u32, HashMap<u64, i32>> = HashMap::new();
+            let now = Instant::now();
             while batch.len() < BATCH
                 && let Some(item) = ring.next()
             {
-                let Some((ev, kind, trigger)) = Finding::decode(&item) else {
+                let Some(record) = Record::decode(&item) else {
                     tracing::error!(len = item.len(), "undecodable finding record");
                     continue;
                 };
                 drop(item);
-                let process = self.attributor.attribute(ev.tgid, ev.inode);
-                batch.push((ev, kind, trigger, process));
+                let process = self.attributor.attribute(&record.raw, now);
+                let fd = fds
+                    .entry(record.raw.tgid)
+                    .or_insert_with(|| socket_fds(&process, record.raw.tgid))
+                    .get(&record.raw.inode)
+                    .copied();
+                batch.push((record, process, fd));
             }
             if batch.is_empty() {
                 return;
             }
-            for (ev, kind, trigger, process) in batch {
-                self.finish(&ev, kind, trigger, process);
+            for (record, process, fd) in batch {
+                let sites = self.locator.sites(&mut self.kernel, &record);
+                let tally = TallyRead {
+                    since_ns: record.raw.tally_since_ns,
+                    total: record.raw.tally_total,
+                };
+                (self.sink)(Output::Finding {
+                    finding: Box::new(Finding::new(&record, &process, fd, sites)),
+                    start_boot_ns: record.raw.start_boot_ns,
+                    tally,
+                });
             }
         }
     }
 
-    /// Call sites (instrumenting the process if new), then the sink.
-    fn finish(&mut self, ev: &FindingEvent, kind: FindingKind, trigger: Trigger, process: Process) {
-        let pid = ev.tgid;
-        if !self.resolver.remembers(pid, kind) {
-            // A kind whose call sites are not known yet: probe again.
-            self.instrumenter.reinstrument(pid);
+    /// Reads the kernel's tallies; those of processes that exited are
+    /// passed on a last time and deleted.
+    fn read_tallies(&mut self) {
+        let mut gone = Vec::new();
+        for entry in self.tallies.iter() {
+            let Ok((key, tally)) = entry else { break };
+            let Some(kind) = FindingKind::from_repr(key.kind) else {
+                continue;
+            };
+            (self.sink)(Output::Tally {
+                pid: key.tgid,
+                kind,
+                read: TallyRead {
+                    since_ns: tally.since_ns,
+                    total: tally.total,
+                },
+                last: decode::wall_time(tally.last_ns),
+            });
+            if !proc::alive(key.tgid) {
+                gone.push(key);
+            }
         }
-        let coverage = self.instrumenter.coverage(pid);
-        if coverage == Coverage::NotYet {
-            // The snapshot of its mappings, taken while the process most
-            // likely runs, names modules after it exits.
-            let maps = self.resolver.snapshot(pid);
-            self.instrumenter.instrument(pid, maps);
+        for key in gone {
+            let _ = self.tallies.remove(&key);
         }
-        let nreads = (ev.nreads as usize).min(MAX_READS);
-        let at = crate::finding::wall_time(ev.boot_ns);
-        let time = humantime::format_rfc3339_millis(at).to_string();
-        let sites = self
-            .resolver
-            .resolve(pid, kind, &time, &ev.sites, nreads, &coverage);
-        if sites.note.is_none() {
-            self.instrumenter.captured(pid);
-        }
-        (self.sink)(Finding::new(ev, kind, trigger, process, sites, at));
     }
 }
 
-/// Logs one structured line for a finding.
-pub fn log(f: &Finding) {
-    tracing::warn!(
-        target: "sockerr::finding",
-        kind = f.kind,
-        severity = f.severity,
-        pid = f.pid,
-        tid = f.tid,
-        comm = f.comm.as_str(),
-        exe = f.exe.as_deref().unwrap_or_default(),
-        exe_error = f.exe_error.as_deref().unwrap_or_default(),
-        cgroup = f.cgroup.as_deref().unwrap_or(""),
-        container_id = f.container_id.as_deref().unwrap_or(""),
-        pod_uid = f.pod_uid.as_deref().unwrap_or(""),
-        fd = f.fd.unwrap_or(-1),
-        remote = f.remote.as_str(),
-        errno = f.errno.as_deref().unwrap_or(""),
-        so_error_reads = ?f.so_error_reads,
-        syscall = f.syscall,
-        call_sites = f.call_sites.summary(&f.so_error_reads),
-        "finding"
-    );
-}
-
-/// Forwards aya-log records from the eBPF programs to the agent's log.
-pub fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
-    // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd owns it.
-    let Ok(mut fd) = (unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) })
-    else {
-        tracing::warn!("cannot poll kernel log records");
-        return;
-    };
-    tokio::spawn(async move {
-        while let Ok(mut guard) = fd.readable_mut().await {
-            guard.get_inner_mut().flush();
-            guard.clear_ready();
-        }
-    });
+/// Socket fds of a process that was found running.
+fn socket_fds(process: &Arc<Process>, pid: u32) -> HashMap<u64, i32> {
+    if process.exe_source == Some(crate::attribution::ExeSource::Kernel) {
+        return HashMap::new();
+    }
+    Proc::open(pid).map(|p| p.socket_fds()).unwrap_or_default()
 }

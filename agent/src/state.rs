@@ -1,76 +1,115 @@
-//! What the daemon knows: metrics and flagged processes, shared by the
-//! pipeline (writer) and the HTTP handlers (readers).
+//! What the daemon knows, shared by the pipeline (writer), the kernel
+//! sampler and the HTTP handlers (readers). The findings table and the
+//! kernel sampler have a lock each, so a slow scrape (which reads the
+//! kernel's maps) never holds up recording findings.
 
 use std::{
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Instant,
 };
 
 use crate::{
-    callsites::uprobes::Usage, finding::Finding, flagged::FlaggedTable, metrics::Metrics,
-    probes::KernelCounters,
+    callsites::uprobes::Usage,
+    findings::{FindingView, Findings},
+    logging,
+    metrics::Metrics,
+    pipeline::Output,
+    sampler::Sampler,
 };
 
-pub struct Inner {
-    pub metrics: Metrics,
-    pub flagged: FlaggedTable,
-    kernel: Option<KernelCounters>,
+#[derive(Clone)]
+pub struct State {
+    findings: Arc<Mutex<Findings>>,
+    sampler: Arc<Mutex<Sampler>>,
+    metrics: Arc<Metrics>,
     call_sites: Usage,
 }
 
-#[derive(Clone)]
-pub struct State(Arc<Mutex<Inner>>);
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves consistent data behind.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 impl State {
-    pub fn new(
-        metrics: Metrics,
-        flagged: FlaggedTable,
-        kernel: Option<KernelCounters>,
-        call_sites: Usage,
-    ) -> Self {
-        Self(Arc::new(Mutex::new(Inner {
-            metrics,
-            flagged,
-            kernel,
+    pub fn new(findings: Findings, sampler: Sampler, metrics: Metrics, call_sites: Usage) -> Self {
+        Self {
+            findings: Arc::new(Mutex::new(findings)),
+            sampler: Arc::new(Mutex::new(sampler)),
+            metrics: Arc::new(metrics),
             call_sites,
-        })))
+        }
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves consistent data behind.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    /// Takes what the pipeline produced; logs the first finding of each
+    /// (process, kind) in full.
+    pub fn record(&self, output: Output) {
+        let mut findings = lock(&self.findings);
+        match output {
+            Output::Finding {
+                finding,
+                start_boot_ns,
+                tally,
+            } => {
+                let line = finding.clone();
+                let recorded = findings.record(*finding, start_boot_ns, tally, Instant::now());
+                drop(findings);
+                if recorded.new {
+                    logging::finding(&line);
+                }
+                if recorded.evicted {
+                    self.metrics.flagged_evicted();
+                }
+            }
+            Output::Tally {
+                pid,
+                kind,
+                read,
+                last,
+            } => findings.tally(pid, kind, read, last),
+        }
     }
 
-    pub fn record(&self, finding: Finding) {
-        let mut inner = self.lock();
-        inner.metrics.finding(finding.kind_enum, &finding.comm);
-        if inner.flagged.record(finding, Instant::now()) {
-            inner.metrics.flagged_evicted();
+    /// One summary line per (process, kind) whose findings went on.
+    pub fn log_summaries(&self) {
+        for summary in lock(&self.findings).summaries() {
+            logging::summary(&summary);
+        }
+    }
+
+    /// Adds what the kernel counted since the last call to the metrics.
+    pub fn sample_kernel(&self) {
+        if let Err(e) = lock(&self.sampler).sample(&self.metrics, Instant::now()) {
+            tracing::error!("reading kernel counters: {e:#}");
         }
     }
 
     /// Brings gauges and kernel-fed counters up to date, then renders.
     pub fn render_metrics(&self) -> String {
-        let mut guard = self.lock();
-        let inner = &mut *guard;
-        if let Some(kernel) = &inner.kernel {
-            match kernel.read() {
-                Ok(counts) => inner.metrics.kernel(&counts),
-                Err(e) => tracing::error!("reading kernel counters: {e:#}"),
-            }
-        }
-        let by_kind = inner.flagged.flagged_by_kind(Instant::now());
-        inner.metrics.flagged(by_kind);
-        inner.metrics.map_usage(
+        self.sample_kernel();
+        let (by_kind, flagged, capacity) = {
+            let mut findings = lock(&self.findings);
+            let by_kind = findings.flagged_by_kind(Instant::now());
+            (by_kind, findings.len(), findings.capacity())
+        };
+        self.metrics.flagged(by_kind);
+        self.metrics
+            .map_usage("flagged_processes", flagged, capacity);
+        self.metrics.map_usage(
             "call_site_processes",
-            inner.call_sites.probed(),
-            inner.call_sites.capacity,
+            self.call_sites.probed(),
+            self.call_sites.capacity,
         );
-        inner.metrics.map_usage(
-            "flagged_processes",
-            inner.flagged.len(),
-            inner.flagged.capacity(),
-        );
-        inner.metrics.render()
+        self.metrics.render()
+    }
+
+    /// `/findings` as JSON.
+    pub fn findings_json(
+        &self,
+        kind: Option<sockerr_common::FindingKind>,
+        limit: usize,
+    ) -> serde_json::Value {
+        let mut findings = lock(&self.findings);
+        let views: Vec<FindingView<'_>> = findings.findings(Instant::now(), kind, limit);
+        serde_json::to_value(views).expect("serializable")
     }
 }

@@ -16,7 +16,7 @@ use std::{
 use serde_json::Value;
 use support::{
     Tracer, agent_bin, build_evhttp_client, http_server, require_root, run_program, scenario,
-    scenario_bin, scenario_env, scenario_exe, stop,
+    scenario_bin, scenario_exe, stop,
 };
 
 /// The function named at a read's call site.
@@ -54,8 +54,21 @@ fn reads_named_by_the_functions_that_made_them() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let (pid, out) = scenario(&["repeat", "buggy", "10", "100"]);
-    assert!(out.status.success(), "{out:?}");
+    // Each attempt once the agent has handled the previous one: what the
+    // agent decides (instrument, detach) is in place before the next.
+    let mut buggy = Command::new(scenario_bin())
+        .args(["repeat", "buggy", "10", "stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = buggy.id();
+    let mut stdin = buggy.stdin.take().unwrap();
+    for n in 1..10 {
+        assert_eq!(tracer.wait_for(pid, n, Duration::from_secs(10)).len(), n);
+        writeln!(stdin).unwrap();
+    }
+    assert!(buggy.wait().unwrap().success());
     let found = tracer.wait_for(pid, 10, Duration::from_secs(10));
     assert_eq!(found.len(), 10, "one finding per attempt");
     assert!(
@@ -94,19 +107,18 @@ fn reads_named_by_the_functions_that_made_them() {
         assert_eq!(stack[1], read["at"]);
     }
     // Three findings with call sites (--call-sites.findings), then the uprobes
-    // go (once the agent got there) and later findings repeat the sites,
-    // saying so.
+    // go and later findings repeat the sites, saying so.
     let notes: Vec<Option<&str>> = found[1..]
         .iter()
         .map(|f| f["call_sites"]["note"].as_str())
         .collect();
-    let recalled = |n: &Option<&str>| n.is_some_and(|n| n.contains("uprobes were detached"));
     assert!(notes[..3].iter().all(Option::is_none), "{notes:?}");
     assert!(
-        notes[3..].iter().all(|n| n.is_none() || recalled(n)),
+        notes[3..]
+            .iter()
+            .all(|n| n.is_some_and(|n| n.contains("uprobes were detached"))),
         "{notes:?}"
     );
-    assert!(recalled(notes.last().unwrap()), "{notes:?}");
     assert!(
         !has_uprobes_mapped(clean.id()),
         "a process that was never flagged must not pay for uprobes"
@@ -193,7 +205,9 @@ fn exited_process_keeps_modules_and_addresses() {
     let pid = child.id();
     assert_eq!(tracer.wait_for(pid, 1, Duration::from_secs(5)).len(), 1);
     tracer.pause();
-    writeln!(child.stdin.take().unwrap()).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin).unwrap();
+    writeln!(stdin).unwrap();
     assert!(child.wait().unwrap().success());
     fs::remove_file(&copy).unwrap();
     tracer.resume();
@@ -240,15 +254,28 @@ fn trace_prints_stacks_of_the_chosen_comm() {
     // Another comm, flagged meanwhile: filtered out.
     let (_, other) = scenario(&["masked"]);
     assert!(other.status.success());
-    let (_, out) = scenario_env(
-        &["repeat", "buggy", "4", "100"],
-        &[("SCENARIO_COMM", "stacks-test")],
-    );
-    assert!(out.status.success());
+    // Each attempt once the previous one was printed: instrumenting the
+    // process is in place before the next.
+    let mut child = Command::new(scenario_bin())
+        .args(["repeat", "buggy", "4", "stdin"])
+        .env("SCENARIO_COMM", "stacks-test")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
     let mut lines = Vec::new();
+    let mut printed = 0;
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(3)) {
+        if line.contains(" so_error_masked ") {
+            printed += 1;
+            if printed < 4 {
+                writeln!(stdin).unwrap();
+            }
+        }
         lines.push(line);
     }
+    assert!(child.wait().unwrap().success());
     stop(&mut trace);
     let text = lines.join("\n");
     let findings: Vec<_> = lines

@@ -4,58 +4,59 @@
 use crate::attempt::{Attempt, FindingKind, MAX_READS};
 
 pub const TASK_COMM_LEN: usize = 16;
+/// Bytes of an executable's file name kept in a finding record.
+pub const EXE_NAME_LEN: usize = 64;
 
-/// Map and program names, shared so the agent and the probes cannot disagree.
+/// Map, global and program names, shared so the agent and the probes cannot
+/// disagree.
 pub mod names {
+    pub const SOCKETS: &str = "SOCKETS";
     pub const FINDINGS: &str = "FINDINGS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const REMOTES: &str = "REMOTES";
+    pub const TALLIES: &str = "TALLIES";
     pub const HEALTH: &str = "HEALTH";
+    pub const STACKS: &str = "STACKS";
     pub const OFFSETS: &str = "OFFSETS";
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
-    pub const STACKS: &str = "STACKS";
+    pub const DETAIL_INTERVAL_NS: &str = "DETAIL_INTERVAL_NS";
     /// The uprobes on the C library's wrappers, attached per process.
     pub const CONNECT_SITE: &str = "connect_site";
     pub const GETSOCKOPT_SITE: &str = "getsockopt_site";
 }
 
-/// Capacity of the `SOCKETS` LRU map: connect attempts tracked at once, the
-/// least recently used dropped first (preallocated: ≈ 3.8 MiB). Reads and I/O
-/// follow a connect within milliseconds, so this is hours of history on most
-/// hosts and seconds on a proxy making thousands of connects a second.
-pub const SOCKET_ENTRIES: u32 = 16384;
-/// Capacity of the `COUNTERS` per-CPU hash map: (comm, counter, errno) keys.
+/// Default capacity of the `SOCKETS` LRU map (`--kernel.max-attempts`): the
+/// attempts of live sockets, each ≈ 150 bytes with the map's own overhead.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 65536;
+/// Capacity of the `COUNTERS` per-CPU hash map: (comm, counter, detail) keys.
+/// The agent folds idle keys into its own totals and deletes them.
 pub const COUNTER_ENTRIES: u32 = 16384;
-/// Ring buffer size for findings (a finding is 168 bytes + 8 of header).
+/// Capacity of the `REMOTES` per-CPU hash map: failing remote endpoints.
+pub const REMOTE_ENTRIES: u32 = 4096;
+/// Capacity of the `TALLIES` LRU map: (process, kind) pairs with findings.
+pub const TALLY_ENTRIES: u32 = 16384;
+/// Capacity of the `SITES` LRU map: attempts of instrumented processes.
+pub const SITE_ENTRIES: u32 = 8192;
+/// Ring buffer size for finding records (≈ 300 bytes each).
 pub const FINDINGS_RING_BYTES: u32 = 1 << 22;
 
 /// Why a finding was raised: the call that made it visible.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(strum::FromRepr, strum::IntoStaticStr),
+    strum(serialize_all = "snake_case")
+)]
 pub enum Trigger {
     Getsockopt = 1,
     Send = 2,
     Recv = 3,
 }
 
-impl Trigger {
-    pub fn from_u8(v: u8) -> Option<Self> {
-        [Trigger::Getsockopt, Trigger::Send, Trigger::Recv]
-            .into_iter()
-            .find(|t| *t as u8 == v)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Trigger::Getsockopt => "getsockopt",
-            Trigger::Send => "send",
-            Trigger::Recv => "recv",
-        }
-    }
-}
-
 /// The remote end of a connect attempt, as the kernel saw it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     /// IPv4 in the first 4 bytes, or IPv6; network byte order.
     pub addr: [u8; 16],
@@ -104,9 +105,13 @@ impl CallSite {
 }
 
 /// The call sites of one attempt: its connect() and its kept SO_ERROR reads.
+/// Kept apart from [`SocketState`] (in `SITES`) because only instrumented
+/// processes have them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CallSites {
+    /// [`SocketState::started_ns`] of the attempt these sites belong to.
+    pub started_ns: u64,
     pub connect: CallSite,
     pub reads: [CallSite; MAX_READS],
 }
@@ -117,24 +122,38 @@ pub struct CallSites {
 #[derive(Clone, Copy)]
 pub struct SocketState {
     pub attempt: Attempt,
+    pub _pad: u32,
     pub remote: Endpoint,
-    /// Inode of the socket: its key in `SOCKETS`, and how the agent finds
-    /// the process's fd for it in /proc.
-    pub inode: u64,
+    /// When the attempt started (CLOCK_MONOTONIC): tells its call sites from
+    /// those of an earlier attempt on the same socket.
+    pub started_ns: u64,
     /// comm of the task that called connect(), for the counters of an
     /// outcome decided in softirq context.
     pub comm: [u8; TASK_COMM_LEN],
-    pub sites: CallSites,
 }
 
-/// One finding, sent to user space through the `FINDINGS` ring buffer.
+/// A finding in full, sent to user space through the `FINDINGS` ring buffer
+/// for the first finding of a (process, kind) and then at most once per
+/// `DETAIL_INTERVAL_NS`; every finding is counted in `COUNTERS` and
+/// `TALLIES` whether or not it gets a record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct FindingEvent {
+pub struct FindingRecord {
     /// CLOCK_BOOTTIME, nanoseconds.
     pub boot_ns: u64,
+    /// Inode number of the socket, to find the process's fd for it.
     pub inode: u64,
-    /// Thread and process of the task whose call raised the finding.
+    /// The process's tally of this kind: when it began (CLOCK_BOOTTIME; it
+    /// names the tally, which starts over if evicted) and the findings it
+    /// has counted, this one included.
+    pub tally_since_ns: u64,
+    pub tally_total: u64,
+    /// Identity of the task whose call raised the finding, taken in the
+    /// kernel so that a process that exits at once is still named: its
+    /// cgroup v2 id, and its thread group leader's start time
+    /// (CLOCK_BOOTTIME ns; with the pid, it tells a reused pid).
+    pub cgroup_id: u64,
+    pub start_boot_ns: u64,
     pub tid: u32,
     pub tgid: u32,
     pub errno: i32,
@@ -145,61 +164,93 @@ pub struct FindingEvent {
     pub kind: u8,
     /// A [`Trigger`].
     pub trigger: u8,
-    pub _pad: u8,
+    /// 1 when this record began the tally: the agent is woken for it.
+    pub first: u8,
     pub remote: Endpoint,
     pub comm: [u8; TASK_COMM_LEN],
+    /// File name of the executable (NUL-terminated unless full); empty for
+    /// a kernel thread or when it could not be read.
+    pub exe: [u8; EXE_NAME_LEN],
+    /// Zeroed unless the process was instrumented for call sites.
     pub sites: CallSites,
 }
 
-impl FindingEvent {
-    pub fn new(state: &SocketState, kind: FindingKind, trigger: Trigger) -> Self {
-        let a = &state.attempt;
+impl FindingRecord {
+    pub const fn zeroed() -> Self {
         Self {
             boot_ns: 0,
-            inode: state.inode,
+            inode: 0,
+            tally_since_ns: 0,
+            tally_total: 0,
+            cgroup_id: 0,
+            start_boot_ns: 0,
             tid: 0,
             tgid: 0,
-            errno: a.errno(),
-            reads: a.read_slots(),
-            nreads: a.nreads(),
-            kind: kind as u8,
-            trigger: trigger as u8,
-            _pad: 0,
-            remote: state.remote,
+            errno: 0,
+            reads: [0; MAX_READS],
+            nreads: 0,
+            kind: 0,
+            trigger: 0,
+            first: 0,
+            remote: Endpoint {
+                addr: [0; 16],
+                port: 0,
+                family: 0,
+                _pad: 0,
+            },
             comm: [0; TASK_COMM_LEN],
-            sites: state.sites,
+            exe: [0; EXE_NAME_LEN],
+            sites: CallSites {
+                started_ns: 0,
+                connect: CallSite {
+                    ret: 0,
+                    stack_id: 0,
+                    op: 0,
+                },
+                reads: [CallSite {
+                    ret: 0,
+                    stack_id: 0,
+                    op: 0,
+                }; MAX_READS],
+            },
         }
+    }
+
+    /// The attempt's part of a record for a `kind` finding.
+    pub fn attempt(&mut self, state: &SocketState, kind: FindingKind, trigger: Trigger) {
+        let a = &state.attempt;
+        self.errno = a.errno();
+        self.reads = a.read_slots();
+        self.nreads = a.nreads();
+        self.kind = kind as u8;
+        self.trigger = trigger as u8;
+        self.remote = state.remote;
     }
 }
 
 /// What a `COUNTERS` entry counts.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(strum::FromRepr))]
 pub enum Counter {
     /// `sockerr_connect_attempts_total{result="established"}`.
     Established = 0,
-    /// `sockerr_connect_attempts_total{result="failed"}` and, by errno,
+    /// `sockerr_connect_attempts_total{result="failed"}` and, by errno
+    /// (the key's detail; 0 when the kernel keeps none),
     /// `sockerr_connect_failures_total`.
     Failed = 1,
     /// `sockerr_so_error_reads_total{result=pending|error|zero}`: 2 + [`crate::ReadClass`].
     ReadPending = 2,
     ReadError = 3,
     ReadZero = 4,
+    /// `sockerr_connect_attempts_total{result="aborted"}`: closed or shut
+    /// down by the process while the outcome was pending.
+    Aborted = 5,
+    /// `sockerr_findings_total`, by kind (the key's detail).
+    Finding = 6,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 5] = [
-        Counter::Established,
-        Counter::Failed,
-        Counter::ReadPending,
-        Counter::ReadError,
-        Counter::ReadZero,
-    ];
-
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| *c as u8 == v)
-    }
-
     pub fn read(class: crate::ReadClass) -> Self {
         match class {
             crate::ReadClass::Pending => Counter::ReadPending,
@@ -214,28 +265,83 @@ impl Counter {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CounterKey {
     pub comm: [u8; TASK_COMM_LEN],
-    /// errno for [`Counter::Failed`], 0 otherwise.
-    pub errno: u16,
+    /// errno for [`Counter::Failed`], a [`FindingKind`] for
+    /// [`Counter::Finding`], 0 otherwise.
+    pub detail: u16,
     /// A [`Counter`].
     pub counter: u8,
     pub _pad: u8,
 }
 
-/// Indexes of the per-CPU `HEALTH` array: what the kernel side could not do.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Health {
-    /// Findings produced.
-    FindingsProduced = 0,
-    /// Findings dropped because the ring buffer was full.
-    FindingsLost = 1,
-    /// An attempt could not be recorded in `SOCKETS`.
-    StorageFailed = 2,
-    /// Counter updates dropped because `COUNTERS` was full.
-    CountersFull = 3,
+/// Key of the per-CPU `REMOTES` hash map: failed and aborted attempts by
+/// remote endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RemoteKey {
+    pub remote: Endpoint,
+    /// errno of a failure (0 when the kernel keeps none); 0 when aborted.
+    pub errno: i32,
+    /// 1 for an aborted attempt.
+    pub aborted: u8,
+    pub _pad: [u8; 3],
 }
 
-pub const HEALTH_SLOTS: u32 = 4;
+/// Key of the `TALLIES` LRU map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TallyKey {
+    pub tgid: u32,
+    /// A [`FindingKind`].
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+
+/// The findings of one kind of one process, counted in the kernel so that a
+/// process flagged on every connect costs one map update per finding, not a
+/// record and a wake-up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Findings since `since_ns` (added atomically: threads of a process run
+    /// on several CPUs).
+    pub total: u64,
+    /// When the tally began (CLOCK_BOOTTIME): it names the tally.
+    pub since_ns: u64,
+    /// The latest finding (CLOCK_BOOTTIME).
+    pub last_ns: u64,
+    /// The latest finding record sent (CLOCK_BOOTTIME).
+    pub record_ns: u64,
+}
+
+/// Indexes of the per-CPU `HEALTH` array: what the kernel side did and
+/// could not do.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(strum::EnumIter, strum::EnumCount, strum::IntoStaticStr),
+    strum(serialize_all = "snake_case")
+)]
+pub enum Health {
+    /// Findings decided.
+    FindingsProduced = 0,
+    /// Finding records sent to the agent.
+    RecordsSent = 1,
+    /// Finding records dropped because the ring buffer was full (the
+    /// findings themselves are still counted).
+    RecordsLost = 2,
+    /// An attempt could not be recorded in `SOCKETS`.
+    StorageUnavailable = 3,
+    /// Counter updates dropped because `COUNTERS` was full.
+    CountersFull = 4,
+    /// An outcome, `SO_ERROR` read or I/O on a connecting or failed socket
+    /// whose attempt is no longer in `SOCKETS` (evicted): not judged.
+    AttemptUntracked = 5,
+    /// Remote endpoint counts dropped because `REMOTES` was full.
+    RemotesFull = 6,
+}
+
+pub const HEALTH_SLOTS: u32 = 7;
 
 /// Offsets of the kernel struct fields the probes read, resolved from
 /// /sys/kernel/btf/vmlinux by the agent (Rust eBPF has no CO-RE relocations)
@@ -248,21 +354,64 @@ pub struct KernelOffsets {
     pub skc_state: u32,
     pub skc_daddr: u32,
     pub skc_dport: u32,
+    /// The local port; 0 until connect() found one.
+    pub skc_num: u32,
     pub skc_v6_daddr: u32,
     /// `struct sock`.
     pub sk_err: u32,
     pub sk_err_soft: u32,
     pub sk_socket: u32,
+    /// `struct socket.state`: `SS_CONNECTING` once connect() has started
+    /// the handshake, `SS_UNCONNECTED` while it is still inside connect().
+    pub socket_state: u32,
     /// From a `struct socket *` to its inode number: `struct socket_alloc`
     /// puts the socket and its `vfs_inode` side by side.
     pub socket_to_ino: u32,
+    /// `struct task_struct`.
+    pub task_group_leader: u32,
+    pub task_start_boottime: u32,
+    pub task_mm: u32,
+    /// `struct mm_struct.exe_file`.
+    pub mm_exe_file: u32,
+    /// `struct file.f_path.dentry`.
+    pub file_dentry: u32,
+    /// `struct dentry.d_name.name`.
+    pub dentry_name: u32,
     pub _pad: u32,
 }
+
+/// `struct socket.state` of a socket whose connect() is under way or done
+/// (include/uapi/linux/net.h).
+pub const SS_UNCONNECTED: i32 = 1;
+pub const SS_CONNECTING: i32 = 2;
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are #[repr(C)] with explicit padding and no pointers.
-    unsafe impl aya::Pod for super::FindingEvent {}
+    unsafe impl aya::Pod for super::FindingRecord {}
     unsafe impl aya::Pod for super::CounterKey {}
+    unsafe impl aya::Pod for super::RemoteKey {}
+    unsafe impl aya::Pod for super::TallyKey {}
+    unsafe impl aya::Pod for super::Tally {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel and the agent read these with the same layout; padding is
+    /// explicit, so the sizes are exact sums.
+    #[test]
+    fn layouts() {
+        assert_eq!(size_of::<Endpoint>(), 24);
+        assert_eq!(size_of::<Attempt>(), 28);
+        assert_eq!(size_of::<SocketState>(), 80);
+        assert_eq!(size_of::<CallSites>(), 88);
+        assert_eq!(size_of::<FindingRecord>(), 272);
+        assert_eq!(size_of::<CounterKey>(), 20);
+        assert_eq!(size_of::<RemoteKey>(), 32);
+        assert_eq!(size_of::<TallyKey>(), 8);
+        assert_eq!(size_of::<KernelOffsets>(), 72);
+    }
 }

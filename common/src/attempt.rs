@@ -12,7 +12,10 @@
 //! - `so_error_reread`: a second read of the decided attempt that does not
 //!   mask an error (harmless today, one refactor away from the bug);
 //! - `io_after_failed_connect`: send/recv/read/write on a socket whose latest
-//!   attempt failed.
+//!   attempt failed, while the process had not been told the error: it made
+//!   no decided read, or its latest decided read returned 0. I/O after a read
+//!   that returned the error is the process cleaning up (squid reads once
+//!   before closing), not a finding.
 //!
 //! Each kind is reported at most once per attempt. A new `connect()` on the
 //! same socket starts a new attempt.
@@ -28,8 +31,24 @@ pub enum Outcome {
     Failed = 2,
 }
 
+/// What a finding says about a process; named in metrics, logs and JSON by
+/// its snake_case name (`so_error_masked`).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(
+    feature = "user",
+    derive(
+        strum::FromRepr,
+        strum::IntoStaticStr,
+        strum::EnumString,
+        strum::EnumIter,
+        strum::EnumCount,
+        serde::Serialize,
+        serde::Deserialize
+    ),
+    strum(serialize_all = "snake_case"),
+    serde(rename_all = "snake_case")
+)]
 pub enum FindingKind {
     SoErrorMasked = 1,
     SoErrorReread = 2,
@@ -37,25 +56,6 @@ pub enum FindingKind {
 }
 
 impl FindingKind {
-    pub const ALL: [FindingKind; 3] = [
-        FindingKind::SoErrorMasked,
-        FindingKind::SoErrorReread,
-        FindingKind::IoAfterFailedConnect,
-    ];
-
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| *k as u8 == v)
-    }
-
-    /// The name used in metrics, logs and JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            FindingKind::SoErrorMasked => "so_error_masked",
-            FindingKind::SoErrorReread => "so_error_reread",
-            FindingKind::IoAfterFailedConnect => "io_after_failed_connect",
-        }
-    }
-
     pub fn severity(self) -> &'static str {
         match self {
             FindingKind::SoErrorReread => "warning",
@@ -89,8 +89,12 @@ pub struct Attempt {
     reported: u8,
     /// Whether a decided read returned a non-zero error.
     error_read: bool,
+    /// Whether the latest decided read returned a non-zero error: the
+    /// process knows how its attempt ended.
+    told: bool,
     /// Decided reads so far (saturating; the first [`MAX_READS`] are kept).
     nreads: u8,
+    _pad: [u8; 3],
     /// errno of a failed outcome, 0 otherwise.
     errno: i32,
     reads: [i32; MAX_READS],
@@ -109,7 +113,9 @@ impl Attempt {
             outcome: Outcome::Pending,
             reported: 0,
             error_read: false,
+            told: false,
             nreads: 0,
+            _pad: [0; 3],
             errno: 0,
             reads: [0; MAX_READS],
         }
@@ -174,9 +180,8 @@ impl Attempt {
         }
         self.nreads = self.nreads.saturating_add(1);
         let masks = self.outcome == Outcome::Failed && self.error_read && value == 0;
-        if value != 0 {
-            self.error_read = true;
-        }
+        self.told = value != 0;
+        self.error_read |= self.told;
         let class = if value == 0 {
             ReadClass::Zero
         } else {
@@ -194,7 +199,7 @@ impl Attempt {
 
     /// The process sent or received on the socket.
     pub fn io(&mut self) -> Option<FindingKind> {
-        if self.outcome != Outcome::Failed {
+        if self.outcome != Outcome::Failed || self.told {
             return None;
         }
         self.report(FindingKind::IoAfterFailedConnect)

@@ -3,7 +3,7 @@
 //! - [`attempt`]: the per-connect-attempt state machine that decides findings.
 //!   It is plain `no_std` Rust: the kernel programs run it, the host tests it.
 //! - [`abi`]: the `#[repr(C)]` records the kernel and user space exchange
-//!   (ring-buffer findings, counter keys, kernel struct offsets).
+//!   (finding records, counter and tally keys, kernel struct offsets).
 #![cfg_attr(not(test), no_std)]
 
 pub mod abi;

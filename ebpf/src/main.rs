@@ -27,6 +27,9 @@
 //! twice as much per connect: the allocation at every connect).
 #![no_std]
 #![no_main]
+// atomic_xadd: core offers no atomic read-modify-write on this target.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod kernel;
 mod maps;

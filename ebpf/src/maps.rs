@@ -1,42 +1,65 @@
 //! Maps shared by the probes, and the small operations on them.
 
-use core::{ffi::c_void, ptr};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    ptr,
+};
 
 use aya_ebpf::{
     bindings::{
         BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
     },
     btf_maps::StackTrace,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_ktime_get_ns,
+    },
     macros::{btf_map, map},
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sockerr_common::{
-    COUNTER_ENTRIES, CallSite, Counter, CounterKey, FINDINGS_RING_BYTES, FindingEvent, FindingKind,
-    HEALTH_SLOTS, Health, PENDING_SITES, SOCKET_ENTRIES, STACK_DEPTH, STACK_ENTRIES, SiteOp,
-    SocketState, TASK_COMM_LEN, Trigger,
+    COUNTER_ENTRIES, CallSite, CallSites, Counter, CounterKey, DEFAULT_MAX_ATTEMPTS, Endpoint,
+    FINDINGS_RING_BYTES, FindingKind, FindingRecord, HEALTH_SLOTS, Health, PENDING_SITES,
+    REMOTE_ENTRIES, RemoteKey, SITE_ENTRIES, STACK_DEPTH, STACK_ENTRIES, SiteOp, SocketState,
+    TALLY_ENTRIES, TASK_COMM_LEN, Tally, TallyKey, Trigger,
 };
 
 use crate::kernel;
 
 /// The latest connect attempt of each TCP socket, by the socket's inode
-/// number. A preallocated LRU map rather than socket-local storage: creating
-/// storage at every connect cost about twice as much (measured with
-/// kernel.bpf_stats_enabled), inode numbers are not reused the way socket
-/// addresses are, and attempts of sockets long closed age out with no hook
-/// on socket destruction.
+/// number, from connect() until the socket is released (`probes::release`).
+/// A preallocated LRU map rather than socket-local storage: creating storage
+/// at every connect cost about twice as much (measured with
+/// kernel.bpf_stats_enabled), and inode numbers are not reused the way
+/// socket addresses are. Its size is set at load (`--kernel.max-attempts`);
+/// what it evicts is counted as `AttemptUntracked` when it is next needed.
 #[map]
-static SOCKETS: LruHashMap<u64, SocketState> = LruHashMap::with_max_entries(SOCKET_ENTRIES, 0);
+static SOCKETS: LruHashMap<u64, SocketState> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_ATTEMPTS, 0);
+
+/// Call sites of the attempts of instrumented processes, by socket inode.
+#[map]
+static SITES: LruHashMap<u64, CallSites> = LruHashMap::with_max_entries(SITE_ENTRIES, 0);
 
 #[map]
 static FINDINGS: RingBuf = RingBuf::with_byte_size(FINDINGS_RING_BYTES, 0);
 
-/// Attempts, failures by errno and SO_ERROR reads, by comm.
+/// Attempts, failures by errno, SO_ERROR reads and findings, by comm. The
+/// agent deletes idle keys after adding them to its own totals.
 #[map]
 static COUNTERS: PerCpuHashMap<CounterKey, u64> =
     PerCpuHashMap::with_max_entries(COUNTER_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// Findings produced and everything the kernel side had to drop.
+/// Failed and aborted attempts by remote endpoint.
+#[map]
+static REMOTES: PerCpuHashMap<RemoteKey, u64> =
+    PerCpuHashMap::with_max_entries(REMOTE_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Findings per (process, kind): what rate-limits finding records.
+#[map]
+static TALLIES: LruHashMap<TallyKey, Tally> = LruHashMap::with_max_entries(TALLY_ENTRIES, 0);
+
+/// What the kernel side did and everything it had to drop.
 #[map]
 static HEALTH: PerCpuArray<u64> = PerCpuArray::with_max_entries(HEALTH_SLOTS, 0);
 
@@ -56,16 +79,20 @@ static PENDING: LruHashMap<u64, CallSite> = LruHashMap::with_max_entries(PENDING
 static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Wake-ups were the dominant cost measured, so the agent is woken only by
-/// the first finding queued into an empty ring (it then attributes it while
-/// the process most likely still runs) or once this much is queued; it also
+/// the first record of a (process, kind) (it then attributes it while the
+/// process most likely still runs) or once this much is queued; it also
 /// drains the ring on a short timer.
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 64 * 1024;
 
-/// The attempt state of socket `sk`, if it made one.
+/// After the first finding of a (process, kind), at most one finding record
+/// per this interval (`--findings.detail-interval`); 0 sends every finding.
+#[unsafe(no_mangle)]
+static DETAIL_INTERVAL_NS: u64 = 0;
+
+/// The attempt of the socket with inode `inode`, if it made one.
 #[inline(always)]
-pub fn socket_state(sk: *const c_void) -> Option<&'static mut SocketState> {
-    let inode = kernel::inode(sk);
+pub fn attempt(inode: u64) -> Option<&'static mut SocketState> {
     if inode == 0 {
         return None;
     }
@@ -75,9 +102,9 @@ pub fn socket_state(sk: *const c_void) -> Option<&'static mut SocketState> {
 }
 
 /// The address `sk` points at, as a plain number that probe reads can
-/// start from. The verifier forbids arithmetic on the cgroup hook's socket
+/// start from. The verifier forbids arithmetic on a cgroup hook's socket
 /// pointer, but lets a privileged program store it in a map and load it back.
-pub fn plain_address(sk: *const c_void) -> Option<*const c_void> {
+pub fn plain_address<T>(sk: *const T) -> Option<*const c_void> {
     let slot = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, used only here, within one program run.
     unsafe {
@@ -86,12 +113,62 @@ pub fn plain_address(sk: *const c_void) -> Option<*const c_void> {
     }
 }
 
-/// Records a new attempt, replacing the socket's previous one; the error
-/// when it could not be recorded (counted in `HEALTH`).
-pub fn track(state: &SocketState) -> Result<(), i32> {
+/// Records a new attempt of the socket `inode`, replacing its previous one,
+/// with the call site of its connect() when one was captured.
+pub fn track(inode: u64, state: &SocketState, connect: CallSite) -> Result<(), i32> {
+    if connect.captured() {
+        let sites = CallSites {
+            started_ns: state.started_ns,
+            connect,
+            ..CallSites::default()
+        };
+        let _ = SITES.insert(inode, sites, 0);
+    }
     SOCKETS
-        .insert(state.inode, state, 0)
-        .inspect_err(|_| health(Health::StorageFailed))
+        .insert(inode, state, 0)
+        .inspect_err(|_| health(Health::StorageUnavailable))
+}
+
+/// The socket is gone, or its attempt can produce nothing more.
+pub fn forget(inode: u64) {
+    let _ = SOCKETS.remove(inode);
+}
+
+/// A monotonic timestamp for [`SocketState::started_ns`].
+pub fn now_ns() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Keeps the call site of a decided `SO_ERROR` read, kept in `slot`.
+pub fn keep_read_site(inode: u64, state: &SocketState, slot: usize, site: CallSite) {
+    let current = SITES
+        .get_ptr_mut(inode)
+        // SAFETY: valid for this program run (RCU).
+        .filter(|s| unsafe { (**s).started_ns } == state.started_ns);
+    let sites = match current {
+        // SAFETY: as above.
+        Some(s) => unsafe { &mut *s },
+        None => {
+            let fresh = CallSites {
+                started_ns: state.started_ns,
+                ..CallSites::default()
+            };
+            if SITES.insert(inode, fresh, 0).is_err() {
+                return;
+            }
+            match SITES.get_ptr_mut(inode) {
+                // SAFETY: as above.
+                Some(s) => unsafe { &mut *s },
+                None => return,
+            }
+        }
+    };
+    // Opaque to LLVM, so this bounds check stays: LLVM would drop it as
+    // implied by the state machine's own, which the verifier cannot see.
+    if let Some(kept) = sites.reads.get_mut(core::hint::black_box(slot)) {
+        *kept = site;
+    }
 }
 
 /// Leaves the call site of the current thread's system call for its kernel hook.
@@ -128,50 +205,163 @@ pub fn current_comm() -> [u8; TASK_COMM_LEN] {
     bpf_get_current_comm().unwrap_or_default()
 }
 
-pub fn count(comm: [u8; TASK_COMM_LEN], counter: Counter, errno: i32) {
+/// Adds one to a per-CPU counter map's `key`, creating it; false when the
+/// map is full.
+fn bump<K>(map: &PerCpuHashMap<K, u64>, key: &K) -> bool {
+    for _ in 0..2 {
+        if let Some(v) = map.get_ptr_mut(key) {
+            // SAFETY: per-CPU value, no concurrent writer on this CPU.
+            unsafe { *v += 1 };
+            return true;
+        }
+        // Another CPU may insert the same key first: then look it up again.
+        if map.insert(key, 1, BPF_NOEXIST as u64).is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+pub fn count(comm: [u8; TASK_COMM_LEN], counter: Counter, detail: u16) {
     let key = CounterKey {
         comm,
-        errno: errno as u16,
+        detail,
         counter: counter as u8,
         _pad: 0,
     };
-    for _ in 0..2 {
-        if let Some(v) = COUNTERS.get_ptr_mut(key) {
-            // SAFETY: per-CPU value, no concurrent writer on this CPU.
-            unsafe { *v += 1 };
-            return;
-        }
-        // Another CPU may insert the same key first: then look it up again.
-        if COUNTERS.insert(key, 1, BPF_NOEXIST as u64).is_ok() {
-            return;
-        }
+    if !bump(&COUNTERS, &key) {
+        health(Health::CountersFull);
     }
-    health(Health::CountersFull);
 }
 
-/// Sends a finding to user space, or counts it as lost.
-pub fn emit(state: &SocketState, kind: FindingKind, trigger: Trigger) {
+/// An attempt to `remote` failed with `errno`, or was aborted.
+pub fn count_remote(remote: Endpoint, errno: i32, aborted: bool) {
+    let key = RemoteKey {
+        remote,
+        errno,
+        aborted: aborted as u8,
+        _pad: [0; 3],
+    };
+    if !bump(&REMOTES, &key) {
+        health(Health::RemotesFull);
+    }
+}
+
+/// The attempt of socket `inode` was decided: established (`errno` 0) or
+/// failed. Counted once, by the comm that made the connect.
+pub fn decided(state: &mut SocketState, errno: i32) {
+    let decided = if errno == 0 {
+        state.attempt.established()
+    } else {
+        state.attempt.failed(errno)
+    };
+    if !decided {
+        return;
+    }
+    if errno == 0 {
+        count(state.comm, Counter::Established, 0);
+    } else {
+        failed(state, errno);
+    }
+}
+
+/// Counts a failure whose errno the attempt already holds, or that has
+/// none (`errno` 0: a failure inside connect() the kernel keeps no errno of).
+pub fn failed(state: &SocketState, errno: i32) {
+    count(state.comm, Counter::Failed, errno as u16);
+    count_remote(state.remote, errno, false);
+}
+
+/// A finding: counted by comm and per (process, kind) in every case; a
+/// record goes to the agent for the first finding of a (process, kind) and
+/// then at most once per `DETAIL_INTERVAL_NS`.
+pub fn finding(inode: u64, state: &SocketState, kind: FindingKind, trigger: Trigger) {
     health(Health::FindingsProduced);
-    let queued = FINDINGS.query(BPF_RB_AVAIL_DATA as u64);
-    let Some(mut entry) = FINDINGS.reserve::<FindingEvent>(0) else {
-        health(Health::FindingsLost);
+    let comm = current_comm();
+    count(comm, Counter::Finding, kind as u16);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = TallyKey {
+        tgid: (pid_tgid >> 32) as u32,
+        kind: kind as u8,
+        _pad: [0; 3],
+    };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let Some((tally, first)) = tally(&key, now) else {
         return;
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let mut event = FindingEvent::new(state, kind, trigger);
-    event.tid = pid_tgid as u32;
-    event.tgid = (pid_tgid >> 32) as u32;
-    event.comm = current_comm();
-    // SAFETY: no preconditions.
-    event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-    entry.write(event);
+    // SAFETY: reading read-only globals.
+    let interval = unsafe { ptr::read_volatile(&DETAIL_INTERVAL_NS) };
+    let previous = tally.record_ns;
+    if !first && now.wrapping_sub(previous) < interval {
+        return;
+    }
+    tally.record_ns = now;
+    let Some(mut entry) = FINDINGS.reserve::<FindingRecord>(0) else {
+        // The next finding of this tally tries again.
+        tally.record_ns = previous;
+        health(Health::RecordsLost);
+        return;
+    };
+    // SAFETY: the entry is ours until submitted; every field is written.
+    let record = unsafe { &mut *entry.as_mut_ptr() };
+    *record = FindingRecord::zeroed();
+    record.attempt(state, kind, trigger);
+    record.boot_ns = now;
+    record.inode = inode;
+    record.tally_since_ns = tally.since_ns;
+    record.tally_total = tally.total;
+    record.tid = pid_tgid as u32;
+    record.tgid = key.tgid;
+    record.first = first as u8;
+    record.comm = comm;
+    // SAFETY: valid for this program run (RCU); copied out.
+    if let Some(sites) = SITES.get_ptr(inode).map(|s| unsafe { *s })
+        && sites.started_ns == state.started_ns
+    {
+        record.sites = sites;
+    }
+    kernel::identify_current(record);
+    health(Health::RecordsSent);
+    let queued = FINDINGS.query(BPF_RB_AVAIL_DATA as u64);
     // SAFETY: reading a read-only global.
     let threshold = unsafe { ptr::read_volatile(&WAKEUP_BYTES) };
-    let wake = queued == 0 || queued >= threshold;
-    let flags = if wake {
+    let flags = if first || queued >= threshold {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
     entry.submit(flags as u64);
+}
+
+/// The tally of `key` with this finding added, and whether it began with it.
+fn tally(key: &TallyKey, now: u64) -> Option<(&'static mut Tally, bool)> {
+    let mut first = false;
+    for _ in 0..2 {
+        if let Some(t) = TALLIES.get_ptr_mut(key) {
+            // SAFETY: valid for this program run (RCU). Threads of one
+            // process may add at once on other CPUs: the total is added
+            // atomically (an add without fetch, which every kernel's
+            // verifier accepts); the timestamps may race harmlessly.
+            let t = unsafe { &mut *t };
+            if !first {
+                // SAFETY: an aligned u64 in map memory. core has no atomic
+                // read-modify-write for this target, hence the intrinsic.
+                unsafe {
+                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut t.total, 1)
+                };
+            }
+            t.last_ns = now;
+            return Some((t, first));
+        }
+        let fresh = Tally {
+            total: 1,
+            since_ns: now,
+            last_ns: now,
+            record_ns: now,
+        };
+        // Another CPU may create it first: then add to that one.
+        first = TALLIES.insert(key, fresh, BPF_NOEXIST as u64).is_ok();
+    }
+    None
 }

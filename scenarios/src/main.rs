@@ -110,7 +110,7 @@ fn masked(v6: bool) -> Result<()> {
 /// `n` refused attempts. Buggy: the libevent bug, each SO_ERROR read made by
 /// its own function as in libevent (the bufferevent layer, then evhttp);
 /// correct: the first read only. Between attempts it pauses `pause` ms, or
-/// with `stdin`, waits for a line after the first.
+/// with `stdin`, waits for a line.
 fn repeat(v6: bool, buggy: bool, n: usize, pause: &str) -> Result<()> {
     for i in 0..n {
         let s = refused(v6)?;
@@ -121,10 +121,11 @@ fn repeat(v6: bool, buggy: bool, n: usize, pause: &str) -> Result<()> {
             println!("attempt {i}: read={first}");
         }
         drop(s);
+        if i + 1 == n {
+            break;
+        }
         if pause == "stdin" {
-            if i == 0 {
-                std::io::stdin().read_line(&mut String::new())?;
-            }
+            std::io::stdin().read_line(&mut String::new())?;
         } else {
             thread::sleep(Duration::from_millis(pause.parse()?));
         }

@@ -1,6 +1,8 @@
 //! Where in the process each connect() and SO_ERROR read of a finding was
 //! made: the uprobes that capture it ([`uprobes`]), and turning the captured
 //! addresses and stacks into code locations ([`procmaps`], [`symbolize`]).
+//! The pipeline calls [`Locator::sites`] for each finding record; which
+//! processes are probed, and for how long, is decided here.
 
 pub mod procmaps;
 mod symbolize;
@@ -8,11 +10,81 @@ pub mod uprobes;
 
 use std::{collections::HashMap, fmt};
 
+use anyhow::Result;
 use aya::maps::{MapData, StackTraceMap};
 use serde::{Serialize, Serializer};
 use sockerr_common::{CallSite, FindingKind, STACK_ENTRIES, abi};
 
-use self::{procmaps::ProcMaps, symbolize::Symbolizer, uprobes::Coverage};
+use self::{
+    procmaps::ProcMaps,
+    symbolize::Symbolizer,
+    uprobes::{Coverage, Instrumenter, Mode, Usage},
+};
+use crate::{decode, finding::Record, loader::Kernel};
+
+/// The call sites of findings: instruments a process from its first
+/// finding (per `--call-sites`), resolves what its uprobes captured, and
+/// lets it go once its sites are known.
+pub struct Locator {
+    instrumenter: Instrumenter,
+    resolver: Resolver,
+}
+
+impl Locator {
+    pub fn new(
+        kernel: &mut Kernel,
+        stacks: StackTraceMap<MapData>,
+        mode: Mode,
+        max_instrumented: usize,
+        keep: u32,
+    ) -> Result<Self> {
+        Ok(Self {
+            instrumenter: Instrumenter::new(kernel, mode, max_instrumented, keep)?,
+            resolver: Resolver::new(stacks),
+        })
+    }
+
+    /// The call sites of a finding record; probes its process when its
+    /// sites for this kind are not known yet.
+    pub fn sites(&mut self, kernel: &mut Kernel, record: &Record) -> CallSites {
+        let (pid, kind) = (record.raw.tgid, record.kind);
+        if !self.resolver.remembers(pid, kind) {
+            // A kind whose call sites are not known yet: probe again.
+            self.instrumenter.reinstrument(pid);
+        }
+        let coverage = self.instrumenter.coverage(pid);
+        if coverage == Coverage::NotYet {
+            // The snapshot of its mappings, taken while the process most
+            // likely runs, names modules after it exits.
+            let maps = self.resolver.snapshot(pid);
+            self.instrumenter.instrument(kernel, pid, maps);
+        }
+        let time = decode::rfc3339(record.at());
+        let sites = self.resolver.resolve(
+            pid,
+            kind,
+            &time,
+            &record.raw.sites,
+            record.reads().len(),
+            &coverage,
+        );
+        if sites.note.is_none() {
+            self.instrumenter.captured(pid);
+        }
+        sites
+    }
+
+    /// Lets go of processes that exited.
+    pub fn sweep(&mut self) {
+        for pid in self.instrumenter.sweep() {
+            self.resolver.forget(pid);
+        }
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.instrumenter.usage()
+    }
+}
 
 /// Processes whose mappings are kept; past this the snapshots start over
 /// (those of live processes are simply read again).
@@ -133,7 +205,7 @@ impl fmt::Display for Frame {
 }
 
 /// Turns the sites captured in the kernel into code locations.
-pub struct Resolver {
+struct Resolver {
     stacks: StackTraceMap<MapData>,
     /// Stack ids are never reused for another stack (see the eBPF `STACKS`).
     stack_cache: HashMap<u32, Vec<u64>>,
@@ -145,7 +217,7 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    pub fn new(stacks: StackTraceMap<MapData>) -> Self {
+    fn new(stacks: StackTraceMap<MapData>) -> Self {
         Self {
             stacks,
             stack_cache: HashMap::new(),
@@ -156,19 +228,19 @@ impl Resolver {
     }
 
     /// Whether complete call sites of a `kind` finding of `pid` are known.
-    pub fn remembers(&self, pid: u32, kind: FindingKind) -> bool {
+    fn remembers(&self, pid: u32, kind: FindingKind) -> bool {
         self.remembered.contains_key(&(pid, kind))
     }
 
     /// `pid` exited.
-    pub fn forget(&mut self, pid: u32) {
+    fn forget(&mut self, pid: u32) {
         self.maps.remove(&pid);
         self.remembered.retain(|(p, _), _| *p != pid);
     }
 
     /// Reads the mappings of `pid` now, while it runs, so that its findings
     /// still name modules after it exits.
-    pub fn snapshot(&mut self, pid: u32) -> Option<&ProcMaps> {
+    fn snapshot(&mut self, pid: u32) -> Option<&ProcMaps> {
         let maps = ProcMaps::read(pid).ok()?;
         if self.maps.len() >= MAX_SNAPSHOTS && !self.maps.contains_key(&pid) {
             self.maps.clear();
@@ -180,7 +252,7 @@ impl Resolver {
     /// The sites of a `kind` finding made at `time` by `pid`, whose attempt
     /// kept `nreads` reads. Complete sites are remembered; a process whose
     /// uprobes were detached gets those remembered for its kind, said so.
-    pub fn resolve(
+    fn resolve(
         &mut self,
         pid: u32,
         kind: FindingKind,
@@ -213,7 +285,7 @@ impl Resolver {
                 note: Some(format!(
                     "call sites of this process's {} finding at {at}: its uprobes were \
                      detached once its call sites were known (--call-sites.findings)",
-                    kind.name()
+                    <&str>::from(kind)
                 )),
                 ..known.clone()
             };
@@ -323,7 +395,7 @@ fn stack_error(errno: i32) -> String {
     match -errno {
         libc::EEXIST => "stack not kept: the stack table had another stack in its slot".into(),
         libc::EFAULT => "no user stack could be read".into(),
-        _ => format!("stack not taken: {}", crate::finding::errno_name(-errno)),
+        _ => format!("stack not taken: {}", decode::errno_name(-errno)),
     }
 }
 

@@ -29,8 +29,13 @@ pub struct Symbol {
 
 type Key = ((u32, u32), u64, u64);
 
+thread_local! {
+    /// blazesym's symbolizer keeps what it parsed of each file; it is not
+    /// `Send`, so it lives in the thread that symbolizes (the pipeline's).
+    static BLAZE: Blaze = Blaze::new();
+}
+
 pub struct Symbolizer {
-    blaze: Blaze,
     /// By (device, inode, file offset): the same library in many processes
     /// is looked up once.
     cache: HashMap<Key, Option<Symbol>>,
@@ -39,7 +44,6 @@ pub struct Symbolizer {
 impl Symbolizer {
     pub fn new() -> Self {
         Self {
-            blaze: Blaze::new(),
             cache: HashMap::new(),
         }
     }
@@ -62,25 +66,24 @@ impl Symbolizer {
 
     fn lookup(&self, path: PathBuf, file_offset: u64) -> Option<Symbol> {
         let source = Source::Elf(Elf::new(&path));
-        match self
-            .blaze
-            .symbolize_single(&source, Input::FileOffset(file_offset))
-        {
-            Ok(Symbolized::Sym(sym)) => Some(Symbol {
-                function: sym.name.into_owned(),
-                offset: sym.offset as u64,
-                file: sym
-                    .code_info
-                    .as_ref()
-                    .map(|c| c.to_path().display().to_string()),
-                line: sym.code_info.as_ref().and_then(|c| c.line),
-            }),
-            Ok(Symbolized::Unknown(_)) => None,
-            Err(e) => {
-                tracing::debug!(path = %path.display(), "symbolizing: {e}");
-                None
-            }
-        }
+        BLAZE.with(
+            |blaze| match blaze.symbolize_single(&source, Input::FileOffset(file_offset)) {
+                Ok(Symbolized::Sym(sym)) => Some(Symbol {
+                    function: sym.name.into_owned(),
+                    offset: sym.offset as u64,
+                    file: sym
+                        .code_info
+                        .as_ref()
+                        .map(|c| c.to_path().display().to_string()),
+                    line: sym.code_info.as_ref().and_then(|c| c.line),
+                }),
+                Ok(Symbolized::Unknown(_)) => None,
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), "symbolizing: {e}");
+                    None
+                }
+            },
+        )
     }
 }
 

@@ -16,13 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::{
-    Ebpf,
-    programs::{
-        UProbe,
-        uprobe::{UProbeLink, UProbeScope},
-    },
-};
+use aya::programs::uprobe::{UProbeLink, UProbeScope};
 use blazesym::inspect::{
     Inspector,
     source::{Elf, Source},
@@ -30,6 +24,7 @@ use blazesym::inspect::{
 use sockerr_common::names;
 
 use super::procmaps::{Mapping, ProcMaps};
+use crate::{loader::Kernel, proc};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -85,8 +80,6 @@ enum Entry {
 }
 
 pub struct Instrumenter {
-    /// Owns the programs (and every other program and link of the agent).
-    ebpf: Ebpf,
     mode: Mode,
     /// Findings with call sites a process gives before its uprobes are
     /// detached (0: never): each probe hit costs the process a trap.
@@ -102,7 +95,6 @@ pub struct Instrumenter {
     /// File offsets of the [`WRAPPERS`] per C library file: most processes
     /// share one, whose symbol table is then read once.
     offsets: HashMap<FileId, [u64; 2]>,
-    inspector: Inspector,
 }
 
 /// (device, inode) of a mapped file.
@@ -111,14 +103,13 @@ type FileId = ((u32, u32), u64);
 impl Instrumenter {
     /// In [`Mode::All`], attaches to the agent's own C library (the host's)
     /// for every process.
-    pub fn new(ebpf: Ebpf, mode: Mode, max: usize, keep: u32) -> Result<Self> {
+    pub fn new(kernel: &mut Kernel, mode: Mode, max: usize, keep: u32) -> Result<Self> {
         let unavailable = if mode == Mode::Off {
             None
         } else {
             unavailable()
         };
         let mut this = Self {
-            ebpf,
             mode,
             keep,
             unavailable,
@@ -131,7 +122,6 @@ impl Instrumenter {
             host_libc: None,
             _host_links: Vec::new(),
             offsets: HashMap::new(),
-            inspector: Inspector::new(),
         };
         if let Some(why) = &this.unavailable {
             tracing::warn!("findings will carry no call sites: {why}");
@@ -139,7 +129,12 @@ impl Instrumenter {
             let maps = ProcMaps::read(std::process::id()).context("reading /proc/self/maps")?;
             let libc = c_library(&maps).context("the agent maps no C library")?;
             this._host_links = this
-                .attach(libc, Path::new(&libc.path), UProbeScope::AllProcesses)
+                .attach(
+                    kernel,
+                    libc,
+                    Path::new(&libc.path),
+                    UProbeScope::AllProcesses,
+                )
                 .with_context(|| format!("attaching call-site uprobes to {}", libc.path))?;
             this.host_libc = Some((libc.dev, libc.inode));
             tracing::info!(libc = libc.path, "call-site uprobes on every process");
@@ -165,11 +160,11 @@ impl Instrumenter {
     }
 
     /// Instruments `pid`, whose mappings are `maps` (None: it is gone).
-    pub fn instrument(&mut self, pid: u32, maps: Option<&ProcMaps>) {
+    pub fn instrument(&mut self, kernel: &mut Kernel, pid: u32, maps: Option<&ProcMaps>) {
         if self.coverage(pid) != Coverage::NotYet {
             return;
         }
-        let entry = match self.try_instrument(pid, maps) {
+        let entry = match self.try_instrument(kernel, pid, maps) {
             Ok(entry) => entry,
             Err(e) => {
                 // Short-lived processes often exit first: not worth a warning.
@@ -218,9 +213,17 @@ impl Instrumenter {
         self.usage.probed.store(probed, Ordering::Relaxed);
     }
 
-    fn try_instrument(&mut self, pid: u32, maps: Option<&ProcMaps>) -> Result<Entry> {
+    fn try_instrument(
+        &mut self,
+        kernel: &mut Kernel,
+        pid: u32,
+        maps: Option<&ProcMaps>,
+    ) -> Result<Entry> {
         let start = std::time::Instant::now();
-        let maps = maps.context("the process exited")?;
+        // A process that exited but was not reaped yet shows no mappings.
+        let maps = maps
+            .filter(|m| m.iter().next().is_some())
+            .context("the process exited")?;
         let libc = c_library(maps).context(
             "no C library mapped: a static binary, or a runtime that makes raw system calls (e.g. Go)",
         )?;
@@ -234,7 +237,12 @@ impl Instrumenter {
         // The library as the process sees it, also inside a container.
         let path = format!("/proc/{pid}/root{}", libc.path);
         let links = self
-            .attach(libc, Path::new(&path), UProbeScope::OneProcess(pid_nz))
+            .attach(
+                kernel,
+                libc,
+                Path::new(&path),
+                UProbeScope::OneProcess(pid_nz),
+            )
             .with_context(|| format!("attaching uprobes to {}", libc.path))?;
         tracing::info!(pid, libc = libc.path, took = ?start.elapsed(), "call-site uprobes attached");
         Ok(Entry::Instrumented { links, captured: 0 })
@@ -243,6 +251,7 @@ impl Instrumenter {
     /// Attaches the [`WRAPPERS`] uprobes to `libc`, opened at `path`.
     fn attach(
         &mut self,
+        kernel: &mut Kernel,
         libc: &Mapping,
         path: &Path,
         scope: UProbeScope,
@@ -260,11 +269,7 @@ impl Instrumenter {
             .iter()
             .zip(offsets)
             .map(|((program, symbol), offset)| {
-                let probe: &mut UProbe = self
-                    .ebpf
-                    .program_mut(program)
-                    .with_context(|| format!("program {program} missing"))?
-                    .try_into()?;
+                let probe = kernel.uprobe(program)?;
                 let link = probe
                     .attach(offset, path, scope)
                     .with_context(|| format!("uprobe on {symbol}"))?;
@@ -280,8 +285,9 @@ impl Instrumenter {
             ..Elf::new(path)
         });
         let names = WRAPPERS.map(|(_, symbol)| symbol);
-        let found = self
-            .inspector
+        // Created per library, rarely: the inspector is not `Send`.
+        let inspector = Inspector::new();
+        let found = inspector
             .lookup(&source, &names)
             .with_context(|| format!("reading the symbols of {}", path.display()))?;
         let mut offsets = [0; 2];
@@ -301,7 +307,7 @@ impl Instrumenter {
             .procs
             .keys()
             .copied()
-            .filter(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            .filter(|pid| !proc::alive(*pid))
             .collect();
         for pid in &gone {
             self.procs.remove(pid);
@@ -339,11 +345,18 @@ mod tests {
 
     #[test]
     fn finds_glibc_and_musl_but_not_look_alikes() {
-        let maps = |path: &str| {
-            ProcMaps::parse(&format!(
-                "7f0000000000-7f0000001000 r-xp 00000000 fd:01 42 /usr/lib/libcrypto.so.3\n\
-                 7f0000001000-7f0000002000 r-xp 00000000 fd:01 43 {path}\n"
-            ))
+        let mapping = |inode, path: &str| Mapping {
+            start: 0x7f00_0000_0000,
+            end: 0x7f00_0000_1000,
+            offset: 0,
+            dev: (0xfd, 1),
+            inode,
+            path: path.into(),
+        };
+        let maps = |path: &str| -> ProcMaps {
+            [mapping(42, "/usr/lib/libcrypto.so.3"), mapping(43, path)]
+                .into_iter()
+                .collect()
         };
         for libc in [
             "/usr/lib/x86_64-linux-gnu/libc.so.6",

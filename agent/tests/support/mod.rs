@@ -115,7 +115,10 @@ impl Tracer {
             if line.contains("tracing; Ctrl-C to stop") {
                 break;
             }
-            assert!(!line.contains("error"), "sockerr trace failed: {line}");
+            assert!(
+                !line.contains("level=error"),
+                "sockerr trace failed: {line}"
+            );
         }
         thread::spawn(move || lines.for_each(|l| eprintln!("sockerr: {}", l.unwrap_or_default())));
         let findings = Arc::new(Mutex::new(Vec::new()));

@@ -126,6 +126,21 @@ fn scenarios() {
             &[SoErrorReread, SoErrorReread],
         ),
         (
+            "squid: refused, read 111, then one read() before closing",
+            &[Connect, Failed(ECONNREFUSED), Read(111), Io],
+            &[],
+        ),
+        (
+            "PHP async client: refused, never reads SO_ERROR, writes",
+            &[Connect, Failed(ECONNREFUSED), Io, Io],
+            &[IoAfterFailedConnect],
+        ),
+        (
+            "told, then told 'no error' by a second read, then I/O",
+            &[Connect, Failed(ECONNREFUSED), Read(111), Io, Read(0), Io],
+            &[SoErrorMasked, IoAfterFailedConnect],
+        ),
+        (
             "I/O before the outcome is not a finding",
             &[Connect, Io, Failed(ECONNREFUSED)],
             &[],
@@ -207,8 +222,14 @@ fn oracle(events: &[Ev]) -> Vec<FindingKind> {
         if reads.len() >= 2 && masked_at != Some(1) {
             found.push((reads[1].0, SoErrorReread));
         }
-        if failed && let Some(i) = attempt.iter().skip(decided).position(|e| *e == Io) {
-            found.push((decided + i, IoAfterFailedConnect));
+        // I/O while the latest decided read before it (if any) returned 0:
+        // the process had not been told the error.
+        let uninformed_io = (decided..attempt.len()).find(|&i| {
+            let latest = reads.iter().rev().find(|&&(at, _)| at < i);
+            attempt[i] == Io && latest.is_none_or(|&(_, v)| v == 0)
+        });
+        if failed && let Some(i) = uninformed_io {
+            found.push((i, IoAfterFailedConnect));
         }
         found.sort();
         findings.extend(found.into_iter().map(|(_, k)| k));

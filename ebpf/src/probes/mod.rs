@@ -3,5 +3,6 @@
 
 pub mod call_site;
 pub mod io;
+pub mod release;
 pub mod so_error;
 pub mod state;

@@ -1,11 +1,13 @@
 //! `getsockopt(SOL_SOCKET, SO_ERROR)`: what the process was told.
 
 use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
-use sockerr_common::{Counter, ReadClass, SiteOp, Trigger};
+use sockerr_common::{Counter, Health, ReadClass, SS_CONNECTING, SiteOp, Trigger};
 
 use crate::{
-    kernel::{SO_ERROR, SOL_SOCKET},
-    maps::{count, current_comm, emit, plain_address, socket_state, take_site},
+    kernel::{self, SO_ERROR, SOL_SOCKET, TCP_CLOSE, TCP_SYN_SENT},
+    maps::{
+        attempt, count, current_comm, finding, health, keep_read_site, plain_address, take_site,
+    },
 };
 
 /// Runs after the kernel's own getsockopt. It must return 1 and change
@@ -35,22 +37,33 @@ fn observe(ctx: &SockoptContext) {
     if sk.is_null() || start.wrapping_byte_add(4) > end {
         return;
     }
-    let Some(state) = plain_address(sk.cast()).and_then(socket_state) else {
+    let Some(sk) = plain_address(sk) else {
+        return;
+    };
+    let socket = kernel::socket(sk);
+    let inode = kernel::inode(socket);
+    let Some(state) = attempt(inode) else {
+        // A connecting socket, or a client whose attempt failed: its
+        // attempt was evicted, so this read cannot be judged.
+        let tcp_state = kernel::state_of(sk);
+        if tcp_state == TCP_SYN_SENT
+            || (tcp_state == TCP_CLOSE && kernel::connect_state(socket) == SS_CONNECTING)
+        {
+            health(Health::AttemptUntracked);
+        }
         return;
     };
     // SAFETY: bounds checked against optval_end above.
     let value = unsafe { *start.cast::<i32>() };
-    let (class, finding) = state.attempt.so_error_read(value);
+    let (class, finding_kind) = state.attempt.so_error_read(value);
     if class != ReadClass::Pending
+        && site.captured()
         && let Some(slot) = state.attempt.latest_read_slot()
-        // Opaque to LLVM, so this bounds check stays: LLVM would drop it as
-        // implied by the state machine's own, which the verifier cannot see.
-        && let Some(kept) = state.sites.reads.get_mut(core::hint::black_box(slot))
     {
-        *kept = site;
+        keep_read_site(inode, state, slot, site);
     }
     count(current_comm(), Counter::read(class), 0);
-    if let Some(kind) = finding {
-        emit(state, kind, Trigger::Getsockopt);
+    if let Some(kind) = finding_kind {
+        finding(inode, state, kind, Trigger::Getsockopt);
     }
 }

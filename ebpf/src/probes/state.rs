@@ -1,14 +1,18 @@
-//! TCP state changes: where attempts start and where the kernel decides them.
+//! TCP state changes: where attempts start, where the kernel decides them,
+//! and where the process gives up on them.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use aya_log_ebpf::warn;
-use sockerr_common::{Attempt, CallSites, Counter, SiteOp, SocketState};
+use sockerr_common::{Attempt, Counter, Health, Outcome, SS_UNCONNECTED, SiteOp, SocketState};
 
 use crate::{
-    kernel::{self, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT},
-    maps::{count, current_comm, socket_state, take_site, track},
+    kernel::{self, EADDRNOTAVAIL, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT},
+    maps::{
+        attempt, count, count_remote, current_comm, decided, failed, forget, health, now_ns,
+        take_site, track,
+    },
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -22,8 +26,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         (TCP_SYN_SENT, TCP_ESTABLISHED) => decide(sk, 0),
         // tcp_done_with_error() / tcp_v4_err() set sk_err before tcp_done().
         (TCP_SYN_SENT, TCP_CLOSE) => match kernel::error(sk) {
-            // No error: the process itself closed or shut down the socket.
-            0 => {}
+            0 => closed_while_pending(sk),
             errno => decide(sk, errno),
         },
         _ => {}
@@ -33,21 +36,18 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 
 fn start(ctx: &BtfTracePointContext, sk: *mut c_void) {
     let site = take_site(SiteOp::Connect);
-    let inode = kernel::inode(sk);
+    let inode = kernel::inode(kernel::socket(sk));
     if inode == 0 {
         return;
     }
-    let tracked = track(&SocketState {
+    let state = SocketState {
         attempt: Attempt::new(),
+        _pad: 0,
         remote: kernel::remote(sk),
-        inode,
+        started_ns: now_ns(),
         comm: current_comm(),
-        sites: CallSites {
-            connect: site,
-            ..CallSites::default()
-        },
-    });
-    if let Err(err) = tracked {
+    };
+    if let Err(err) = track(inode, &state, site) {
         warn!(
             ctx,
             "connect attempt not tracked: SOCKETS update failed ({})", err
@@ -58,15 +58,41 @@ fn start(ctx: &BtfTracePointContext, sk: *mut c_void) {
 /// Outcome of the attempt: established when `errno` is 0, failed otherwise.
 /// Often runs in softirq context, so identity comes from the stored attempt.
 fn decide(sk: *mut c_void, errno: i32) {
-    let Some(state) = socket_state(sk) else {
+    match attempt(kernel::inode(kernel::socket(sk))) {
+        Some(state) => decided(state, errno),
+        None => health(Health::AttemptUntracked),
+    }
+}
+
+/// SYN_SENT → CLOSE with no error: in the task that did it. Still inside
+/// connect() (the socket not yet `SS_CONNECTING`), the kernel gave up
+/// before sending the SYN: with no local port, inet_hash_connect() found
+/// none (`EADDRNOTAVAIL`: ephemeral ports exhausted); otherwise the errno
+/// went back to the process only. After connect() returned, the process
+/// closed or shut the socket down while the outcome was pending: usually an
+/// application-level connect timeout, counted as aborted, never a finding.
+fn closed_while_pending(sk: *mut c_void) {
+    let socket = kernel::socket(sk);
+    let inode = kernel::inode(socket);
+    let Some(state) = attempt(inode) else {
+        health(Health::AttemptUntracked);
         return;
     };
-    let (decided, counter) = if errno == 0 {
-        (state.attempt.established(), Counter::Established)
+    if state.attempt.outcome() != Outcome::Pending {
+        return;
+    }
+    if kernel::connect_state(socket) == SS_UNCONNECTED {
+        let errno = if kernel::local_port(sk) == 0 {
+            EADDRNOTAVAIL
+        } else {
+            0
+        };
+        // The process may still do I/O on it: the attempt stays, failed.
+        state.attempt.failed(errno);
+        failed(state, errno);
     } else {
-        (state.attempt.failed(errno), Counter::Failed)
-    };
-    if decided {
-        count(state.comm, counter, errno);
+        count(state.comm, Counter::Aborted, 0);
+        count_remote(state.remote, 0, true);
+        forget(inode);
     }
 }

@@ -1,0 +1,12 @@
+//! Turning raw kernel values into what users read, one decoder per file:
+//! none of them knows the model that uses it.
+
+mod comm;
+mod endpoint;
+mod errno;
+mod time;
+
+pub use comm::{comm, label_value};
+pub use endpoint::endpoint;
+pub use errno::errno_name;
+pub use time::{rfc3339, wall_time};

@@ -1,0 +1,517 @@
+//! The findings table: one entry per (process, kind) with a finding inside
+//! the retention window, bounded in size. It backs `/findings`,
+//! `sockerr_flagged_processes{kind}` and the log's summary lines.
+//!
+//! The kernel counts every finding in a per-(process, kind) tally and sends
+//! a full record only for the first and then at most once per detail
+//! interval; the counts here come from those tallies (each record carries
+//! its tally's total, and the agent reads the tallies periodically), so they
+//! are exact however few records arrive.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde::Serialize;
+use sockerr_common::FindingKind;
+use strum::EnumCount as _;
+
+use crate::finding::{Finding, rfc3339};
+
+const KINDS: usize = FindingKind::COUNT;
+
+fn slot(kind: FindingKind) -> usize {
+    kind as usize - 1
+}
+
+/// The findings of one kind of one process.
+pub struct Entry {
+    /// The latest finding record, in full.
+    pub latest: Finding,
+    /// Findings counted.
+    pub count: u64,
+    pub first_seen: SystemTime,
+    pub last_seen: SystemTime,
+    /// `count` when a log line last reported it.
+    logged: u64,
+}
+
+struct Flagged {
+    /// Start time the kernel gave (CLOCK_BOOTTIME ns): tells a reused pid.
+    start_boot_ns: u64,
+    last_seen: Instant,
+    kinds: [Option<Entry>; KINDS],
+}
+
+/// A (process, kind) entry as `/findings` shows it: the latest finding of
+/// its kind, and how many there were.
+#[derive(Serialize)]
+pub struct FindingView<'a> {
+    #[serde(flatten)]
+    pub finding: &'a Finding,
+    /// Findings of this kind from this process.
+    pub count: u64,
+    #[serde(serialize_with = "rfc3339")]
+    pub first_seen: SystemTime,
+    #[serde(serialize_with = "rfc3339")]
+    pub last_seen: SystemTime,
+}
+
+/// A tally as the kernel keeps it, identified by when it began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TallyRead {
+    pub since_ns: u64,
+    pub total: u64,
+}
+
+/// What recording a finding did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// The first finding of its (process, kind): worth a log line.
+    pub new: bool,
+    /// Another process was dropped to make room.
+    pub evicted: bool,
+}
+
+/// A (process, kind) whose count grew since it was last logged.
+pub struct Summary<'a> {
+    pub latest: &'a Finding,
+    pub count: u64,
+    /// Findings since the previous log line of this (process, kind).
+    pub new: u64,
+    pub first_seen: SystemTime,
+    pub last_seen: SystemTime,
+}
+
+pub struct Findings {
+    max: usize,
+    retention: Duration,
+    procs: HashMap<u32, Flagged>,
+    /// Per (pid, kind): the kernel tally counted so far.
+    tallies: HashMap<(u32, FindingKind), TallyRead>,
+}
+
+impl Findings {
+    pub fn new(max: usize, retention: Duration) -> Self {
+        Self {
+            max,
+            retention,
+            procs: HashMap::new(),
+            tallies: HashMap::new(),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.max
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Findings of a tally not counted yet. A tally that began later than
+    /// the one counted replaced it (the kernel evicted the old one); an
+    /// older one is a record overtaken by a newer read.
+    fn account(&mut self, pid: u32, kind: FindingKind, read: TallyRead) -> u64 {
+        let known = self.tallies.entry((pid, kind)).or_insert(TallyRead {
+            since_ns: read.since_ns,
+            total: 0,
+        });
+        if read.since_ns > known.since_ns {
+            *known = TallyRead {
+                since_ns: read.since_ns,
+                total: 0,
+            };
+        }
+        if read.since_ns < known.since_ns || read.total <= known.total {
+            return 0;
+        }
+        let new = read.total - known.total;
+        known.total = read.total;
+        new
+    }
+
+    /// Records a finding record of the process that started at
+    /// `start_boot_ns`, whose tally stood at `tally`.
+    pub fn record(
+        &mut self,
+        finding: Finding,
+        start_boot_ns: u64,
+        tally: TallyRead,
+        now: Instant,
+    ) -> Recorded {
+        self.expire(now);
+        let pid = finding.pid;
+        let mut recorded = Recorded::default();
+        if self
+            .procs
+            .get(&pid)
+            .is_some_and(|p| p.start_boot_ns != start_boot_ns)
+        {
+            // The pid names another process now: it starts afresh.
+            self.forget(pid);
+        }
+        if !self.procs.contains_key(&pid) && self.procs.len() >= self.max {
+            let oldest = self
+                .procs
+                .iter()
+                .min_by_key(|(_, p)| p.last_seen)
+                .map(|(pid, _)| *pid);
+            if let Some(oldest) = oldest {
+                self.forget(oldest);
+                recorded.evicted = true;
+            }
+        }
+        let kind = finding.kind;
+        let new = self.account(pid, kind, tally);
+        let flagged = self.procs.entry(pid).or_insert_with(|| Flagged {
+            start_boot_ns,
+            last_seen: now,
+            kinds: Default::default(),
+        });
+        flagged.last_seen = now;
+        let at = finding.at;
+        let entry = flagged.kinds[slot(kind)].get_or_insert_with(|| {
+            recorded.new = true;
+            Entry {
+                latest: finding.clone(),
+                count: 0,
+                first_seen: at,
+                last_seen: at,
+                logged: 0,
+            }
+        });
+        // A record counts at least itself (its tally may have been read
+        // past it already).
+        entry.count += new.max(u64::from(recorded.new && new == 0));
+        entry.last_seen = entry.last_seen.max(at);
+        entry.latest = finding;
+        if recorded.new {
+            // Its own log line reports it.
+            entry.logged = entry.count;
+        }
+        recorded
+    }
+
+    /// A tally read from the kernel: findings since the last record.
+    pub fn tally(&mut self, pid: u32, kind: FindingKind, read: TallyRead, last: SystemTime) {
+        // Only processes with an entry: a record of one without will count
+        // the whole tally when it arrives.
+        if self
+            .procs
+            .get(&pid)
+            .is_none_or(|p| p.kinds[slot(kind)].is_none())
+        {
+            return;
+        }
+        let new = self.account(pid, kind, read);
+        if new == 0 {
+            return;
+        }
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.last_seen = Instant::now();
+            if let Some(entry) = &mut p.kinds[slot(kind)] {
+                entry.count += new;
+                entry.last_seen = entry.last_seen.max(last);
+            }
+        }
+    }
+
+    fn forget(&mut self, pid: u32) {
+        self.procs.remove(&pid);
+        self.tallies.retain(|(p, _), _| *p != pid);
+    }
+
+    pub fn expire(&mut self, now: Instant) {
+        let retention = self.retention;
+        let expired: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.last_seen) >= retention)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in expired {
+            self.forget(pid);
+        }
+    }
+
+    /// Flagged processes per kind, in `FindingKind` order.
+    pub fn flagged_by_kind(&mut self, now: Instant) -> [usize; KINDS] {
+        self.expire(now);
+        let mut by_kind = [0; KINDS];
+        for p in self.procs.values() {
+            for (n, entry) in by_kind.iter_mut().zip(&p.kinds) {
+                *n += usize::from(entry.is_some());
+            }
+        }
+        by_kind
+    }
+
+    fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.procs.values().flat_map(|p| p.kinds.iter().flatten())
+    }
+
+    /// Latest findings, newest first.
+    pub fn findings(
+        &mut self,
+        now: Instant,
+        kind: Option<FindingKind>,
+        limit: usize,
+    ) -> Vec<FindingView<'_>> {
+        self.expire(now);
+        let mut views: Vec<FindingView<'_>> = self
+            .entries()
+            .filter(|e| kind.is_none_or(|k| e.latest.kind == k))
+            .map(|e| FindingView {
+                finding: &e.latest,
+                count: e.count,
+                first_seen: e.first_seen,
+                last_seen: e.last_seen,
+            })
+            .collect();
+        views.sort_by_key(|v| std::cmp::Reverse(v.last_seen));
+        views.truncate(limit);
+        views
+    }
+
+    /// Entries whose count grew since they were last logged; each is then
+    /// marked logged.
+    pub fn summaries(&mut self) -> Vec<Summary<'_>> {
+        self.procs
+            .values_mut()
+            .flat_map(|p| p.kinds.iter_mut().flatten())
+            .filter(|e| e.count > e.logged)
+            .map(|e| {
+                let new = e.count - e.logged;
+                e.logged = e.count;
+                Summary {
+                    latest: &e.latest,
+                    count: e.count,
+                    new,
+                    first_seen: e.first_seen,
+                    last_seen: e.last_seen,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finding::tests::finding;
+
+    fn tally(total: u64) -> TallyRead {
+        TallyRead { since_ns: 1, total }
+    }
+
+    #[test]
+    fn counts_come_from_the_kernel_tallies() {
+        let now = Instant::now();
+        let mut t = Findings::new(10, Duration::from_secs(60));
+        let first = t.record(finding(1, FindingKind::SoErrorMasked, 1), 7, tally(1), now);
+        assert_eq!(
+            first,
+            Recorded {
+                new: true,
+                evicted: false
+            }
+        );
+        // 499 more findings, no record: a tally read finds them.
+        t.tally(
+            1,
+            FindingKind::SoErrorMasked,
+            tally(500),
+            SystemTime::UNIX_EPOCH,
+        );
+        // The next record carries the tally at 800; a stale read changes nothing.
+        let later = t.record(
+            finding(1, FindingKind::SoErrorMasked, 9),
+            7,
+            tally(800),
+            now,
+        );
+        assert!(!later.new);
+        t.tally(
+            1,
+            FindingKind::SoErrorMasked,
+            tally(700),
+            SystemTime::UNIX_EPOCH,
+        );
+        let views = t.findings(now, None, 10);
+        assert_eq!(views[0].count, 800);
+        assert_eq!(
+            views[0].first_seen,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1)
+        );
+        assert_eq!(
+            views[0].last_seen,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(9)
+        );
+        // The kernel evicted the tally and began another: counted on top.
+        t.tally(
+            1,
+            FindingKind::SoErrorMasked,
+            TallyRead {
+                since_ns: 2,
+                total: 5,
+            },
+            SystemTime::UNIX_EPOCH,
+        );
+        assert_eq!(t.findings(now, None, 10)[0].count, 805);
+        // A tally of a process the table does not know is left for its record.
+        t.tally(
+            2,
+            FindingKind::SoErrorReread,
+            tally(3),
+            SystemTime::UNIX_EPOCH,
+        );
+        t.record(finding(2, FindingKind::SoErrorReread, 3), 7, tally(4), now);
+        let reread = t.findings(now, Some(FindingKind::SoErrorReread), 10);
+        assert_eq!(reread[0].count, 4);
+    }
+
+    #[test]
+    fn entries_per_kind_newest_first() {
+        let now = Instant::now();
+        let mut t = Findings::new(10, Duration::from_secs(60));
+        t.record(finding(1, FindingKind::SoErrorMasked, 1), 7, tally(1), now);
+        t.record(finding(1, FindingKind::SoErrorMasked, 2), 7, tally(2), now);
+        t.record(
+            finding(1, FindingKind::IoAfterFailedConnect, 3),
+            7,
+            tally(1),
+            now,
+        );
+        t.record(finding(2, FindingKind::SoErrorReread, 4), 8, tally(1), now);
+        assert_eq!(t.flagged_by_kind(now), [1, 1, 1]);
+        let order: Vec<_> = t
+            .findings(now, None, 100)
+            .iter()
+            .map(|v| (v.finding.pid, v.finding.kind_name(), v.count))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (2, "so_error_reread", 1),
+                (1, "io_after_failed_connect", 1),
+                (1, "so_error_masked", 2)
+            ]
+        );
+        assert_eq!(t.findings(now, None, 1).len(), 1);
+    }
+
+    #[test]
+    fn findings_json_shape() {
+        let now = Instant::now();
+        let mut t = Findings::new(10, Duration::from_secs(60));
+        t.record(finding(7, FindingKind::SoErrorMasked, 5), 7, tally(3), now);
+        let json = serde_json::to_value(t.findings(now, None, 10)).unwrap();
+        let f = &json[0];
+        for key in [
+            "kind",
+            "severity",
+            "pid",
+            "tid",
+            "comm",
+            "exe",
+            "exe_source",
+            "cgroup",
+            "container_id",
+            "pod_uid",
+            "fd",
+            "remote",
+            "errno",
+            "so_error_reads",
+            "so_error_read_count",
+            "syscall",
+            "call_sites",
+            "time",
+            "count",
+            "first_seen",
+            "last_seen",
+        ] {
+            assert!(f.get(key).is_some(), "missing {key} in {f}");
+        }
+        assert_eq!(f["kind"], "so_error_masked");
+        assert_eq!(f["count"], 3);
+        assert_eq!(f["time"], "1970-01-01T00:00:05.000Z");
+        assert_eq!(f["first_seen"], f["time"]);
+    }
+
+    #[test]
+    fn bounded_evicting_the_least_recently_seen() {
+        let start = Instant::now();
+        let mut t = Findings::new(3, Duration::from_secs(60));
+        let evicted: Vec<bool> = (1..=5)
+            .map(|pid| {
+                let at = start + Duration::from_millis(pid.into());
+                t.record(finding(pid, FindingKind::SoErrorReread, 0), 7, tally(1), at)
+                    .evicted
+            })
+            .collect();
+        assert_eq!(t.len(), 3);
+        assert_eq!(evicted, [false, false, false, true, true]);
+        let mut pids: Vec<_> = t
+            .findings(start, None, 10)
+            .iter()
+            .map(|v| v.finding.pid)
+            .collect();
+        pids.sort();
+        assert_eq!(pids, [3, 4, 5]);
+    }
+
+    #[test]
+    fn entries_expire_after_the_retention_window() {
+        let start = Instant::now();
+        let mut t = Findings::new(10, Duration::from_secs(60));
+        t.record(
+            finding(1, FindingKind::SoErrorMasked, 0),
+            7,
+            tally(1),
+            start,
+        );
+        t.record(
+            finding(2, FindingKind::SoErrorMasked, 0),
+            7,
+            tally(1),
+            start + Duration::from_secs(30),
+        );
+        assert_eq!(t.flagged_by_kind(start + Duration::from_secs(59))[0], 2);
+        assert_eq!(t.flagged_by_kind(start + Duration::from_secs(61))[0], 1);
+        assert!(
+            t.findings(start + Duration::from_secs(91), None, 10)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_reused_pid_is_another_process() {
+        let now = Instant::now();
+        let mut t = Findings::new(10, Duration::from_secs(60));
+        t.record(finding(1, FindingKind::SoErrorMasked, 0), 7, tally(1), now);
+        t.record(finding(1, FindingKind::SoErrorReread, 1), 9, tally(1), now);
+        assert_eq!(t.flagged_by_kind(now), [0, 1, 0]);
+    }
+
+    #[test]
+    fn summaries_report_growth_once() {
+        let now = Instant::now();
+        let mut t = Findings::new(10, Duration::from_secs(60));
+        t.record(finding(1, FindingKind::SoErrorReread, 1), 7, tally(1), now);
+        assert!(
+            t.summaries().is_empty(),
+            "the first finding has its own line"
+        );
+        t.tally(
+            1,
+            FindingKind::SoErrorReread,
+            tally(40),
+            SystemTime::UNIX_EPOCH,
+        );
+        let s = t.summaries();
+        assert_eq!((s.len(), s[0].count, s[0].new), (1, 40, 39));
+        assert!(t.summaries().is_empty());
+    }
+}

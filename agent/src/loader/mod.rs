@@ -1,0 +1,240 @@
+//! Loading the eBPF object into the kernel and attaching its programs as the
+//! probe table ([`probes::PROBES`]) says, each probe through the first of
+//! its hooks this kernel accepts. [`Kernel`] owns the object: dropping it
+//! detaches and unloads every program and link.
+
+pub mod probes;
+
+use std::{fs::File, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader, Endianness,
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockopt, FEntry, KProbe, Program, UProbe,
+    },
+};
+use sockerr_common::{CounterKey, RemoteKey, Tally, TallyKey, names};
+
+use self::probes::{Attach, Hook, PROBES, Probe};
+use crate::{btf, proc};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockerr"));
+
+/// What the kernel side is told at load.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Capacity of the attempts map (`--kernel.max-attempts`).
+    pub max_attempts: u32,
+    /// At most one finding record per (process, kind) per this interval
+    /// after the first (`--findings.detail-interval`).
+    pub detail_interval: Duration,
+}
+
+/// The kernel's BTF, read once and parsed for both readers: ours (struct
+/// offsets, which aya does not expose) and aya's (program attach points).
+pub struct KernelBtf {
+    pub offsets: btf::Btf,
+    aya: aya::Btf,
+}
+
+impl KernelBtf {
+    pub fn read() -> Result<Self> {
+        let data = std::fs::read(btf::VMLINUX)
+            .with_context(|| format!("reading kernel BTF from {}", btf::VMLINUX))?;
+        Ok(Self {
+            offsets: btf::Btf::parse(&data)
+                .with_context(|| format!("parsing kernel BTF {}", btf::VMLINUX))?,
+            aya: aya::Btf::parse(&data, Endianness::default())
+                .with_context(|| format!("parsing kernel BTF {}", btf::VMLINUX))?,
+        })
+    }
+}
+
+/// How each probe of the table ended up: the hook attached, or why none.
+pub struct Attached(Vec<(&'static Probe, Result<Hook, String>)>);
+
+impl Attached {
+    pub fn iter(&self) -> impl Iterator<Item = &(&'static Probe, Result<Hook, String>)> {
+        self.0.iter()
+    }
+
+    /// Why the agent cannot run: a required probe that did not attach.
+    fn missing_required(&self) -> Option<String> {
+        let missing: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(p, r)| p.required && r.is_err())
+            .map(|(p, r)| format!("{}: {}", p.name, r.as_ref().err().unwrap()))
+            .collect();
+        (!missing.is_empty()).then(|| missing.join("; "))
+    }
+}
+
+/// The maps the agent reads, taken out of the object.
+pub struct Maps {
+    pub findings: RingBuf<MapData>,
+    pub counters: PerCpuHashMap<MapData, CounterKey, u64>,
+    pub remotes: PerCpuHashMap<MapData, RemoteKey, u64>,
+    pub health: PerCpuArray<MapData, u64>,
+    pub tallies: HashMap<MapData, TallyKey, Tally>,
+    /// User stacks of call sites.
+    pub stacks: StackTraceMap<MapData>,
+}
+
+/// The loaded object: its programs, their links, and the call-site uprobes.
+pub struct Kernel {
+    ebpf: Ebpf,
+}
+
+impl Kernel {
+    /// Loads the object (maps are created, programs not yet verified).
+    pub fn load(btf: &KernelBtf, options: &Options) -> Result<Self> {
+        let offsets = btf.offsets.kernel_offsets()?;
+        let interval = u64::try_from(options.detail_interval.as_nanos()).unwrap_or(u64::MAX);
+        let ebpf = EbpfLoader::new()
+            .btf(Some(&btf.aya))
+            .override_global(names::OFFSETS, &offsets, true)
+            .override_global(names::DETAIL_INTERVAL_NS, &interval, true)
+            .map_max_entries(names::SOCKETS, options.max_attempts)
+            .load(OBJECT)
+            .context("loading sockerr's eBPF object into the kernel")?;
+        Ok(Self { ebpf })
+    }
+
+    /// Loads and attaches every probe of the table, each through the first
+    /// of its hooks that works here; fails when a required one attaches
+    /// through none. cgroup programs go on the cgroup v2 root, which covers
+    /// every process on the host, in any container.
+    pub fn attach(&mut self, btf: &KernelBtf) -> Result<Attached> {
+        let attached = self.try_attach(btf)?;
+        if let Some(missing) = attached.missing_required() {
+            bail!("cannot observe what sockerr needs on this kernel: {missing}");
+        }
+        Ok(attached)
+    }
+
+    /// Like [`Kernel::attach`], reporting instead of failing (`sockerr check`).
+    pub fn try_attach(&mut self, btf: &KernelBtf) -> Result<Attached> {
+        let root = proc::cgroup2_root()?;
+        let attached = PROBES
+            .iter()
+            .map(|probe| {
+                let mut errors = Vec::new();
+                for hook in probe.hooks {
+                    match self.attach_hook(btf, &root, hook) {
+                        Ok(()) => return (probe, Ok(*hook)),
+                        Err(e) => errors.push(format!("{}: {e:#}", hook.attach)),
+                    }
+                }
+                (probe, Err(errors.join("; ")))
+            })
+            .collect();
+        Ok(Attached(attached))
+    }
+
+    fn attach_hook(&mut self, btf: &KernelBtf, cgroup_root: &Path, hook: &Hook) -> Result<()> {
+        let program = self
+            .ebpf
+            .program_mut(hook.program)
+            .with_context(|| format!("program {} is not in the object", hook.program))?;
+        let result = attach_program(program, &btf.aya, cgroup_root, hook.attach);
+        if result.is_err() {
+            // Loaded but not attached (e.g. fentry refused at attach): free it.
+            let _ = program_unload(program);
+        }
+        result
+    }
+
+    /// Loads the call-site uprobes (verified now; attached per process later).
+    pub fn load_uprobes(&mut self) -> Result<()> {
+        for name in [names::CONNECT_SITE, names::GETSOCKOPT_SITE] {
+            self.uprobe(name)?
+                .load()
+                .with_context(|| format!("loading program {name} (verifier)"))?;
+        }
+        Ok(())
+    }
+
+    pub fn uprobe(&mut self, name: &str) -> Result<&mut UProbe> {
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing"))?;
+        Ok(program.try_into()?)
+    }
+
+    /// aya-log's records from the programs, to be forwarded to the log.
+    pub fn logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        Ok(aya_log::EbpfLogger::init(&mut self.ebpf)?)
+    }
+
+    pub fn take_maps(&mut self) -> Result<Maps> {
+        let mut map = |name| {
+            self.ebpf
+                .take_map(name)
+                .with_context(|| format!("map {name} missing"))
+        };
+        Ok(Maps {
+            findings: RingBuf::try_from(map(names::FINDINGS)?)?,
+            counters: PerCpuHashMap::try_from(map(names::COUNTERS)?)?,
+            remotes: PerCpuHashMap::try_from(map(names::REMOTES)?)?,
+            health: PerCpuArray::try_from(map(names::HEALTH)?)?,
+            tallies: HashMap::try_from(map(names::TALLIES)?)?,
+            stacks: StackTraceMap::try_from(map(names::STACKS)?)?,
+        })
+    }
+}
+
+fn attach_program(
+    program: &mut Program,
+    btf: &aya::Btf,
+    cgroup_root: &Path,
+    attach: Attach,
+) -> Result<()> {
+    let cgroup = || {
+        File::open(cgroup_root)
+            .with_context(|| format!("opening cgroup v2 root {}", cgroup_root.display()))
+    };
+    match attach {
+        Attach::TpBtf(tracepoint) => {
+            let p: &mut BtfTracePoint = program.try_into()?;
+            p.load(tracepoint, btf).context("verifier")?;
+            p.attach()?;
+        }
+        Attach::FEntry(function) => {
+            let p: &mut FEntry = program.try_into()?;
+            p.load(function, btf).context("verifier")?;
+            p.attach()?;
+        }
+        Attach::KProbe(function) => {
+            let p: &mut KProbe = program.try_into()?;
+            p.load().context("verifier")?;
+            p.attach(function, 0)?;
+        }
+        Attach::CgroupGetsockopt => {
+            let p: &mut CgroupSockopt = program.try_into()?;
+            p.load().context("verifier")?;
+            p.attach(cgroup()?, CgroupAttachMode::Single)?;
+        }
+        Attach::CgroupSockRelease => {
+            let p: &mut CgroupSock = program.try_into()?;
+            p.load().context("verifier")?;
+            p.attach(cgroup()?, CgroupAttachMode::Single)?;
+        }
+    }
+    Ok(())
+}
+
+fn program_unload(program: &mut Program) -> Result<()> {
+    match program {
+        Program::BtfTracePoint(p) => p.unload()?,
+        Program::FEntry(p) => p.unload()?,
+        Program::KProbe(p) => p.unload()?,
+        Program::CgroupSockopt(p) => p.unload()?,
+        Program::CgroupSock(p) => p.unload()?,
+        _ => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! Everything the agent reads from /proc, in one place, through the `procfs`
+//! crate: typed results, and "the process exited" told apart from
+//! "permission denied" by the error's kind, never by its message.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use procfs::{
+    ProcError,
+    process::{FDTarget, MMapPath, Process},
+};
+
+/// Why something could not be read about a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unreadable {
+    /// The process is gone (or its pid now names another process).
+    Exited,
+    /// The agent may not look (CAP_SYS_PTRACE, a different user namespace).
+    Denied(String),
+    Other(String),
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unreadable::Exited => f.write_str("the process exited"),
+            Unreadable::Denied(what) => write!(f, "{what}: permission denied"),
+            Unreadable::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for Unreadable {}
+
+impl From<ProcError> for Unreadable {
+    fn from(e: ProcError) -> Self {
+        let path =
+            |p: Option<PathBuf>| p.map_or_else(|| "/proc".into(), |p| p.display().to_string());
+        match e {
+            ProcError::NotFound(_) => Unreadable::Exited,
+            ProcError::PermissionDenied(p) => Unreadable::Denied(format!("reading {}", path(p))),
+            other => Unreadable::Other(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Unreadable>;
+
+/// A live process, opened once; each read may still find it gone.
+pub struct Proc(Process);
+
+/// One line of /proc/<pid>/maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    /// Offset in the file of `start`.
+    pub offset: u64,
+    /// Device (major, minor) and inode of the file: 0 for anonymous memory.
+    pub dev: (u32, u32),
+    pub inode: u64,
+    /// The path as the process sees it (inside its mount namespace), or a
+    /// pseudo name such as `[vdso]`.
+    pub path: String,
+}
+
+impl Mapping {
+    /// A file the process mapped, as opposed to `[vdso]`, `[heap]` etc.
+    pub fn is_file(&self) -> bool {
+        self.inode != 0 && self.path.starts_with('/')
+    }
+
+    /// The file's name without its directory.
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+
+    pub fn file_offset(&self, addr: u64) -> u64 {
+        addr - self.start + self.offset
+    }
+}
+
+/// What identifies a process at a moment: its start time tells a reused pid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub exe: Result<String>,
+    /// cgroup v2 path (the `0::` line), when it has one.
+    pub cgroup: Option<String>,
+}
+
+impl Proc {
+    pub fn open(pid: u32) -> Result<Self> {
+        Ok(Self(Process::new(pid as i32)?))
+    }
+
+    /// When the process started, in clock ticks since boot (`stat` field 22).
+    pub fn start_ticks(&self) -> Result<u64> {
+        Ok(self.0.stat()?.starttime)
+    }
+
+    pub fn identity(&self) -> Identity {
+        let exe = self
+            .0
+            .exe()
+            .map(|p| p.to_string_lossy().into_owned())
+            .map_err(Unreadable::from);
+        let cgroup = self.0.cgroups().ok().and_then(|groups| {
+            groups
+                .into_iter()
+                .find(|g| g.hierarchy == 0)
+                .map(|g| g.pathname)
+        });
+        Identity { exe, cgroup }
+    }
+
+    /// The process's socket fds by socket inode.
+    pub fn socket_fds(&self) -> HashMap<u64, i32> {
+        let Ok(fds) = self.0.fd() else {
+            return HashMap::new();
+        };
+        fds.flatten()
+            .filter_map(|fd| match fd.target {
+                FDTarget::Socket(inode) => Some((inode, fd.fd)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The process's memory mappings (`maps`).
+    pub fn mappings(&self) -> Result<Vec<Mapping>> {
+        Ok(self
+            .0
+            .maps()?
+            .into_iter()
+            .map(|m| Mapping {
+                start: m.address.0,
+                end: m.address.1,
+                offset: m.offset,
+                dev: (m.dev.0 as u32, m.dev.1 as u32),
+                inode: m.inode,
+                path: match m.pathname {
+                    MMapPath::Path(p) => p.to_string_lossy().into_owned(),
+                    MMapPath::Vdso => "[vdso]".into(),
+                    MMapPath::Heap => "[heap]".into(),
+                    MMapPath::Stack => "[stack]".into(),
+                    MMapPath::Other(s) => s,
+                    _ => String::new(),
+                },
+            })
+            .collect())
+    }
+}
+
+/// Whether `pid` still runs.
+pub fn alive(pid: u32) -> bool {
+    Process::new(pid as i32).is_ok_and(|p| p.is_alive())
+}
+
+/// Clock ticks per second, the unit of [`Proc::start_ticks`].
+pub fn ticks_per_second() -> u64 {
+    procfs::ticks_per_second()
+}
+
+/// Where cgroup v2 is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on
+/// hybrid hosts), from the agent's own mounts.
+pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    use anyhow::Context as _;
+    let mounts = Process::myself()
+        .and_then(|me| me.mountinfo())
+        .context("reading /proc/self/mountinfo")?;
+    mounts
+        .into_iter()
+        .find(|m| m.fs_type == "cgroup2")
+        .map(|m| m.mount_point)
+        .context(
+            "no cgroup v2 filesystem mounted (see /proc/mounts); mount one with: \
+             mount -t cgroup2 none /sys/fs/cgroup",
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    #[test]
+    fn this_process_and_a_gone_one() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let inode = std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(format!("/proc/self/fd/{}", listener.as_raw_fd())).unwrap(),
+        );
+        let me = Proc::open(std::process::id()).unwrap();
+        let identity = me.identity();
+        assert_eq!(
+            identity.exe.as_deref().ok(),
+            std::env::current_exe()
+                .ok()
+                .as_deref()
+                .and_then(|p| p.to_str())
+        );
+        assert!(identity.cgroup.is_some_and(|c| c.starts_with('/')));
+        assert_eq!(me.socket_fds().get(&inode), Some(&listener.as_raw_fd()));
+        assert!(me.start_ticks().unwrap() > 0);
+        assert!(
+            me.mappings()
+                .unwrap()
+                .iter()
+                .any(|m| m.name().starts_with("libc"))
+        );
+        assert!(matches!(Proc::open(u32::MAX >> 1), Err(Unreadable::Exited)));
+        assert!(alive(std::process::id()) && !alive(u32::MAX >> 1));
+    }
+
+    #[test]
+    fn cgroup2_is_mounted_here() {
+        assert!(cgroup2_root().unwrap().is_dir());
+    }
+}

@@ -1,0 +1,270 @@
+//! The kernel's counters in the metrics. `COUNTERS`, `REMOTES` and `HEALTH`
+//! are read at every scrape and on a timer, the growth of each key is added
+//! to the Prometheus counters, and keys that stopped growing are deleted
+//! once counted, so the maps hold what is active and never stay full: after
+//! [`IDLE`], or after one quiet sample while a map is half full.
+//!
+//! Deleting a key races with the kernel only for an increment that lands
+//! between its last read and its deletion, after it was quiet all that time.
+
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Pod,
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
+};
+use sockerr_common::{
+    COUNTER_ENTRIES, Counter, CounterKey, FindingKind, HEALTH_SLOTS, Health, REMOTE_ENTRIES,
+    RemoteKey,
+};
+use strum::IntoEnumIterator as _;
+
+use crate::{
+    decode,
+    metrics::{ABORTED, CommCount, Metrics},
+};
+
+/// A key that has not grown for this long is counted and deleted.
+const IDLE: Duration = Duration::from_secs(600);
+
+struct Seen {
+    total: u64,
+    changed: Instant,
+}
+
+/// Running totals of one per-CPU counter map's keys: what each grew by
+/// since the last read, and which are quiet enough to delete.
+struct Totals<K> {
+    capacity: usize,
+    seen: HashMap<K, Seen>,
+}
+
+impl<K: Copy + Eq + Hash> Totals<K> {
+    fn new(capacity: u32) -> Self {
+        Self {
+            capacity: capacity as usize,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Given every key's total now: (key, growth) of the keys that grew,
+    /// and the keys to delete: quiet for [`IDLE`], or since the previous
+    /// read while the map is half full. Keys gone from the map are dropped.
+    fn update(&mut self, read: &[(K, u64)], now: Instant) -> (Vec<(K, u64)>, Vec<K>) {
+        let crowded = read.len() * 2 >= self.capacity;
+        let (mut grew, mut quiet) = (Vec::new(), Vec::new());
+        for &(key, total) in read {
+            let seen = self.seen.entry(key).or_insert(Seen {
+                total: 0,
+                changed: now,
+            });
+            if total > seen.total {
+                grew.push((key, total - seen.total));
+                *seen = Seen {
+                    total,
+                    changed: now,
+                };
+            } else if now.duration_since(seen.changed) >= IDLE || (crowded && seen.changed < now) {
+                quiet.push(key);
+            }
+        }
+        if self.seen.len() > read.len() {
+            let present: std::collections::HashSet<&K> = read.iter().map(|(k, _)| k).collect();
+            self.seen.retain(|k, _| present.contains(k));
+        }
+        (grew, quiet)
+    }
+
+    /// `key` was deleted from the map: it starts again from 0.
+    fn deleted(&mut self, key: &K) {
+        self.seen.remove(key);
+    }
+}
+
+/// A per-CPU counter map and its totals.
+struct Tracked<K: Pod> {
+    map: PerCpuHashMap<MapData, K, u64>,
+    totals: Totals<K>,
+}
+
+impl<K: Pod + Eq + Hash> Tracked<K> {
+    fn new(map: PerCpuHashMap<MapData, K, u64>, capacity: u32) -> Self {
+        Self {
+            map,
+            totals: Totals::new(capacity),
+        }
+    }
+
+    /// Calls `grew(key, by)` for each key that grew; deletes the quiet ones
+    /// (counted already, so nothing is lost). Returns the keys left.
+    fn sample(&mut self, now: Instant, mut grew: impl FnMut(&K, u64)) -> Result<usize> {
+        let mut read = Vec::new();
+        for entry in self.map.iter() {
+            let (key, per_cpu) = entry.context("reading a counter map")?;
+            read.push((key, per_cpu.iter().sum::<u64>()));
+        }
+        let (growth, quiet) = self.totals.update(&read, now);
+        for (key, by) in &growth {
+            grew(key, *by);
+        }
+        let mut left = read.len();
+        for key in quiet {
+            if self.map.remove(&key).is_ok() {
+                self.totals.deleted(&key);
+                left -= 1;
+            }
+        }
+        Ok(left)
+    }
+}
+
+pub struct Sampler {
+    counters: Tracked<CounterKey>,
+    remotes: Tracked<RemoteKey>,
+    health: PerCpuArray<MapData, u64>,
+    seen_health: [u64; HEALTH_SLOTS as usize],
+}
+
+impl Sampler {
+    pub fn new(
+        counters: PerCpuHashMap<MapData, CounterKey, u64>,
+        remotes: PerCpuHashMap<MapData, RemoteKey, u64>,
+        health: PerCpuArray<MapData, u64>,
+    ) -> Self {
+        Self {
+            counters: Tracked::new(counters, COUNTER_ENTRIES),
+            remotes: Tracked::new(remotes, REMOTE_ENTRIES),
+            health,
+            seen_health: Default::default(),
+        }
+    }
+
+    /// Adds what the kernel counted since the last call to `metrics`.
+    pub fn sample(&mut self, metrics: &Metrics, now: Instant) -> Result<()> {
+        let counters = self.counters.sample(now, |key, n| {
+            if let Some(what) = comm_count(key) {
+                let comm = metrics.comm_label(decode::label_value(&key.comm));
+                metrics.comm_count(&comm, &what, n);
+            }
+        })?;
+        metrics.map_usage("counters", counters, self.counters.totals.capacity);
+        let remotes = self.remotes.sample(now, |key, n| {
+            let remote =
+                decode::endpoint(&key.remote).map_or_else(|| "unknown".into(), |a| a.to_string());
+            let reason = if key.aborted != 0 {
+                ABORTED.to_owned()
+            } else {
+                decode::errno_name(key.errno)
+            };
+            metrics.remote_count(remote, &reason, n);
+        })?;
+        metrics.map_usage("remotes", remotes, self.remotes.totals.capacity);
+        for slot in Health::iter() {
+            let total: u64 = self
+                .health
+                .get(&(slot as u32), 0)
+                .context("reading the HEALTH map")?
+                .iter()
+                .sum();
+            let seen = &mut self.seen_health[slot as usize];
+            let grew = total.saturating_sub(*seen);
+            *seen = total;
+            match slot {
+                Health::RecordsLost => metrics.records_lost(grew),
+                Health::FindingsProduced | Health::RecordsSent => {}
+                drop => metrics.kernel_drops(drop.into(), grew),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn comm_count(key: &CounterKey) -> Option<CommCount> {
+    Some(match Counter::from_repr(key.counter)? {
+        Counter::Established => CommCount::Established,
+        Counter::Failed => CommCount::Failed {
+            errno: decode::errno_name(key.detail.into()),
+        },
+        Counter::Aborted => CommCount::Aborted,
+        Counter::ReadPending => CommCount::Read { result: "pending" },
+        Counter::ReadError => CommCount::Read { result: "error" },
+        Counter::ReadZero => CommCount::Read { result: "zero" },
+        Counter::Finding => CommCount::Finding(FindingKind::from_repr(key.detail as u8)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(counter: Counter, detail: u16) -> CounterKey {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        CounterKey {
+            comm,
+            detail,
+            counter: counter as u8,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn growth_is_counted_once_and_quiet_keys_go() {
+        let t0 = Instant::now();
+        let mut totals = Totals::new(100);
+        let (grew, quiet) = totals.update(&[(1u8, 5), (2, 1)], t0);
+        assert_eq!((grew, quiet), (vec![(1, 5), (2, 1)], vec![]));
+        let t1 = t0 + Duration::from_secs(5);
+        let (grew, quiet) = totals.update(&[(1, 9), (2, 1)], t1);
+        assert_eq!((grew, quiet), (vec![(1, 4)], vec![]), "quiet, not idle yet");
+        let (grew, quiet) = totals.update(&[(1, 9), (2, 1)], t0 + IDLE);
+        assert_eq!((grew, quiet), (vec![], vec![2]));
+        totals.deleted(&2);
+        // Deleted, then counted again from 0 by the kernel.
+        let (grew, _) = totals.update(&[(1, 9), (2, 3)], t0 + IDLE);
+        assert_eq!(grew, vec![(2, 3)]);
+    }
+
+    #[test]
+    fn a_half_full_map_lets_go_of_keys_quiet_since_the_last_read() {
+        let t0 = Instant::now();
+        let mut totals = Totals::new(4);
+        totals.update(&[(1u8, 1), (2, 1)], t0);
+        let t1 = t0 + Duration::from_secs(5);
+        let (grew, quiet) = totals.update(&[(1, 2), (2, 1)], t1);
+        assert_eq!((grew, quiet), (vec![(1, 1)], vec![2]));
+        // Keys that left the map are forgotten.
+        totals.update(&[], t1);
+        assert!(totals.seen.is_empty());
+    }
+
+    #[test]
+    fn every_counter_is_named() {
+        assert_eq!(
+            comm_count(&key(Counter::Failed, 99)),
+            Some(CommCount::Failed {
+                errno: "EADDRNOTAVAIL".into()
+            })
+        );
+        assert_eq!(
+            comm_count(&key(
+                Counter::Finding,
+                FindingKind::IoAfterFailedConnect as u16
+            )),
+            Some(CommCount::Finding(FindingKind::IoAfterFailedConnect))
+        );
+        assert_eq!(comm_count(&key(Counter::Finding, 0)), None);
+        assert_eq!(
+            comm_count(&key(Counter::ReadZero, 0)),
+            Some(CommCount::Read { result: "zero" })
+        );
+        let mut unknown = key(Counter::Aborted, 0);
+        unknown.counter = 200;
+        assert_eq!(comm_count(&unknown), None);
+    }
+}
