@@ -72,10 +72,24 @@ fn run(name: &str, v6: bool, rest: &[&str]) -> Result<()> {
         "concurrent" => {
             let n = rest
                 .first()
-                .context("concurrent <n> buggy|correct")?
+                .context("concurrent <n> buggy|correct [stdin]")?
                 .parse()?;
-            concurrent(v6, n, rest.get(1) == Some(&"buggy"))
+            concurrent(
+                v6,
+                n,
+                rest.get(1) == Some(&"buggy"),
+                rest.get(2) == Some(&"stdin"),
+            )
         }
+        "comms" => comms(v6, rest.first().context("comms <n>")?.parse()?),
+        "blackhole" => blackhole(v6),
+        "abort" => abort(v6, rest.first().context("abort <port>")?.parse()?),
+        "exhaust" => exhaust(
+            rest.first().context("exhaust <addr> <n>")?.parse()?,
+            rest.get(1).context("exhaust <addr> <n>")?.parse()?,
+        ),
+        "remotes" => remotes(v6, rest.first().context("remotes <n>")?.parse()?),
+        "connect" => connect_to(rest.first().context("connect <addr>")?.parse()?),
         "getsockopt-dump" => net::getsockopt_dump(),
         "bench" => {
             let iterations = rest.get(1).context("bench <loop> <iterations>")?.parse()?;
@@ -269,13 +283,105 @@ fn threads_masked(v6: bool) -> Result<()> {
     Ok(())
 }
 
+/// The libevent bug under `n` distinct comms (`c0`, `c1`, …): four counter
+/// keys each (failed, a read of the error, a read of 0, the finding).
+fn comms(v6: bool, n: usize) -> Result<()> {
+    for i in 0..n {
+        net::set_comm(&format!("c{i}"))?;
+        let s = refused(v6)?;
+        s.so_error();
+        s.so_error();
+    }
+    println!("comms={n}");
+    Ok(())
+}
+
+/// A loopback listener that answers no SYN: its accept queue (backlog 0)
+/// holds one connection that is never accepted, and a full queue drops
+/// SYNs (tcp_conn_request()). Prints its port, then holds it until stdin
+/// closes.
+fn blackhole(v6: bool) -> Result<()> {
+    let listener = net::listen(v6, 0)?;
+    let addr = listener.local_addr()?;
+    let filler = TcpStream::connect(addr)?;
+    println!("{}", addr.port());
+    std::io::stdout().flush()?;
+    std::io::stdin().read_to_end(&mut Vec::new())?;
+    drop((filler, listener));
+    Ok(())
+}
+
+/// An application-level connect timeout: a non-blocking connect to a port
+/// that never answers, given up after 200 ms by closing the socket.
+fn abort(v6: bool, port: u16) -> Result<()> {
+    let s = Sock::tcp(v6, true)?;
+    let ip = if v6 { "[::1]" } else { "127.0.0.1" };
+    s.connect(format!("{ip}:{port}").parse()?);
+    anyhow::ensure!(
+        s.wait_writable(Duration::from_millis(200)).is_err(),
+        "the connect was answered"
+    );
+    anyhow::ensure!(s.state_is_syn_sent(), "the connect is not pending");
+    drop(s);
+    println!("aborted");
+    Ok(())
+}
+
+/// Refused attempts to `n` distinct closed ports, each read once (clean).
+fn remotes(v6: bool, n: usize) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < n {
+        let addr = closed_port(v6)?;
+        if seen.insert(addr.port()) {
+            let s = Sock::tcp(v6, true)?;
+            s.connect(addr);
+            s.wait_writable(Duration::from_secs(5))?;
+            s.so_error();
+        }
+    }
+    println!("remotes={n}");
+    Ok(())
+}
+
+/// A blocking connect to `addr`; prints its result (0 or the errno).
+fn connect_to(addr: SocketAddr) -> Result<()> {
+    let s = Sock::tcp(addr.is_ipv6(), false)?;
+    println!("connect={}", s.connect(addr));
+    Ok(())
+}
+
+/// `n` connects to `addr` held open at once: with fewer local ports than
+/// `n`, the rest fail inside connect() with EADDRNOTAVAIL. Prints the
+/// errors by name.
+fn exhaust(addr: SocketAddr, n: usize) -> Result<()> {
+    let mut held = Vec::new();
+    let mut refused_ports = 0;
+    for _ in 0..n {
+        let s = Sock::tcp(addr.is_ipv6(), true)?;
+        match s.connect(addr) {
+            0 | libc::EINPROGRESS => held.push(s),
+            libc::EADDRNOTAVAIL => refused_ports += 1,
+            other => bail!("connect: errno {other}"),
+        }
+    }
+    println!("held={} eaddrnotavail={refused_ports}", held.len());
+    Ok(())
+}
+
 /// `n` attempts in flight at once, all buggy (read twice) or all correct.
-fn concurrent(v6: bool, n: usize, buggy: bool) -> Result<()> {
+/// With `barrier`, it prints `connected` once every connect is made and
+/// reads only after a line on stdin.
+fn concurrent(v6: bool, n: usize, buggy: bool, barrier: bool) -> Result<()> {
     net::raise_fd_limit()?;
     let addr = closed_port(v6)?;
     let socks: Vec<Sock> = (0..n).map(|_| Sock::tcp(v6, true)).collect::<Result<_>>()?;
     for s in &socks {
         s.connect(addr);
+    }
+    if barrier {
+        println!("connected");
+        std::io::stdout().flush()?;
+        std::io::stdin().read_line(&mut String::new())?;
     }
     for s in &socks {
         s.wait_writable(Duration::from_secs(5))?;

@@ -45,6 +45,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "util-linux",
         "tests run the agent with reduced capabilities (setpriv)",
     ),
+    (
+        "iproute2",
+        "tests make network namespaces of their own (ip netns)",
+    ),
+    (
+        "procps",
+        "tests set per-namespace sysctls (ports, SYN retries)",
+    ),
 ];
 
 pub fn run() -> Result<()> {
