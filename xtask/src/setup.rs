@@ -46,6 +46,26 @@ const PACKAGES: &[(&str, &str)] = &[
         "tests run the agent with reduced capabilities (setpriv)",
     ),
     (
+        "squid",
+        "tests run squid 5.7 as a real proxy told of a refused upstream",
+    ),
+    (
+        "php-cli",
+        "tests run PHP's async stream client, which never checks its connect",
+    ),
+    (
+        "nginx-light",
+        "tests run nginx with an https upstream (reads SO_ERROR twice) and a plain one",
+    ),
+    (
+        "haproxy",
+        "tests run haproxy with a refused backend",
+    ),
+    (
+        "openssl",
+        "tests make certificates and run a TLS upstream (s_server)",
+    ),
+    (
         "iproute2",
         "tests make network namespaces of their own (ip netns)",
     ),
