@@ -111,14 +111,13 @@ impl Attributor {
                     (Some(_), Unreadable::Exited) => None,
                     _ => Some(why.to_string()),
                 };
-                (
-                    kernel_exe.clone(),
-                    kernel_exe.as_ref().map(|_| ExeSource::Kernel),
-                    exe_error,
-                    self.cgroups.name(record.cgroup_id),
-                )
+                let source = kernel_exe.as_ref().map(|_| ExeSource::Kernel);
+                (kernel_exe, source, exe_error, None)
             }
         };
+        // A process exiting while it is read may lose its cgroup file
+        // first: the kernel's cgroup id names it then.
+        let cgroup = cgroup.or_else(|| self.cgroups.name(record.cgroup_id));
         let container = cgroup
             .as_deref()
             .map(containers::from_cgroup)
