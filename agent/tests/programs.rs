@@ -61,12 +61,23 @@ fn listening(port: u16) {
 /// curl's HTTP status for `url`, optionally through a proxy.
 fn status(url: &str, proxy: Option<u16>) -> u16 {
     let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"]);
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+    ]);
     if let Some(port) = proxy {
         cmd.args(["-x", &format!("http://127.0.0.1:{port}")]);
     }
     let (_, out) = run_program(cmd.arg(url));
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
 }
 
 /// The comm's attempts counted with `result`.
@@ -162,7 +173,10 @@ fn php_writing_to_a_refused_async_stream_is_flagged_and_a_blocking_one_is_not() 
            fwrite($s, "GET / HTTP/1.0\r\n\r\n"); echo stream_get_contents($s);"#
     );
     let (twin, out) = run_program(Command::new("php").args(["-r", &blocking]));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("200 OK"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("200 OK"),
+        "{out:?}"
+    );
     barrier(&agent);
     let flagged: Vec<Value> = agent
         .findings()
@@ -182,7 +196,9 @@ fn nginx_rereads_with_an_https_upstream_only() {
     }
     let dir = workdir("nginx");
     let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
         .args(["-subj", "/CN=localhost", "-keyout"])
         .arg(dir.join("key.pem"))
         .arg("-out")
@@ -218,14 +234,24 @@ fn nginx_rereads_with_an_https_upstream_only() {
     )
     .unwrap();
     let agent = Agent::start();
-    let _nginx = serve(Command::new("nginx").arg("-c").arg(&conf).args(["-g", "daemon off;"]));
+    let _nginx = serve(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"]),
+    );
     listening(plain_port);
     for _ in 0..5 {
-        assert_eq!(status(&format!("http://127.0.0.1:{https_port}/"), None), 200);
+        assert_eq!(
+            status(&format!("http://127.0.0.1:{https_port}/"), None),
+            200
+        );
     }
-    eventually(Duration::from_secs(10), "nginx's https upstream connects", || {
-        (attempts(&agent, "nginx", "established") >= 5.0).then_some(())
-    });
+    eventually(
+        Duration::from_secs(10),
+        "nginx's https upstream connects",
+        || (attempts(&agent, "nginx", "established") >= 5.0).then_some(()),
+    );
     barrier(&agent);
     assert_eq!(kinds_of(&agent, "nginx"), ["so_error_reread"]);
     let reread = r#"sockerr_findings_total{comm="nginx",kind="so_error_reread"}"#;
@@ -233,11 +259,16 @@ fn nginx_rereads_with_an_https_upstream_only() {
     // The plain upstream: one read per connect, nothing new.
     let before = agent.metric(reread);
     for _ in 0..5 {
-        assert_eq!(status(&format!("http://127.0.0.1:{plain_port}/"), None), 200);
+        assert_eq!(
+            status(&format!("http://127.0.0.1:{plain_port}/"), None),
+            200
+        );
     }
-    eventually(Duration::from_secs(10), "nginx's plain upstream connects", || {
-        (attempts(&agent, "nginx", "established") >= 10.0).then_some(())
-    });
+    eventually(
+        Duration::from_secs(10),
+        "nginx's plain upstream connects",
+        || (attempts(&agent, "nginx", "established") >= 10.0).then_some(()),
+    );
     barrier(&agent);
     assert_eq!(agent.metric(reread), before);
     assert_eq!(kinds_of(&agent, "nginx"), ["so_error_reread"]);
@@ -267,9 +298,11 @@ fn haproxy_with_a_refused_backend_is_not_flagged() {
     for _ in 0..3 {
         assert_eq!(status(&format!("http://127.0.0.1:{front}/"), None), 503);
     }
-    eventually(Duration::from_secs(10), "haproxy's refused connects", || {
-        (attempts(&agent, "haproxy", "failed") >= 3.0).then_some(())
-    });
+    eventually(
+        Duration::from_secs(10),
+        "haproxy's refused connects",
+        || (attempts(&agent, "haproxy", "failed") >= 3.0).then_some(()),
+    );
     barrier(&agent);
     assert_eq!(kinds_of(&agent, "haproxy"), Vec::<String>::new());
 }

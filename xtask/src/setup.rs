@@ -57,10 +57,7 @@ const PACKAGES: &[(&str, &str)] = &[
         "nginx-light",
         "tests run nginx with an https upstream (reads SO_ERROR twice) and a plain one",
     ),
-    (
-        "haproxy",
-        "tests run haproxy with a refused backend",
-    ),
+    ("haproxy", "tests run haproxy with a refused backend"),
     (
         "openssl",
         "tests make certificates and run a TLS upstream (s_server)",
