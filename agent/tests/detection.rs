@@ -130,7 +130,9 @@ fn real_clients() {
     let evhttp = build_evhttp_client();
     let tracer = Tracer::start();
     let mut pids = Vec::new();
-    for port in [open, closed] {
+    // Each client prints how its connect ended, so "no finding" cannot pass
+    // for a client that never got that far.
+    for (port, outcome) in [(open, "connected"), (closed, "refused")] {
         let url = format!("http://127.0.0.1:{port}/");
         let curl = run_program(Command::new("curl").args([
             "-s",
@@ -138,24 +140,33 @@ fn real_clients() {
             "/dev/null",
             "--max-time",
             "5",
+            "-w",
+            "%{http_code}",
             &url,
         ]));
         let py = format!(
-            "import asyncio\nasync def main():\n    try:\n        r, w = await asyncio.open_connection('127.0.0.1', {port})\n        w.write(b'GET / HTTP/1.0\\r\\n\\r\\n'); await w.drain(); await r.read(); w.close()\n    except OSError as e:\n        print(e)\nasyncio.run(main())\n"
+            "import asyncio\nasync def main():\n    try:\n        r, w = await asyncio.open_connection('127.0.0.1', {port})\n        print('connected')\n        w.write(b'GET / HTTP/1.0\\r\\n\\r\\n'); await w.drain(); await r.read(); w.close()\n    except ConnectionRefusedError:\n        print('refused')\nasyncio.run(main())\n"
         );
         let python = run_program(Command::new("python3").args(["-c", &py]));
         let js = format!(
             "const s = require('net').connect({port}, '127.0.0.1');\
-             s.on('connect', () => s.end('GET / HTTP/1.0\\r\\n\\r\\n'));\
-             s.on('data', () => {{}}); s.on('error', e => console.log(e.code));"
+             s.on('connect', () => {{ console.log('connected'); s.end('GET / HTTP/1.0\\r\\n\\r\\n'); }});\
+             s.on('data', () => {{}});\
+             s.on('error', e => console.log(e.code === 'ECONNREFUSED' ? 'refused' : e.code));"
         );
         let node = run_program(Command::new("node").args(["-e", &js]));
-        for (name, (pid, out)) in [
-            ("curl", curl),
-            ("python asyncio", python),
-            ("node net", node),
+        // curl's own report: the HTTP status, or 000 when it could not connect.
+        let curl_said = if outcome == "connected" { "200" } else { "000" };
+        for (name, (pid, out), said) in [
+            ("curl", curl, curl_said),
+            ("python asyncio", python, outcome),
+            ("node net", node, outcome),
         ] {
-            assert!(out.status.code().is_some(), "{name} crashed");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                said,
+                "{name} against port {port}: {out:?}"
+            );
             pids.push((name, port, pid));
         }
     }

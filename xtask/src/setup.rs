@@ -30,6 +30,7 @@ const PACKAGES: &[(&str, &str)] = &[
         "the benchmark compares against a hand-written bpftrace script",
     ),
     ("strace", "the benchmark compares against strace"),
+    ("wrk", "the benchmark drives nginx with a TLS upstream"),
     ("curl", "tests run curl as a well-behaved client"),
     ("gcc", "tests compile the libevent client"),
     ("pkg-config", "tests locate libevent"),
