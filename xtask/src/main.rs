@@ -5,6 +5,7 @@ mod bench;
 mod build;
 mod cmd;
 mod install;
+mod kernels;
 mod setup;
 mod test;
 
