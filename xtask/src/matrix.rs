@@ -638,7 +638,7 @@ fn print_table(rows: &[Row], fetch: Duration, initramfs: Option<Duration>, total
     }
     let _ = writeln!(
         t,
-        "kernels fetched in {:.1} s, initramfs built in {}, whole matrix {:.1} s",
+        "kernels fetched or found in the cache in {:.1} s, initramfs built in {}, whole matrix {:.1} s",
         fetch.as_secs_f64(),
         secs(initramfs),
         total.as_secs_f64()
