@@ -308,7 +308,8 @@ fn update() -> Result<()> {
     }
     let started = Instant::now();
     let mut c = apt("apt-get")?;
-    c.args(["update", "-q"]);
+    // apt-get update exits 0 when it could not fetch a list, unless told.
+    c.args(["update", "-q", "--error-on=any"]);
     cmd::run(&mut c).context(
         "updating the private apt view failed (offline, or the Debian archive unreachable?)",
     )?;
@@ -488,7 +489,14 @@ pub fn ensure(series: &[&'static Series], refresh: bool) -> Result<Vec<Kernel>> 
         }
         return Ok(kernels);
     }
-    let online = ensure_lists(refresh)?;
+    let online = match ensure_lists(refresh) {
+        Ok(online) => online,
+        Err(e) if all_cached => {
+            println!("xtask kernels: {e:#}; using the cached kernels");
+            return Ok(series.iter().filter_map(|s| cached(s)).collect());
+        }
+        Err(e) => return Err(e),
+    };
     let mut kernels = Vec::new();
     for s in series {
         let kernel = match resolve(s) {
@@ -505,7 +513,7 @@ pub fn ensure(series: &[&'static Series], refresh: bool) -> Result<Vec<Kernel>> 
                     Err(e) => match old {
                         Some(k) => {
                             println!(
-                                "xtask kernels: {e:#}; booting the cached {} {} instead",
+                                "xtask kernels: {e:#}; using the cached {} {} instead",
                                 k.package, k.version
                             );
                             k
