@@ -22,7 +22,7 @@ use sockerr_scenarios::table::TABLE;
 
 use crate::{build, cmd, kernels, kernels::Kernel};
 
-const DEFAULT_TIMEOUT: u64 = 900;
+const DEFAULT_TIMEOUT: u64 = 300;
 const DEFAULT_MEMORY: u32 = 1024;
 
 #[derive(clap::Args)]
@@ -220,7 +220,7 @@ mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing
 ip link set lo up
 echo "MATRIX-INIT uptime=$(cut -d' ' -f1 /proc/uptime) cpus=$(nproc)"
-/sockerr/sockerr-scenario matrix --agent /sockerr/sockerr --attach-timeout 600{stats}
+/sockerr/sockerr-scenario matrix --agent /sockerr/sockerr --attach-timeout 240{stats}
 rc=$?
 if [ $rc -ne 0 ]; then
   echo "--- dmesg, last 40 lines"
