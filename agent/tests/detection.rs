@@ -11,48 +11,38 @@ use support::{
     scenario_env,
 };
 
-const MASKED: &str = "so_error_masked";
-const REREAD: &str = "so_error_reread";
-const IO: &str = "io_after_failed_connect";
+use sockerr_scenarios::table::{IO, MASKED, REREAD, TABLE};
 
+/// The scenario table (shared with `cargo xtask matrix`, which runs it on
+/// other kernels): every row as its own process, then one barrier.
 #[test]
 fn scenario_table() {
     if !require_root() {
         return;
     }
-    #[rustfmt::skip]
-    let table: &[(&str, &[&str], &[&str])] = &[
-        // scenario (args to sockerr-scenario)                 expected findings (sorted)
-        ("libevent bug: 111 then 0, write(), read()",  &["masked"],                  &[IO, MASKED]),
-        ("same, closed after the first read",          &["close-after-read"],        &[]),
-        ("success, SO_ERROR read twice (0, 0)",        &["success-reread"],          &[REREAD]),
-        ("success, one read, then I/O",                &["success-io"],              &[]),
-        ("polled while pending, one read after",       &["pending-poll"],            &[]),
-        ("connect() again to check, one read, close",  &["reconnect-check"],         &[]),
-        ("blocking connect fails, write()",            &["blocking-io"],             &[IO]),
-        ("failed fd reused by a good socket",          &["fd-reuse"],                &[]),
-        ("reads in two threads",                       &["threads-masked"],          &[MASKED]),
-        ("IPv6 libevent bug",                          &["masked", "--v6"],          &[IO, MASKED]),
-        ("IPv6 closed after the first read",           &["close-after-read", "--v6"], &[]),
-        ("IPv6 success read twice",                    &["success-reread", "--v6"],  &[REREAD]),
-        ("IPv6 success, one read, I/O",                &["success-io", "--v6"],      &[]),
-    ];
     let tracer = Tracer::start();
-    let runs: Vec<_> = table
+    let runs: Vec<_> = TABLE
         .iter()
-        .map(|(name, args, _)| {
-            let (pid, out) = scenario(args);
+        .map(|case| {
+            let (pid, out) = scenario(case.args);
             assert!(
                 out.status.success(),
-                "{name}: {}",
+                "{}: {}",
+                case.name,
                 String::from_utf8_lossy(&out.stderr)
             );
             pid
         })
         .collect();
     tracer.barrier();
-    for ((name, args, expected), pid) in table.iter().zip(runs) {
-        assert_eq!(tracer.kinds(pid), *expected, "{name} ({args:?})");
+    for (case, pid) in TABLE.iter().zip(runs) {
+        assert_eq!(
+            tracer.kinds(pid),
+            case.expected,
+            "{} ({:?})",
+            case.name,
+            case.args
+        );
     }
 }
 

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cmd;
+use crate::{cmd, kernels};
 
 /// Debian packages the build, tests and benchmarks use, with the reason.
 const PACKAGES: &[(&str, &str)] = &[
@@ -71,6 +71,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "procps",
         "tests set per-namespace sysctls (ports, SYN retries)",
     ),
+    (
+        "busybox-static",
+        "the kernel matrix VMs' init and shell (a static binary in the initramfs)",
+    ),
 ];
 
 pub fn run() -> Result<()> {
@@ -81,6 +85,10 @@ pub fn run() -> Result<()> {
     tracefs()?;
     debian_packages()?;
     python_tools()?;
+    // The kernel matrix (cargo xtask matrix): QEMU and Debian's kernels.
+    kernels::qemu()?;
+    let series: Vec<_> = kernels::SERIES.iter().collect();
+    kernels::ensure(&series, false)?;
     println!("xtask setup: done");
     Ok(())
 }
@@ -145,7 +153,7 @@ fn linker_dir() -> Result<PathBuf> {
 }
 
 /// Where setup keeps what it builds: $XDG_CACHE_HOME/sockerr or ~/.cache/sockerr.
-fn cache_dir() -> Result<PathBuf> {
+pub fn cache_dir() -> Result<PathBuf> {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
@@ -274,9 +282,16 @@ fn debian_packages() -> Result<()> {
         );
     }
     cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+    // --no-remove: never take away a package the machine has to make room.
     cmd::run(
         Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "--no-remove",
+            ])
             .args(&names)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
