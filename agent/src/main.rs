@@ -313,7 +313,7 @@ fn start(
     let maps = kernel.take_maps()?;
     let locator = callsites::Locator::new(
         &mut kernel,
-        maps.stacks,
+        (maps.stacks, maps.want_sites),
         call_sites.mode,
         call_sites.max_instrumented,
         call_sites.findings,

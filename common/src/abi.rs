@@ -20,6 +20,7 @@ pub mod names {
     pub const OFFSETS: &str = "OFFSETS";
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
     pub const DETAIL_INTERVAL_NS: &str = "DETAIL_INTERVAL_NS";
+    pub const WANT_SITES: &str = "WANT_SITES";
     /// The uprobes on the C library's wrappers, attached per process.
     pub const CONNECT_SITE: &str = "connect_site";
     pub const GETSOCKOPT_SITE: &str = "getsockopt_site";
@@ -37,6 +38,9 @@ pub const REMOTE_ENTRIES: u32 = 4096;
 pub const TALLY_ENTRIES: u32 = 16384;
 /// Capacity of the `SITES` LRU map: attempts of instrumented processes.
 pub const SITE_ENTRIES: u32 = 8192;
+/// Capacity of the `WANT_SITES` map: processes whose call sites the agent
+/// is collecting (at most `--call-sites.max-processes` at once).
+pub const WANT_SITES_ENTRIES: u32 = 4096;
 /// Ring buffer size for finding records (≈ 300 bytes each).
 pub const FINDINGS_RING_BYTES: u32 = 1 << 22;
 

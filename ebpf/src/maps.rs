@@ -15,13 +15,13 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_ktime_get_ns,
     },
     macros::{btf_map, map},
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sockerr_common::{
     COUNTER_ENTRIES, CallSite, CallSites, Counter, CounterKey, DEFAULT_MAX_ATTEMPTS, Endpoint,
     FINDINGS_RING_BYTES, FindingKind, FindingRecord, HEALTH_SLOTS, Health, PENDING_SITES,
     REMOTE_ENTRIES, RemoteKey, SITE_ENTRIES, STACK_DEPTH, STACK_ENTRIES, SiteOp, SocketState,
-    TALLY_ENTRIES, TASK_COMM_LEN, Tally, TallyKey, Trigger,
+    TALLY_ENTRIES, TASK_COMM_LEN, Tally, TallyKey, Trigger, WANT_SITES_ENTRIES,
 };
 
 use crate::kernel;
@@ -40,6 +40,12 @@ static SOCKETS: LruHashMap<u64, SocketState> =
 /// Call sites of the attempts of instrumented processes, by socket inode.
 #[map]
 static SITES: LruHashMap<u64, CallSites> = LruHashMap::with_max_entries(SITE_ENTRIES, 0);
+
+/// Processes the agent is collecting call sites of (by tgid): each of their
+/// findings with call sites gets a record, however soon after the last, so
+/// the agent knows the sites within a few findings and lets the uprobes go.
+#[map]
+static WANT_SITES: HashMap<u32, u8> = HashMap::with_max_entries(WANT_SITES_ENTRIES, 0);
 
 #[map]
 static FINDINGS: RingBuf = RingBuf::with_byte_size(FINDINGS_RING_BYTES, 0);
@@ -293,9 +299,19 @@ pub fn finding(inode: u64, state: &SocketState, kind: FindingKind, trigger: Trig
     // SAFETY: reading read-only globals.
     let interval = unsafe { ptr::read_volatile(&DETAIL_INTERVAL_NS) };
     let previous = tally.record_ns;
-    if !first && now.wrapping_sub(previous) < interval {
+    // SAFETY: a u8 value, only tested for presence.
+    let collecting = || unsafe { WANT_SITES.get(key.tgid) }.is_some();
+    let sites = if first || now.wrapping_sub(previous) >= interval {
+        call_sites(inode, state)
+    } else if collecting() {
+        // Within the interval: a record only to carry call sites.
+        match call_sites(inode, state) {
+            Some(sites) => Some(sites),
+            None => return,
+        }
+    } else {
         return;
-    }
+    };
     tally.record_ns = now;
     let Some(mut entry) = FINDINGS.reserve::<FindingRecord>(0) else {
         // The next finding of this tally tries again.
@@ -315,10 +331,7 @@ pub fn finding(inode: u64, state: &SocketState, kind: FindingKind, trigger: Trig
     record.tgid = key.tgid;
     record.first = first as u8;
     record.comm = comm;
-    // SAFETY: valid for this program run (RCU); copied out.
-    if let Some(sites) = SITES.get_ptr(inode).map(|s| unsafe { *s })
-        && sites.started_ns == state.started_ns
-    {
+    if let Some(sites) = sites {
         record.sites = sites;
     }
     kernel::identify_current(record);
@@ -332,6 +345,15 @@ pub fn finding(inode: u64, state: &SocketState, kind: FindingKind, trigger: Trig
         BPF_RB_NO_WAKEUP
     };
     entry.submit(flags as u64);
+}
+
+/// The call sites captured for the attempt, if its process is instrumented.
+fn call_sites(inode: u64, state: &SocketState) -> Option<CallSites> {
+    // SAFETY: valid for this program run (RCU); copied out.
+    SITES
+        .get_ptr(inode)
+        .map(|s| unsafe { *s })
+        .filter(|s| s.started_ns == state.started_ns)
 }
 
 /// The tally of `key` with this finding added, and whether it began with it.

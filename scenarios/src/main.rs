@@ -97,10 +97,12 @@ fn run(name: &str, v6: bool, rest: &[&str]) -> Result<()> {
         "getsockopt-dump" => net::getsockopt_dump(),
         "matrix" => matrix::run(rest),
         "bench" => {
-            let iterations = rest.get(1).context("bench <loop> <iterations>")?.parse()?;
+            let usage = "bench <loop> <iterations> [warm]";
+            let iterations = rest.get(1).context(usage)?.parse()?;
             bench::run(
-                rest.first().context("bench <loop> <iterations>")?,
+                rest.first().context(usage)?,
                 iterations,
+                rest.get(2) == Some(&"warm"),
             )
         }
         other => bail!("unknown scenario {other}"),

@@ -33,13 +33,14 @@ pub struct Locator {
 impl Locator {
     pub fn new(
         kernel: &mut Kernel,
-        stacks: StackTraceMap<MapData>,
+        maps: (StackTraceMap<MapData>, aya::maps::HashMap<MapData, u32, u8>),
         mode: Mode,
         max_instrumented: usize,
         keep: u32,
     ) -> Result<Self> {
+        let (stacks, want) = maps;
         Ok(Self {
-            instrumenter: Instrumenter::new(kernel, mode, max_instrumented, keep)?,
+            instrumenter: Instrumenter::new(kernel, want, mode, max_instrumented, keep)?,
             resolver: Resolver::new(stacks),
         })
     }

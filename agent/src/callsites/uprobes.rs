@@ -6,7 +6,7 @@
 //! that never misbehaves pays nothing.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     num::NonZeroU32,
     path::Path,
     sync::{
@@ -16,7 +16,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::programs::uprobe::{UProbeLink, UProbeScope};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData},
+    programs::uprobe::{UProbeLink, UProbeScope},
+};
 use blazesym::inspect::{
     Inspector,
     source::{Elf, Source},
@@ -95,6 +98,10 @@ pub struct Instrumenter {
     /// File offsets of the [`WRAPPERS`] per C library file: most processes
     /// share one, whose symbol table is then read once.
     offsets: HashMap<FileId, [u64; 2]>,
+    /// The kernel's set of processes whose call sites are collected: their
+    /// findings get a record each until `keep` of them carried sites.
+    want: BpfHashMap<MapData, u32, u8>,
+    wanted: HashSet<u32>,
 }
 
 /// (device, inode) of a mapped file.
@@ -103,7 +110,13 @@ type FileId = ((u32, u32), u64);
 impl Instrumenter {
     /// In [`Mode::All`], attaches to the agent's own C library (the host's)
     /// for every process.
-    pub fn new(kernel: &mut Kernel, mode: Mode, max: usize, keep: u32) -> Result<Self> {
+    pub fn new(
+        kernel: &mut Kernel,
+        want: BpfHashMap<MapData, u32, u8>,
+        mode: Mode,
+        max: usize,
+        keep: u32,
+    ) -> Result<Self> {
         let unavailable = if mode == Mode::Off {
             None
         } else {
@@ -122,6 +135,8 @@ impl Instrumenter {
             host_libc: None,
             _host_links: Vec::new(),
             offsets: HashMap::new(),
+            want,
+            wanted: HashSet::new(),
         };
         if let Some(why) = &this.unavailable {
             tracing::warn!("findings will carry no call sites: {why}");
@@ -175,7 +190,7 @@ impl Instrumenter {
             }
         };
         self.procs.insert(pid, entry);
-        self.count_probed();
+        self.sync();
     }
 
     /// A finding of `pid` came with every call site: past `keep` of them,
@@ -185,11 +200,13 @@ impl Instrumenter {
             return;
         };
         *captured += 1;
-        // Host-wide probes ([`Mode::All`]) stay.
-        if self.keep > 0 && *captured >= self.keep && !links.is_empty() {
-            self.procs.insert(pid, Entry::Detached);
-            self.count_probed();
-            tracing::info!(pid, "call sites known: uprobes detached");
+        if self.keep > 0 && *captured >= self.keep {
+            // Host-wide probes ([`Mode::All`]) stay; only their records stop.
+            if !links.is_empty() {
+                self.procs.insert(pid, Entry::Detached);
+                tracing::info!(pid, "call sites known: uprobes detached");
+            }
+            self.sync();
         }
     }
 
@@ -204,13 +221,33 @@ impl Instrumenter {
         self.usage.clone()
     }
 
-    fn count_probed(&self) {
+    /// Brings the probed-process count and the kernel's want set in line
+    /// with `procs`.
+    fn sync(&mut self) {
         let probed = self
             .procs
             .values()
             .filter(|e| matches!(e, Entry::Instrumented { links, .. } if !links.is_empty()))
             .count();
         self.usage.probed.store(probed, Ordering::Relaxed);
+        let keep = self.keep;
+        let wanted: HashSet<u32> = self
+            .procs
+            .iter()
+            .filter(|(_, e)| {
+                matches!(e, Entry::Instrumented { captured, .. } if keep == 0 || *captured < keep)
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in self.wanted.difference(&wanted) {
+            let _ = self.want.remove(pid);
+        }
+        for pid in wanted.difference(&self.wanted) {
+            if let Err(e) = self.want.insert(pid, 1, 0) {
+                tracing::warn!(pid, "call sites will come at the detail interval only: {e}");
+            }
+        }
+        self.wanted = wanted;
     }
 
     fn try_instrument(
@@ -312,7 +349,7 @@ impl Instrumenter {
         for pid in &gone {
             self.procs.remove(pid);
         }
-        self.count_probed();
+        self.sync();
         gone
     }
 }

@@ -93,6 +93,8 @@ pub struct Maps {
     pub tallies: HashMap<MapData, TallyKey, Tally>,
     /// User stacks of call sites.
     pub stacks: StackTraceMap<MapData>,
+    /// Processes whose call sites the agent is collecting.
+    pub want_sites: HashMap<MapData, u32, u8>,
 }
 
 /// The loaded object: its programs, their links, and the call-site uprobes.
@@ -200,6 +202,7 @@ impl Kernel {
             health: PerCpuArray::try_from(map(names::HEALTH)?)?,
             tallies: HashMap::try_from(map(names::TALLIES)?)?,
             stacks: StackTraceMap::try_from(map(names::STACKS)?)?,
+            want_sites: HashMap::try_from(map(names::WANT_SITES)?)?,
         })
     }
 }

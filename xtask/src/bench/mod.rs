@@ -239,7 +239,7 @@ impl Run {
             Command::new(&self.scenario)
         };
         let out = command
-            .args(["bench", name, &n.to_string()])
+            .args(["bench", name, &n.to_string(), "warm"])
             .output()
             .context("running the workload")?;
         if !out.status.success() {
@@ -353,7 +353,12 @@ impl Run {
                  ×{premium:.3} (target ≤ ×1.05)"
             )
             .unwrap();
-            write!(bench, " {}_flagged_premium={premium:.3}", flagged.replace('-', "_")).unwrap();
+            write!(
+                bench,
+                " {}_flagged_premium={premium:.3}",
+                flagged.replace('-', "_")
+            )
+            .unwrap();
         }
         let mut cpu = self.agent_cpu.clone();
         let cpu = median(&mut cpu) * 100.0;

@@ -48,7 +48,10 @@ impl Burst {
 /// `processes` workload processes, each making `each` findings (the libevent
 /// bug on every connect), at once, under the agent as deployed.
 pub fn burst(agent_bin: &Path, scenario: &Path, processes: usize, each: u64) -> Result<Burst> {
-    println!("xtask bench: burst of {} findings from {processes} processes", processes as u64 * each);
+    println!(
+        "xtask bench: burst of {} findings from {processes} processes",
+        processes as u64 * each
+    );
     let agent = Agent::start(agent_bin, &[])?;
     let cpu = agent.cpu_seconds();
     let log = agent.log_bytes();
@@ -160,7 +163,9 @@ pub fn nginx(agent_bin: &Path, dir: &Path, rounds: usize, seconds: u64) -> Resul
     std::fs::create_dir_all(dir)?;
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
         .args(["-subj", "/CN=localhost", "-keyout"])
         .arg(&key)
         .arg("-out")
