@@ -32,6 +32,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("strace", "the benchmark compares against strace"),
     ("curl", "tests run curl as a well-behaved client"),
     ("gcc", "tests compile the libevent client"),
+    (
+        "libc6-dev",
+        "tests link a static client to run in a container (libc.a)",
+    ),
+    (
+        "runc",
+        "tests run clients in real OCI containers (cgroups, namespaces)",
+    ),
     ("pkg-config", "tests locate libevent"),
     (
         "nodejs",
