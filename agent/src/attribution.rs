@@ -17,7 +17,7 @@ use serde::Serialize;
 use sockerr_common::FindingRecord;
 
 use crate::{
-    containers::{self, Container},
+    containers::{Container, Containers},
     decode,
     proc::{self, Proc, Unreadable},
 };
@@ -42,7 +42,7 @@ pub struct Process {
     pub exe_error: Option<String>,
     /// cgroup v2 path.
     pub cgroup: Option<String>,
-    pub container: Container,
+    pub container: Arc<Container>,
 }
 
 /// Processes remembered; past this the least recently used are forgotten.
@@ -53,13 +53,15 @@ const RESCAN_EVERY: Duration = Duration::from_secs(1);
 pub struct Attributor {
     processes: HashMap<(u32, u64), (Instant, Arc<Process>)>,
     cgroups: CgroupNames,
+    containers: Containers,
 }
 
 impl Attributor {
-    pub fn new(cgroup_root: Option<PathBuf>) -> Self {
+    pub fn new(cgroup_root: Option<PathBuf>, containers: Containers) -> Self {
         Self {
             processes: HashMap::new(),
             cgroups: CgroupNames::new(cgroup_root),
+            containers,
         }
     }
 
@@ -121,7 +123,7 @@ impl Attributor {
         };
         let container = cgroup
             .as_deref()
-            .map(containers::from_cgroup)
+            .map(|path| self.containers.resolve(path))
             .unwrap_or_default();
         Process {
             exe,
@@ -192,6 +194,11 @@ mod tests {
 
     use super::*;
 
+    /// Container runtime state is read from a root holding none.
+    fn attributor(cgroup_root: Option<PathBuf>) -> Attributor {
+        Attributor::new(cgroup_root, Containers::new("/nonexistent".into()))
+    }
+
     fn record(pid: u32) -> FindingRecord {
         let mut r = FindingRecord::zeroed();
         r.tgid = pid;
@@ -202,7 +209,7 @@ mod tests {
     #[test]
     fn a_live_process_is_read_from_proc_once() {
         let root = proc::cgroup2_root().ok();
-        let mut a = Attributor::new(root);
+        let mut a = attributor(root);
         let me = record(std::process::id());
         let p = a.attribute(&me, Instant::now());
         assert_eq!(p.exe_source, Some(ExeSource::Proc));
@@ -227,7 +234,7 @@ mod tests {
         gone.cgroup_id = std::fs::metadata(root.join(own.trim_start_matches('/')))
             .unwrap()
             .ino();
-        let p = Attributor::new(Some(root)).attribute(&gone, Instant::now());
+        let p = attributor(Some(root)).attribute(&gone, Instant::now());
         assert_eq!(p.exe.as_deref(), Some("client"));
         assert_eq!(p.exe_source, Some(ExeSource::Kernel));
         assert_eq!(p.exe_error, None, "an exited process is not an error");
@@ -238,7 +245,7 @@ mod tests {
     fn a_reused_pid_is_another_process() {
         let mut me = record(std::process::id());
         me.start_boot_ns = 1_000_000_000; // started a second after boot: not us
-        let p = Attributor::new(None).attribute(&me, Instant::now());
+        let p = attributor(None).attribute(&me, Instant::now());
         assert_eq!(p.exe_source, Some(ExeSource::Kernel));
         assert_eq!(p.exe.as_deref(), Some("client"));
     }
@@ -247,7 +254,7 @@ mod tests {
     fn nothing_known_says_why() {
         let mut gone = record(u32::MAX >> 1);
         gone.exe = [0; sockerr_common::EXE_NAME_LEN];
-        let p = Attributor::new(None).attribute(&gone, Instant::now());
+        let p = attributor(None).attribute(&gone, Instant::now());
         assert_eq!((p.exe.as_deref(), p.exe_source), (None, None));
         assert_eq!(p.exe_error.as_deref(), Some("the process exited"));
         assert_eq!(p.cgroup, None);
