@@ -7,7 +7,7 @@
 //! which (`exe_source`).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -47,7 +47,7 @@ pub struct Process {
 
 /// Processes remembered; past this the least recently used are forgotten.
 const MAX_PROCESSES: usize = 8192;
-/// How often the cgroup tree may be walked again to name a new cgroup id.
+/// How often the cgroup tree may be walked again for an id a walk missed.
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Attributor {
@@ -136,12 +136,14 @@ impl Attributor {
 }
 
 /// cgroup v2 ids to paths: a cgroup's id is its directory's inode number,
-/// so the tree is walked (at most once per [`RESCAN_EVERY`]) when an
-/// unknown id shows up. A cgroup removed before that is named by nothing.
+/// so the tree is walked when an unknown id shows up. A cgroup removed
+/// before that is named by nothing.
 struct CgroupNames {
     root: Option<PathBuf>,
     names: HashMap<u64, String>,
     scanned: Option<Instant>,
+    /// Ids a walk did not find: their cgroups were gone already.
+    missed: HashSet<u64>,
 }
 
 impl CgroupNames {
@@ -150,6 +152,7 @@ impl CgroupNames {
             root,
             names: HashMap::new(),
             scanned: None,
+            missed: HashSet::new(),
         }
     }
 
@@ -161,13 +164,23 @@ impl CgroupNames {
             return Some(name.clone());
         }
         let root = self.root.clone()?;
-        if self.scanned.is_some_and(|t| t.elapsed() < RESCAN_EVERY) {
+        // An id never looked for may be a cgroup made since the last walk
+        // (a container that started and exited in between): walk at once.
+        // One the last walk missed is gone: walking again soon is wasted.
+        if self.missed.contains(&id) && self.scanned.is_some_and(|t| t.elapsed() < RESCAN_EVERY) {
             return None;
         }
         self.scanned = Some(Instant::now());
         self.names.clear();
         walk(&root, &root, &mut self.names);
-        self.names.get(&id).cloned()
+        let name = self.names.get(&id).cloned();
+        if name.is_none() {
+            if self.missed.len() >= MAX_PROCESSES {
+                self.missed.clear();
+            }
+            self.missed.insert(id);
+        }
+        name
     }
 }
 
@@ -239,6 +252,27 @@ mod tests {
         assert_eq!(p.exe_source, Some(ExeSource::Kernel));
         assert_eq!(p.exe_error, None, "an exited process is not an error");
         assert_eq!(p.cgroup.as_deref(), Some(own.as_str()));
+    }
+
+    #[test]
+    fn a_cgroup_made_since_the_last_walk_is_named_at_once() {
+        // Any directory tree stands for the cgroup tree: ids are inodes.
+        let root = std::env::temp_dir().join(format!("sockerr-cgroups-{}", std::process::id()));
+        let ino = |dir: &str| {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+            std::fs::metadata(root.join(dir)).unwrap().ino()
+        };
+        let mut names = CgroupNames::new(Some(root.clone()));
+        let first = ino("kubepods/pod1/a");
+        assert_eq!(names.name(first).as_deref(), Some("/kubepods/pod1/a"));
+        let second = ino("kubepods/pod2/b");
+        assert_eq!(names.name(second).as_deref(), Some("/kubepods/pod2/b"));
+        // An id no walk finds is not walked for again at once.
+        assert_eq!(names.name(u64::MAX), None);
+        let walked = names.scanned;
+        assert_eq!(names.name(u64::MAX), None);
+        assert_eq!(names.scanned, walked);
+        std::fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
