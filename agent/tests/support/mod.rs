@@ -2,6 +2,8 @@
 //! the agent started as a child process (`sockerr trace --json` or `sockerr run`).
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod container;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
@@ -101,8 +103,14 @@ pub struct Tracer {
 
 impl Tracer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// `sockerr trace --json` with more flags.
+    pub fn start_with(args: &[&str]) -> Self {
         let mut child = Command::new(agent_bin())
             .args(["trace", "--json"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -156,9 +164,25 @@ impl Tracer {
 
     /// Waits until `pid` has at least `n` findings.
     pub fn wait_for(&self, pid: u32, n: usize, timeout: Duration) -> Vec<Value> {
+        self.wait_matching(|f| f["pid"] == pid, n, timeout)
+    }
+
+    /// Findings that match `pred`.
+    pub fn matching(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let findings = self.findings.lock().unwrap();
+        findings.iter().filter(|f| pred(f)).cloned().collect()
+    }
+
+    /// Waits until at least `n` findings match `pred`.
+    pub fn wait_matching(
+        &self,
+        pred: impl Fn(&Value) -> bool,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            let found = self.of(pid);
+            let found = self.matching(&pred);
             if found.len() >= n || Instant::now() > deadline {
                 return found;
             }
@@ -297,7 +321,33 @@ impl Agent {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting sockerr run");
-        let agent = Self { child, port };
+        Self::ready(Self { child, port })
+    }
+
+    /// `sockerr run` with more flags, its log lines collected (and echoed).
+    pub fn start_logged(args: &[&str]) -> (Self, Arc<Mutex<Vec<String>>>) {
+        let port = closed_port();
+        let mut child = Command::new(agent_bin())
+            .args(["run", "--web.listen-address", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting sockerr run");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                eprintln!("sockerr: {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        (Self::ready(Self { child, port }), log)
+    }
+
+    /// Once it serves /healthz.
+    fn ready(agent: Self) -> Self {
+        let port = agent.port;
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
