@@ -180,12 +180,18 @@ impl Containers {
                 }
             }
         }
-        tracing::info!(
-            found = found.join(", "),
-            not_found = not_found.join(", "),
-            "container names and pods come from the runtimes' state found; \
-             other containers are named by their cgroup ids only"
-        );
+        if found.is_empty() {
+            tracing::info!(
+                looked_in = not_found.join(", "),
+                "no container runtime state found: findings of processes in \
+                 containers carry their cgroup ids only"
+            );
+        } else {
+            tracing::info!(
+                from = found.join(", "),
+                "container names and pods come from the runtime state found"
+            );
+        }
         Self {
             inner: Arc::new(Mutex::new(Cache {
                 root,
