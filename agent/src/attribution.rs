@@ -98,29 +98,23 @@ impl Attributor {
             }
         });
         let kernel_exe = Some(decode::comm(&record.exe)).filter(|e| !e.is_empty());
-        let (exe, exe_source, exe_error, cgroup) = match live {
-            Ok(identity) => match identity.exe {
-                Ok(path) => (Some(path), Some(ExeSource::Proc), None, identity.cgroup),
-                Err(why) => (
-                    kernel_exe.clone(),
-                    kernel_exe.as_ref().map(|_| ExeSource::Kernel),
-                    Some(why.to_string()),
-                    identity.cgroup,
-                ),
-            },
+        let (proc_exe, cgroup) = match live {
+            Ok(identity) => (identity.exe, identity.cgroup),
+            Err(why) => (Err(why), None),
+        };
+        let (exe, exe_source, exe_error) = match proc_exe {
+            Ok(path) => (Some(path), Some(ExeSource::Proc), None),
             Err(why) => {
-                let exe_error = match (&kernel_exe, &why) {
-                    (Some(_), Unreadable::Exited) => None,
-                    _ => Some(why.to_string()),
-                };
-                (
-                    kernel_exe.clone(),
-                    kernel_exe.as_ref().map(|_| ExeSource::Kernel),
-                    exe_error,
-                    self.cgroups.name(record.cgroup_id),
-                )
+                // Having exited is no error when the kernel named it.
+                let error =
+                    (kernel_exe.is_none() || why != Unreadable::Exited).then(|| why.to_string());
+                let source = kernel_exe.as_ref().map(|_| ExeSource::Kernel);
+                (kernel_exe, source, error)
             }
         };
+        // A process exiting while it is read may lose its cgroup file
+        // first: the kernel's cgroup id names it then.
+        let cgroup = cgroup.or_else(|| self.cgroups.name(record.cgroup_id));
         let container = cgroup
             .as_deref()
             .map(|path| self.containers.resolve(path))

@@ -112,7 +112,8 @@ pub fn requirements(options: Option<&loader::Options>) -> Vec<Requirement> {
         ));
         return reqs;
     };
-    let attached = Kernel::load(btf, options).and_then(|mut kernel| kernel.try_attach(btf));
+    let attached =
+        Kernel::load(btf, options).and_then(|mut kernel| kernel.try_attach(btf, options));
     match attached {
         Ok(attached) => {
             for (probe, result) in attached.iter() {

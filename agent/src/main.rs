@@ -102,6 +102,11 @@ struct KernelArgs {
     /// 10s for run, 0 (every finding) for trace.
     #[arg(long = "findings.detail-interval", value_parser = humantime::parse_duration)]
     detail_interval: Option<Duration>,
+    /// Never use this hook (repeatable, as `sockerr check` names it, e.g.
+    /// `fentry/tcp_sendmsg`): the probe falls back to its next hook. For a
+    /// hook that misbehaves on some kernel, and for testing the fallbacks.
+    #[arg(long = "kernel.disable-hook", value_name = "HOOK")]
+    disable_hooks: Vec<String>,
 }
 
 #[derive(Args)]
@@ -170,10 +175,7 @@ fn main() -> ExitCode {
     logging::init(cli.log_format, &cli.log_level);
     let result = match cli.command {
         Command::Check => Ok(check::report(&check::requirements(Some(
-            &loader::Options {
-                max_attempts: sockerr_common::DEFAULT_MAX_ATTEMPTS,
-                detail_interval: Duration::ZERO,
-            },
+            &loader::Options::default(),
         )))),
         command => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -314,9 +316,10 @@ fn start(
     let options = loader::Options {
         max_attempts: kernel_args.max_attempts,
         detail_interval: kernel_args.detail_interval.unwrap_or(detail_default),
+        disabled_hooks: kernel_args.disable_hooks.clone(),
     };
     let mut kernel = loader::Kernel::load(&btf, &options)?;
-    let attached = kernel.attach(&btf)?;
+    let attached = kernel.attach(&btf, &options)?;
     log_attached(&attached);
     match kernel.logger() {
         Ok(logger) => logging::forward_kernel_logs(logger),

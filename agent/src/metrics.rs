@@ -59,6 +59,7 @@ pub struct Metrics {
     by_remote: IntCounterVec,
     reads: IntCounterVec,
     flagged: IntGaugeVec,
+    records_sent: IntCounter,
     records_lost: IntCounter,
     evicted: IntCounter,
     kernel_drops: IntCounterVec,
@@ -159,6 +160,12 @@ impl Metrics {
                 "Processes with a finding of this kind inside the retention window.",
                 &["kind"],
             ),
+            records_sent: counter(
+                &r,
+                "sockerr_finding_records_total",
+                "Finding records the kernel sent the agent: the first finding of each process and \
+                 kind, then at most one per --findings.detail-interval.",
+            ),
             records_lost: counter(
                 &r,
                 "sockerr_events_lost_total",
@@ -209,7 +216,7 @@ impl Metrics {
         for reason in DROP_REASONS {
             m.kernel_drops.with_label_values(&[reason]).inc_by(0);
         }
-        m.records_lost.inc_by(0);
+        m.records(0, 0);
         m
     }
 
@@ -251,8 +258,9 @@ impl Metrics {
             .inc_by(n);
     }
 
-    pub fn records_lost(&self, n: u64) {
-        self.records_lost.inc_by(n);
+    pub fn records(&self, sent: u64, lost: u64) {
+        self.records_sent.inc_by(sent);
+        self.records_lost.inc_by(lost);
     }
 
     pub fn kernel_drops(&self, reason: &str, n: u64) {

@@ -175,8 +175,10 @@ impl Sampler {
             let grew = total.saturating_sub(*seen);
             *seen = total;
             match slot {
-                Health::RecordsLost => metrics.records_lost(grew),
-                Health::FindingsProduced | Health::RecordsSent => {}
+                Health::RecordsSent => metrics.records(grew, 0),
+                Health::RecordsLost => metrics.records(0, grew),
+                // Counted by kind and comm in COUNTERS.
+                Health::FindingsProduced => {}
                 drop => metrics.kernel_drops(drop.into(), grew),
             }
         }

@@ -11,18 +11,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Agent, agent_bin, http_get, raw_response, require_root, scenario_env, stop};
-
-/// The value of the first sample line starting with `prefix`.
-fn sample(metrics: &str, prefix: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
-}
+use support::{Agent, agent_bin, http_get, raw_response, require_root, sample, scenario_env, stop};
 
 fn promtool_check_metrics(exposition: &str) {
     let mut child = Command::new("promtool")

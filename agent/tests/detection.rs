@@ -11,48 +11,38 @@ use support::{
     scenario_env,
 };
 
-const MASKED: &str = "so_error_masked";
-const REREAD: &str = "so_error_reread";
-const IO: &str = "io_after_failed_connect";
+use sockerr_scenarios::table::{IO, MASKED, REREAD, TABLE};
 
+/// The scenario table (shared with `cargo xtask matrix`, which runs it on
+/// other kernels): every row as its own process, then one barrier.
 #[test]
 fn scenario_table() {
     if !require_root() {
         return;
     }
-    #[rustfmt::skip]
-    let table: &[(&str, &[&str], &[&str])] = &[
-        // scenario (args to sockerr-scenario)                 expected findings (sorted)
-        ("libevent bug: 111 then 0, write(), read()",  &["masked"],                  &[IO, MASKED]),
-        ("same, closed after the first read",          &["close-after-read"],        &[]),
-        ("success, SO_ERROR read twice (0, 0)",        &["success-reread"],          &[REREAD]),
-        ("success, one read, then I/O",                &["success-io"],              &[]),
-        ("polled while pending, one read after",       &["pending-poll"],            &[]),
-        ("connect() again to check, one read, close",  &["reconnect-check"],         &[]),
-        ("blocking connect fails, write()",            &["blocking-io"],             &[IO]),
-        ("failed fd reused by a good socket",          &["fd-reuse"],                &[]),
-        ("reads in two threads",                       &["threads-masked"],          &[MASKED]),
-        ("IPv6 libevent bug",                          &["masked", "--v6"],          &[IO, MASKED]),
-        ("IPv6 closed after the first read",           &["close-after-read", "--v6"], &[]),
-        ("IPv6 success read twice",                    &["success-reread", "--v6"],  &[REREAD]),
-        ("IPv6 success, one read, I/O",                &["success-io", "--v6"],      &[]),
-    ];
     let tracer = Tracer::start();
-    let runs: Vec<_> = table
+    let runs: Vec<_> = TABLE
         .iter()
-        .map(|(name, args, _)| {
-            let (pid, out) = scenario(args);
+        .map(|case| {
+            let (pid, out) = scenario(case.args);
             assert!(
                 out.status.success(),
-                "{name}: {}",
+                "{}: {}",
+                case.name,
                 String::from_utf8_lossy(&out.stderr)
             );
             pid
         })
         .collect();
     tracer.barrier();
-    for ((name, args, expected), pid) in table.iter().zip(runs) {
-        assert_eq!(tracer.kinds(pid), *expected, "{name} ({args:?})");
+    for (case, pid) in TABLE.iter().zip(runs) {
+        assert_eq!(
+            tracer.kinds(pid),
+            case.expected,
+            "{} ({:?})",
+            case.name,
+            case.args
+        );
     }
 }
 
@@ -130,7 +120,9 @@ fn real_clients() {
     let evhttp = build_evhttp_client();
     let tracer = Tracer::start();
     let mut pids = Vec::new();
-    for port in [open, closed] {
+    // Each client prints how its connect ended, so "no finding" cannot pass
+    // for a client that never got that far.
+    for (port, outcome) in [(open, "connected"), (closed, "refused")] {
         let url = format!("http://127.0.0.1:{port}/");
         let curl = run_program(Command::new("curl").args([
             "-s",
@@ -138,24 +130,33 @@ fn real_clients() {
             "/dev/null",
             "--max-time",
             "5",
+            "-w",
+            "%{http_code}",
             &url,
         ]));
         let py = format!(
-            "import asyncio\nasync def main():\n    try:\n        r, w = await asyncio.open_connection('127.0.0.1', {port})\n        w.write(b'GET / HTTP/1.0\\r\\n\\r\\n'); await w.drain(); await r.read(); w.close()\n    except OSError as e:\n        print(e)\nasyncio.run(main())\n"
+            "import asyncio\nasync def main():\n    try:\n        r, w = await asyncio.open_connection('127.0.0.1', {port})\n        print('connected')\n        w.write(b'GET / HTTP/1.0\\r\\n\\r\\n'); await w.drain(); await r.read(); w.close()\n    except ConnectionRefusedError:\n        print('refused')\nasyncio.run(main())\n"
         );
         let python = run_program(Command::new("python3").args(["-c", &py]));
         let js = format!(
             "const s = require('net').connect({port}, '127.0.0.1');\
-             s.on('connect', () => s.end('GET / HTTP/1.0\\r\\n\\r\\n'));\
-             s.on('data', () => {{}}); s.on('error', e => console.log(e.code));"
+             s.on('connect', () => {{ console.log('connected'); s.end('GET / HTTP/1.0\\r\\n\\r\\n'); }});\
+             s.on('data', () => {{}});\
+             s.on('error', e => console.log(e.code === 'ECONNREFUSED' ? 'refused' : e.code));"
         );
         let node = run_program(Command::new("node").args(["-e", &js]));
-        for (name, (pid, out)) in [
-            ("curl", curl),
-            ("python asyncio", python),
-            ("node net", node),
+        // curl's own report: the HTTP status, or 000 when it could not connect.
+        let curl_said = if outcome == "connected" { "200" } else { "000" };
+        for (name, (pid, out), said) in [
+            ("curl", curl, curl_said),
+            ("python asyncio", python, outcome),
+            ("node net", node, outcome),
         ] {
-            assert!(out.status.code().is_some(), "{name} crashed");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                said,
+                "{name} against port {port}: {out:?}"
+            );
             pids.push((name, port, pid));
         }
     }

@@ -3,10 +3,14 @@
 //! so the agent attributes it like any other program.
 //!
 //! Usage: sockerr-scenario <name> [--v6] [args...]; prints what it read.
+//! `sockerr-scenario matrix --agent PATH` runs the detection table (see
+//! `matrix.rs`).
 //! SCENARIO_COMM sets the process's comm first; SCENARIO_LINGER_MS keeps it
 //! alive that long at the end.
 
 mod bench;
+mod bpf_stats;
+mod matrix;
 mod net;
 
 use std::{
@@ -72,11 +76,26 @@ fn run(name: &str, v6: bool, rest: &[&str]) -> Result<()> {
         "concurrent" => {
             let n = rest
                 .first()
-                .context("concurrent <n> buggy|correct")?
+                .context("concurrent <n> buggy|correct [stdin]")?
                 .parse()?;
-            concurrent(v6, n, rest.get(1) == Some(&"buggy"))
+            concurrent(
+                v6,
+                n,
+                rest.get(1) == Some(&"buggy"),
+                rest.get(2) == Some(&"stdin"),
+            )
         }
+        "comms" => comms(v6, rest.first().context("comms <n>")?.parse()?),
+        "blackhole" => blackhole(v6),
+        "abort" => abort(v6, rest.first().context("abort <port>")?.parse()?),
+        "exhaust" => exhaust(
+            rest.first().context("exhaust <addr> <n>")?.parse()?,
+            rest.get(1).context("exhaust <addr> <n>")?.parse()?,
+        ),
+        "remotes" => remotes(v6, rest.first().context("remotes <n>")?.parse()?),
+        "connect" => connect_to(rest.first().context("connect <addr>")?.parse()?),
         "getsockopt-dump" => net::getsockopt_dump(),
+        "matrix" => matrix::run(rest),
         "bench" => {
             let iterations = rest.get(1).context("bench <loop> <iterations>")?.parse()?;
             bench::run(
@@ -251,7 +270,25 @@ fn fd_reuse(v6: bool) -> Result<()> {
     println!("first read={}", failed.so_error());
     drop(failed);
     let s = Sock::tcp(v6, true)?;
-    anyhow::ensure!(s.fd.as_raw_fd() == fd, "fd {fd} was not reused");
+    if s.fd.as_raw_fd() != fd {
+        // What holds the fd instead (seen once under QEMU, not reproduced).
+        let open: Vec<String> = std::fs::read_dir("/proc/self/fd")?
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let target = std::fs::read_link(e.path()).ok()?;
+                Some(format!(
+                    "{}->{}",
+                    e.file_name().to_string_lossy(),
+                    target.display()
+                ))
+            })
+            .collect();
+        bail!(
+            "fd {fd} was not reused: the new socket got fd {}; open fds: {}",
+            s.fd.as_raw_fd(),
+            open.join(" ")
+        );
+    }
     s.connect(addr);
     s.wait_writable(Duration::from_secs(5))?;
     println!("reused fd={fd} read={}", s.so_error());
@@ -269,13 +306,105 @@ fn threads_masked(v6: bool) -> Result<()> {
     Ok(())
 }
 
+/// The libevent bug under `n` distinct comms (`c0`, `c1`, …): four counter
+/// keys each (failed, a read of the error, a read of 0, the finding).
+fn comms(v6: bool, n: usize) -> Result<()> {
+    for i in 0..n {
+        net::set_comm(&format!("c{i}"))?;
+        let s = refused(v6)?;
+        s.so_error();
+        s.so_error();
+    }
+    println!("comms={n}");
+    Ok(())
+}
+
+/// A loopback listener that answers no SYN: its accept queue (backlog 0)
+/// holds one connection that is never accepted, and a full queue drops
+/// SYNs (tcp_conn_request()). Prints its port, then holds it until stdin
+/// closes.
+fn blackhole(v6: bool) -> Result<()> {
+    let listener = net::listen(v6, 0)?;
+    let addr = listener.local_addr()?;
+    let filler = TcpStream::connect(addr)?;
+    println!("{}", addr.port());
+    std::io::stdout().flush()?;
+    std::io::stdin().read_to_end(&mut Vec::new())?;
+    drop((filler, listener));
+    Ok(())
+}
+
+/// An application-level connect timeout: a non-blocking connect to a port
+/// that never answers, given up after 200 ms by closing the socket.
+fn abort(v6: bool, port: u16) -> Result<()> {
+    let s = Sock::tcp(v6, true)?;
+    let ip = if v6 { "[::1]" } else { "127.0.0.1" };
+    s.connect(format!("{ip}:{port}").parse()?);
+    anyhow::ensure!(
+        s.wait_writable(Duration::from_millis(200)).is_err(),
+        "the connect was answered"
+    );
+    anyhow::ensure!(s.state_is_syn_sent(), "the connect is not pending");
+    drop(s);
+    println!("aborted");
+    Ok(())
+}
+
+/// Refused attempts to `n` distinct closed ports, each read once (clean).
+fn remotes(v6: bool, n: usize) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < n {
+        let addr = closed_port(v6)?;
+        if seen.insert(addr.port()) {
+            let s = Sock::tcp(v6, true)?;
+            s.connect(addr);
+            s.wait_writable(Duration::from_secs(5))?;
+            s.so_error();
+        }
+    }
+    println!("remotes={n}");
+    Ok(())
+}
+
+/// A blocking connect to `addr`; prints its result (0 or the errno).
+fn connect_to(addr: SocketAddr) -> Result<()> {
+    let s = Sock::tcp(addr.is_ipv6(), false)?;
+    println!("connect={}", s.connect(addr));
+    Ok(())
+}
+
+/// `n` connects to `addr` held open at once: with fewer local ports than
+/// `n`, the rest fail inside connect() with EADDRNOTAVAIL. Prints the
+/// errors by name.
+fn exhaust(addr: SocketAddr, n: usize) -> Result<()> {
+    let mut held = Vec::new();
+    let mut refused_ports = 0;
+    for _ in 0..n {
+        let s = Sock::tcp(addr.is_ipv6(), true)?;
+        match s.connect(addr) {
+            0 | libc::EINPROGRESS => held.push(s),
+            libc::EADDRNOTAVAIL => refused_ports += 1,
+            other => bail!("connect: errno {other}"),
+        }
+    }
+    println!("held={} eaddrnotavail={refused_ports}", held.len());
+    Ok(())
+}
+
 /// `n` attempts in flight at once, all buggy (read twice) or all correct.
-fn concurrent(v6: bool, n: usize, buggy: bool) -> Result<()> {
+/// With `barrier`, it prints `connected` once every connect is made and
+/// reads only after a line on stdin.
+fn concurrent(v6: bool, n: usize, buggy: bool, barrier: bool) -> Result<()> {
     net::raise_fd_limit()?;
     let addr = closed_port(v6)?;
     let socks: Vec<Sock> = (0..n).map(|_| Sock::tcp(v6, true)).collect::<Result<_>>()?;
     for s in &socks {
         s.connect(addr);
+    }
+    if barrier {
+        println!("connected");
+        std::io::stdout().flush()?;
+        std::io::stdin().read_line(&mut String::new())?;
     }
     for s in &socks {
         s.wait_writable(Duration::from_secs(5))?;

@@ -5,6 +5,8 @@ mod bench;
 mod build;
 mod cmd;
 mod install;
+mod kernels;
+mod matrix;
 mod setup;
 mod test;
 
@@ -31,12 +33,19 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Setup, then every test: unit tests and root integration tests.
+    /// Setup, then every test: unit tests, root integration tests, then the
+    /// kernel matrix.
     Test {
+        /// Leave out the kernel matrix (e.g. with a test name filter).
+        #[arg(long)]
+        no_matrix: bool,
         /// Arguments passed to `cargo test` (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Setup, build, then the detection scenario table on Debian's 5.10, 6.1
+    /// and 6.12 kernels under QEMU and on this host: a result table.
+    Matrix(matrix::Options),
     /// Formatting check and clippy -D warnings (host and eBPF crates).
     Lint,
     /// `lint`, then `test`.
@@ -52,9 +61,10 @@ fn main() -> Result<()> {
         Command::Setup => setup::run(),
         Command::Build => build::release().map(drop),
         Command::Run { args } => build::run(&args),
-        Command::Test { args } => test::run(&args),
+        Command::Test { no_matrix, args } => test::run(&args, !no_matrix),
+        Command::Matrix(options) => setup::run().and_then(|()| matrix::run(&options)),
         Command::Lint => test::lint(),
-        Command::Ci => test::lint().and_then(|()| test::run(&[])),
+        Command::Ci => test::lint().and_then(|()| test::run(&[], true)),
         Command::Install => install::run(),
         Command::Bench(options) => bench::run(&options),
     }

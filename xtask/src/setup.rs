@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cmd;
+use crate::{cmd, kernels};
 
 /// Debian packages the build, tests and benchmarks use, with the reason.
 const PACKAGES: &[(&str, &str)] = &[
@@ -30,6 +30,7 @@ const PACKAGES: &[(&str, &str)] = &[
         "the benchmark compares against a hand-written bpftrace script",
     ),
     ("strace", "the benchmark compares against strace"),
+    ("wrk", "the benchmark drives nginx with a TLS upstream"),
     ("curl", "tests run curl as a well-behaved client"),
     ("gcc", "tests compile the libevent client"),
     (
@@ -53,6 +54,35 @@ const PACKAGES: &[(&str, &str)] = &[
         "util-linux",
         "tests run the agent with reduced capabilities (setpriv)",
     ),
+    (
+        "squid",
+        "tests run squid 5.7 as a real proxy told of a refused upstream",
+    ),
+    (
+        "php-cli",
+        "tests run PHP's async stream client, which never checks its connect",
+    ),
+    (
+        "nginx-light",
+        "tests run nginx with an https upstream (reads SO_ERROR twice) and a plain one",
+    ),
+    ("haproxy", "tests run haproxy with a refused backend"),
+    (
+        "openssl",
+        "tests make certificates and run a TLS upstream (s_server)",
+    ),
+    (
+        "iproute2",
+        "tests make network namespaces of their own (ip netns)",
+    ),
+    (
+        "procps",
+        "tests set per-namespace sysctls (ports, SYN retries)",
+    ),
+    (
+        "busybox-static",
+        "the kernel matrix VMs' init and shell (a static binary in the initramfs)",
+    ),
 ];
 
 pub fn run() -> Result<()> {
@@ -63,6 +93,10 @@ pub fn run() -> Result<()> {
     tracefs()?;
     debian_packages()?;
     python_tools()?;
+    // The kernel matrix (cargo xtask matrix): QEMU and Debian's kernels.
+    kernels::qemu()?;
+    let series: Vec<_> = kernels::SERIES.iter().collect();
+    kernels::ensure(&series, false)?;
     println!("xtask setup: done");
     Ok(())
 }
@@ -127,7 +161,7 @@ fn linker_dir() -> Result<PathBuf> {
 }
 
 /// Where setup keeps what it builds: $XDG_CACHE_HOME/sockerr or ~/.cache/sockerr.
-fn cache_dir() -> Result<PathBuf> {
+pub fn cache_dir() -> Result<PathBuf> {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
@@ -256,9 +290,16 @@ fn debian_packages() -> Result<()> {
         );
     }
     cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+    // --no-remove: never take away a package the machine has to make room.
     cmd::run(
         Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "--no-remove",
+            ])
             .args(&names)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )

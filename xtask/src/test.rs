@@ -7,9 +7,11 @@ use std::{
 
 use anyhow::{Result, bail};
 
-use crate::{cmd, setup};
+use crate::{cmd, matrix, setup};
 
-pub fn run(args: &[String]) -> Result<()> {
+/// Setup, the workspace's tests, then (with `matrix`) the kernel matrix,
+/// whose kernels count as one test each in the closing summary line.
+pub fn run(args: &[String], matrix: bool) -> Result<()> {
     if !cmd::is_root() {
         println!(
             "xtask test: not root — the integration tests that load eBPF programs will be skipped \
@@ -30,7 +32,20 @@ pub fn run(args: &[String]) -> Result<()> {
             cmd::workspace_root().join("target/debug/sockerr-scenario"),
         )
         .env("SOCKERR_VENV", setup::venv()?);
-    let (passed, failed) = run_counting(&mut test)?;
+    let (mut passed, mut failed) = run_counting(&mut test)?;
+    println!("xtask test: cargo test: {passed} passed, {failed} failed");
+    if matrix {
+        println!(
+            "xtask test: the kernel matrix (`cargo xtask matrix`; `cargo xtask test --no-matrix` leaves it out)"
+        );
+        let outcome = matrix::matrix(&matrix::Options::default())?;
+        println!(
+            "xtask test: kernel matrix: {} kernels passed, {} failed (one test each below)",
+            outcome.passed, outcome.failed
+        );
+        passed += outcome.passed as u64;
+        failed += outcome.failed as u64;
+    }
     // One closing line for the whole run (cargo's last line is often a
     // crate with no tests).
     println!("summary: {passed} passed, {failed} failed");

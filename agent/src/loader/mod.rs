@@ -23,13 +23,25 @@ use crate::{btf, proc};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockerr"));
 
 /// What the kernel side is told at load.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Options {
     /// Capacity of the attempts map (`--kernel.max-attempts`).
     pub max_attempts: u32,
     /// At most one finding record per (process, kind) per this interval
     /// after the first (`--findings.detail-interval`).
     pub detail_interval: Duration,
+    /// Hooks never to use, as [`Attach`] displays them (`--kernel.disable-hook`).
+    pub disabled_hooks: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_attempts: sockerr_common::DEFAULT_MAX_ATTEMPTS,
+            detail_interval: Duration::ZERO,
+            disabled_hooks: Vec::new(),
+        }
+    }
 }
 
 /// The kernel's BTF, read once and parsed for both readers: ours (struct
@@ -107,8 +119,8 @@ impl Kernel {
     /// of its hooks that works here; fails when a required one attaches
     /// through none. cgroup programs go on the cgroup v2 root, which covers
     /// every process on the host, in any container.
-    pub fn attach(&mut self, btf: &KernelBtf) -> Result<Attached> {
-        let attached = self.try_attach(btf)?;
+    pub fn attach(&mut self, btf: &KernelBtf, options: &Options) -> Result<Attached> {
+        let attached = self.try_attach(btf, options)?;
         if let Some(missing) = attached.missing_required() {
             bail!("cannot observe what sockerr needs on this kernel: {missing}");
         }
@@ -116,13 +128,18 @@ impl Kernel {
     }
 
     /// Like [`Kernel::attach`], reporting instead of failing (`sockerr check`).
-    pub fn try_attach(&mut self, btf: &KernelBtf) -> Result<Attached> {
+    pub fn try_attach(&mut self, btf: &KernelBtf, options: &Options) -> Result<Attached> {
         let root = proc::cgroup2_root()?;
         let attached = PROBES
             .iter()
             .map(|probe| {
                 let mut errors = Vec::new();
                 for hook in probe.hooks {
+                    let name = hook.attach.to_string();
+                    if options.disabled_hooks.contains(&name) {
+                        errors.push(format!("{name}: disabled (--kernel.disable-hook)"));
+                        continue;
+                    }
                     match self.attach_hook(btf, &root, hook) {
                         Ok(()) => return (probe, Ok(*hook)),
                         Err(e) => errors.push(format!("{}: {e:#}", hook.attach)),

@@ -315,10 +315,34 @@ pub struct Agent {
 
 impl Agent {
     pub fn start() -> Self {
+        Self::with(&[])
+    }
+
+    /// `sockerr run` with extra flags.
+    pub fn with(args: &[&str]) -> Self {
+        Self::spawn(args, Stdio::inherit())
+    }
+
+    /// `sockerr run` with extra flags, its log lines collected.
+    pub fn logged(args: &[&str]) -> (Self, Arc<Mutex<Vec<String>>>) {
+        let mut agent = Self::spawn(args, Stdio::piped());
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let stderr = BufReader::new(agent.child.stderr.take().unwrap());
+        thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        (agent, lines)
+    }
+
+    fn spawn(args: &[&str], stderr: Stdio) -> Self {
         let port = closed_port();
         let child = Command::new(agent_bin())
             .args(["run", "--web.listen-address", &format!("127.0.0.1:{port}")])
-            .stderr(Stdio::inherit())
+            .args(args)
+            .stderr(stderr)
             .spawn()
             .expect("starting sockerr run");
         Self::ready(Self { child, port })
@@ -371,6 +395,19 @@ impl Agent {
         http_get(self.port, path)
     }
 
+    /// The exposition, scraped now.
+    pub fn metrics(&self) -> String {
+        let (status, text) = self.get("/metrics");
+        assert_eq!(status, 200, "{text}");
+        text
+    }
+
+    /// The value of one series (labels in the exposition's order, sorted by
+    /// name), 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        sample(&self.metrics(), series).unwrap_or(0.0)
+    }
+
     pub fn findings(&self) -> Vec<Value> {
         serde_json::from_str(&self.get("/findings").1).expect("/findings is JSON")
     }
@@ -394,6 +431,64 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         stop(&mut self.child);
+    }
+}
+
+/// The value of the sample line for exactly `series` (`name{labels}`).
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))?
+        .parse()
+        .ok()
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A network namespace of the test's own (loopback up), deleted on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(name: &str) -> Self {
+        let name = format!("sockerr-{name}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip (cargo xtask setup installs iproute2)");
+        assert!(ok.success(), "ip netns add {name}");
+        let ns = Self(name);
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.0]).arg(program);
+        cmd
+    }
+
+    /// Runs a command inside the namespace; it must succeed.
+    pub fn run(&self, args: &[&str]) {
+        let out = self.command(args[0]).args(&args[1..]).output().unwrap();
+        assert!(out.status.success(), "{args:?} in {}: {out:?}", self.0);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
 

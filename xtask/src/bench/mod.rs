@@ -1,8 +1,12 @@
 //! `cargo xtask bench`: what sockerr costs the machine it watches, measured
 //! side by side in one run against no tracing, a hand-written bpftrace script
 //! and strace. Configurations alternate round by round; medians, min/max and
-//! ratios to the baseline are printed, ending with one `BENCH key=value` line,
-//! and written to docs/benchmarks.md.
+//! ratios to the baseline are printed, then the worst realistic cases
+//! ([`workload`]): processes flagged on every connect beside their clean
+//! twins, a burst of findings from two processes, nginx with a TLS upstream.
+//! It ends with one `BENCH key=value` line and writes docs/benchmarks.md.
+
+mod workload;
 
 use std::{
     collections::HashMap,
@@ -11,6 +15,10 @@ use std::{
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -27,13 +35,26 @@ pub struct Options {
 }
 
 /// (loop, what it measures, iterations).
-const LOOPS: [(&str, &str, u64); 5] = [
+const LOOPS: [(&str, &str, u64); 6] = [
     ("refused", "1. refused connect + 1 SO_ERROR read", 20_000),
     ("established", "2. established connect + 1 read", 10_000),
     ("pingpong", "3. socket I/O: 1-byte TCP ping-pong", 20_000),
     ("pipe", "4. non-socket syscalls: pipe write+read", 500_000),
-    ("masked", "5. libevent bug, a finding per iteration", 20_000),
+    (
+        "masked",
+        "5. loop 1 reading twice: so_error_masked every iteration",
+        20_000,
+    ),
+    (
+        "established-reread",
+        "6. loop 2 reading twice: so_error_reread every iteration (nginx, https upstream)",
+        10_000,
+    ),
 ];
+
+/// (flagged loop, its clean twin): what a process flagged on every connect
+/// pays beyond what the same loop pays clean.
+const TWINS: [(&str, &str); 2] = [("masked", "refused"), ("established-reread", "established")];
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Tool {
@@ -99,10 +120,6 @@ struct Run {
     ns: HashMap<(Tool, &'static str), Vec<f64>>,
     agent_cpu: Vec<f64>,
     agent_rss_kib: u64,
-    produced: u64,
-    delivered: u64,
-    lost: u64,
-    finding_rate: Vec<f64>,
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -128,10 +145,6 @@ pub fn run(options: &Options) -> Result<()> {
         ns: HashMap::new(),
         agent_cpu: Vec::new(),
         agent_rss_kib: 0,
-        produced: 0,
-        delivered: 0,
-        lost: 0,
-        finding_rate: Vec::new(),
     };
     let rounds = if options.quick { 3 } else { 5 };
     for round in 0..rounds {
@@ -142,13 +155,25 @@ pub fn run(options: &Options) -> Result<()> {
             run.round(tool)?;
         }
     }
+    let (each, nginx_rounds, seconds) = if options.quick {
+        (25_000, 2, 3)
+    } else {
+        (100_000, 3, 5)
+    };
+    let burst = workload::burst(&run.agent, &run.scenario, 2, each)?;
+    let nginx = workload::nginx(
+        &run.agent,
+        &root.join("target/bench-nginx"),
+        nginx_rounds,
+        seconds,
+    )?;
     let scrape_ms = run.scrape_with_many_comms()?;
     let rss_after = if options.quick {
         None
     } else {
         Some(run.rss_after_findings(1_000_000)?)
     };
-    let report = run.report(scrape_ms, rss_after);
+    let report = run.report(scrape_ms, rss_after, &burst, &nginx);
     print!("{report}");
     let doc = root.join("docs/benchmarks.md");
     std::fs::write(&doc, run.document(&report))?;
@@ -173,9 +198,9 @@ impl Run {
         } else {
             None
         };
-        // The agent's own figures (CPU, memory, findings) are those of
-        // sockerr as deployed.
-        let mut watched = agent.as_mut().filter(|_| tool == Tool::Sockerr);
+        // The agent's own figures (CPU, memory) are those of sockerr as
+        // deployed, while loops 1–4 run.
+        let watched = agent.as_mut().filter(|_| tool == Tool::Sockerr);
         let cpu_before = watched.as_ref().map(|a| (a.cpu_seconds(), Instant::now()));
         for (name, _, base) in LOOPS {
             if name == "masked"
@@ -184,21 +209,9 @@ impl Run {
                 self.agent_cpu
                     .push((a.cpu_seconds() - cpu) / since.elapsed().as_secs_f64());
             }
-            let before = watched.as_mut().map(|a| a.counts()).transpose()?;
             let n = self.iterations(base, tool);
             let ns = self.measure(tool, name, n)?;
             self.ns.entry((tool, name)).or_default().push(ns);
-            if let (Some(a), Some((delivered, lost)), true) =
-                (watched.as_mut(), before, name == "masked")
-            {
-                // Findings reach the agent within its drain interval.
-                thread::sleep(Duration::from_millis(300));
-                let (d, l) = a.counts()?;
-                self.produced += n;
-                self.delivered += d - delivered;
-                self.lost += l - lost;
-                self.finding_rate.push(1e9 / ns);
-            }
         }
         if let Some(a) = &watched {
             self.agent_rss_kib = self.agent_rss_kib.max(a.rss_kib("VmRSS:"));
@@ -289,7 +302,17 @@ impl Run {
         Some((median(&mut v), min, max))
     }
 
-    fn report(&self, scrape_ms: f64, rss_after: Option<f64>) -> String {
+    fn ratio(&self, tool: Tool, name: &str) -> f64 {
+        self.stats(tool, name).unwrap().0 / self.stats(Tool::Baseline, name).unwrap().0
+    }
+
+    fn report(
+        &self,
+        scrape_ms: f64,
+        rss_after: Option<f64>,
+        burst: &workload::Burst,
+        nginx: &workload::Nginx,
+    ) -> String {
         let mut out = String::new();
         let mut bench = String::from("BENCH");
         writeln!(out, "\n| loop | baseline ns/op | sockerr | sockerr, call sites on all | bpftrace | strace | sockerr added vs ⅓ of bpftrace's |").unwrap();
@@ -321,13 +344,50 @@ impl Run {
             .unwrap();
             out.push_str(&row);
         }
+        writeln!(out).unwrap();
+        for (flagged, clean) in TWINS {
+            let premium = self.ratio(Tool::Sockerr, flagged) / self.ratio(Tool::Sockerr, clean);
+            writeln!(
+                out,
+                "- flagged premium, `{flagged}` (a finding every iteration) over its clean twin `{clean}`: \
+                 ×{premium:.3} (target ≤ ×1.05)"
+            )
+            .unwrap();
+            write!(bench, " {}_flagged_premium={premium:.3}", flagged.replace('-', "_")).unwrap();
+        }
         let mut cpu = self.agent_cpu.clone();
-        let mut rate = self.finding_rate.clone();
         let cpu = median(&mut cpu) * 100.0;
         let rss = self.agent_rss_kib as f64 / 1024.0;
         writeln!(
             out,
-            "\n- agent CPU during loops 1–4: {cpu:.2} % of one core (median of rounds)"
+            "- agent CPU during loops 1–4: {cpu:.2} % of one core (median of rounds)"
+        )
+        .unwrap();
+        writeln!(
+            out,
+            "- burst: {} findings from 2 processes in {:.1} s ({:.0}/s): {} counted in \
+             sockerr_findings_total, {} finding records sent, {} records lost; agent CPU \
+             {:.1} ms per 10,000 findings ({:.2} % of a core at 10,000 findings/s), log \
+             {:.0} bytes per 10,000 findings",
+            burst.produced,
+            burst.seconds,
+            burst.rate(),
+            burst.counted,
+            burst.records,
+            burst.lost,
+            burst.cpu_ms_per_10k(),
+            burst.cpu_pct_at_10k_per_s(),
+            burst.log_bytes_per_10k(),
+        )
+        .unwrap();
+        writeln!(
+            out,
+            "- nginx with an https upstream (wrk, 4 connections): {:.0} requests/s without \
+             the agent, {:.0} with (×{:.3}); {:.2} findings per request",
+            nginx.rps_without,
+            nginx.rps_with,
+            nginx.rps_with / nginx.rps_without,
+            nginx.findings_per_request,
         )
         .unwrap();
         writeln!(
@@ -341,22 +401,22 @@ impl Run {
         }
         writeln!(
             out,
-            "- loop 5: {} findings produced, {} delivered, {} counted lost, at {:.0} findings/s (one workload process)",
-            self.produced,
-            self.delivered,
-            self.lost,
-            median(&mut rate)
-        )
-        .unwrap();
-        writeln!(
-            out,
             "- /metrics scrape with 100 comms: {scrape_ms:.2} ms (median of 21)"
         )
         .unwrap();
         write!(
             bench,
-            " agent_cpu_pct={cpu:.2} agent_rss_mib={rss:.1} findings_produced={} findings_delivered={} events_lost={} scrape_ms={scrape_ms:.2}",
-            self.produced, self.delivered, self.lost
+            " agent_cpu_pct={cpu:.2} agent_rss_mib={rss:.1} burst_produced={} burst_counted={} \
+             burst_records={} burst_lost={} agent_cpu_ms_per_10k={:.1} log_bytes_per_10k={:.0} \
+             nginx_ratio={:.3} nginx_findings_per_request={:.2} scrape_ms={scrape_ms:.2}",
+            burst.produced,
+            burst.counted,
+            burst.records,
+            burst.lost,
+            burst.cpu_ms_per_10k(),
+            burst.log_bytes_per_10k(),
+            nginx.rps_with / nginx.rps_without,
+            nginx.findings_per_request,
         )
         .unwrap();
         writeln!(out, "\n{bench}").unwrap();
@@ -389,7 +449,7 @@ impl Run {
     }
 }
 
-const NOTES: &str = include_str!("bench_notes.md");
+const NOTES: &str = include_str!("notes.md");
 
 fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() {
@@ -424,10 +484,11 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// `sockerr run` on a free loopback port.
+/// `sockerr run` on a free loopback port; its log is counted, not kept.
 struct Agent {
     child: Child,
     port: u16,
+    log_bytes: Arc<AtomicU64>,
 }
 
 impl Agent {
@@ -435,12 +496,25 @@ impl Agent {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let child = Command::new(bin)
+        let mut child = Command::new(bin)
             .args(["run", "--web.listen-address", &format!("127.0.0.1:{port}")])
             .args(extra)
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()?;
-        let agent = Self { child, port };
+        let log_bytes = Arc::new(AtomicU64::new(0));
+        let counted = log_bytes.clone();
+        let mut log = child.stderr.take().context("the agent's stderr")?;
+        thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n @ 1..) = log.read(&mut buf) {
+                counted.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        });
+        let agent = Self {
+            child,
+            port,
+            log_bytes,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while agent.get("/healthz").is_err() {
             if Instant::now() > deadline {
@@ -465,19 +539,9 @@ impl Agent {
         Ok(resp)
     }
 
-    /// (masked findings of the workload delivered, findings lost) so far.
-    fn counts(&mut self) -> Result<(u64, u64)> {
-        let body = self.get("/metrics")?;
-        let value = |prefix: &str| {
-            body.lines()
-                .filter(|l| l.starts_with(prefix))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum::<u64>()
-        };
-        Ok((
-            value(r#"sockerr_findings_total{comm="sockerr-scenari",kind="so_error_masked"}"#),
-            value("sockerr_events_lost_total"),
-        ))
+    /// Bytes the agent has logged so far.
+    fn log_bytes(&self) -> u64 {
+        self.log_bytes.load(Ordering::Relaxed)
     }
 
     fn cpu_seconds(&self) -> f64 {

@@ -1,0 +1,70 @@
+//! Findings of short-lived processes are attributed (root, real kernel):
+//! the kernel takes the identity with the finding, so a process that exits
+//! at once keeps its executable and cgroup.
+
+mod support;
+
+use std::time::Duration;
+
+use nix::{sys::signal, unistd::Pid};
+use support::{Agent, eventually, require_root, scenario};
+
+fn own_cgroup() -> String {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        .expect("a cgroup v2 path")
+}
+
+/// Each pid's findings, once all of them arrived.
+fn findings_of(agent: &Agent, pids: &[u32]) -> Vec<serde_json::Value> {
+    eventually(Duration::from_secs(15), "every process's findings", || {
+        let found: Vec<_> = agent
+            .findings()
+            .into_iter()
+            .filter(|f| pids.iter().any(|p| f["pid"] == *p))
+            .collect();
+        // Two kinds each: masked, then I/O after it.
+        (found.len() == 2 * pids.len()).then_some(found)
+    })
+}
+
+#[test]
+fn a_burst_of_short_lived_processes_is_attributed() {
+    if !require_root() {
+        return;
+    }
+    let agent = Agent::start();
+    // Each run makes the mistake and exits at once.
+    let pids: Vec<u32> = (0..30).map(|_| scenario(&["masked"]).0).collect();
+    let cgroup = own_cgroup();
+    for f in findings_of(&agent, &pids) {
+        let exe = f["exe"].as_str().unwrap_or_else(|| panic!("no exe: {f}"));
+        assert!(exe.ends_with("sockerr-scenario"), "{f}");
+        assert_eq!(f["cgroup"], cgroup.as_str(), "{f}");
+        assert!(f.get("exe_error").is_none(), "{f}");
+    }
+}
+
+/// The agent is stopped while the processes run and exit: none of them can
+/// be read from /proc, so everything comes from the kernel, and says so.
+#[test]
+fn processes_gone_before_the_agent_looks_are_named_by_the_kernel() {
+    if !require_root() {
+        return;
+    }
+    let agent = Agent::start();
+    let paused = Pid::from_raw(agent.child.id() as i32);
+    signal::kill(paused, signal::Signal::SIGSTOP).unwrap();
+    let pids: Vec<u32> = (0..10).map(|_| scenario(&["masked"]).0).collect();
+    signal::kill(paused, signal::Signal::SIGCONT).unwrap();
+    let cgroup = own_cgroup();
+    for f in findings_of(&agent, &pids) {
+        assert_eq!(f["exe"], "sockerr-scenario", "{f}");
+        assert_eq!(f["exe_source"], "kernel", "{f}");
+        assert_eq!(f["cgroup"], cgroup.as_str(), "{f}");
+        assert!(f.get("exe_error").is_none(), "exiting is no error: {f}");
+        assert_eq!(f["fd"], serde_json::Value::Null);
+    }
+}

@@ -1,0 +1,308 @@
+//! Real programs are the judges (root, real kernel, Debian's packages): each
+//! gets the verdict an SRE would agree with, and each test first proves the
+//! program really made its connect, so "no finding" cannot pass by accident.
+//!
+//! | program                         | how it learns the connect result        | verdict                   |
+//! | ------------------------------- | --------------------------------------- | ------------------------- |
+//! | squid 5.7, refused upstream     | reads SO_ERROR (111), then one read()   | nothing (it was told)     |
+//! | PHP async stream, refused port  | never: writes at once                   | `io_after_failed_connect` |
+//! | PHP blocking stream, open port  | connect()'s return value                | nothing                   |
+//! | nginx 1.22, https upstream      | reads SO_ERROR 0, then 0 after TLS      | `so_error_reread` only    |
+//! | nginx 1.22, plain upstream      | reads SO_ERROR once                     | nothing                   |
+//! | haproxy 2.6, refused backend    | a second connect()                      | nothing                   |
+
+mod support;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use support::{Agent, closed_port, eventually, http_server, require_root, run_program};
+
+/// A directory of this test's own, empty.
+fn workdir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("programs-{name}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A server process stopped (SIGTERM, then waited for) when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        support::stop(&mut self.0);
+    }
+}
+
+fn serve(cmd: &mut Command) -> Server {
+    Server(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting a server (cargo xtask setup installs it)"),
+    )
+}
+
+/// Waits until something accepts connections on the loopback port.
+fn listening(port: u16) {
+    eventually(Duration::from_secs(15), "the server to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(drop)
+    });
+}
+
+/// curl's HTTP status for `url`, optionally through a proxy.
+fn status(url: &str, proxy: Option<u16>) -> u16 {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+    ]);
+    if let Some(port) = proxy {
+        cmd.args(["-x", &format!("http://127.0.0.1:{port}")]);
+    }
+    let (_, out) = run_program(cmd.arg(url));
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// The comm's attempts counted with `result`.
+fn attempts(agent: &Agent, comm: &str, result: &str) -> f64 {
+    agent.metric(&format!(
+        r#"sockerr_connect_attempts_total{{comm="{comm}",result="{result}"}}"#
+    ))
+}
+
+fn kinds_of(agent: &Agent, comm: &str) -> Vec<String> {
+    let mut kinds: Vec<String> = agent
+        .findings()
+        .iter()
+        .filter(|f| f["comm"] == comm)
+        .map(|f| f["kind"].as_str().unwrap().to_owned())
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
+/// Settles: the agent has seen what happened before (a finding of a
+/// process run afterwards arrives after every earlier one).
+fn barrier(agent: &Agent) {
+    let (pid, _) = support::scenario(&["masked"]);
+    let seen = agent.wait_findings_of(pid, 2);
+    assert_eq!(seen.len(), 2, "the barrier scenario was flagged");
+}
+
+#[test]
+fn squid_told_of_a_refused_upstream_is_not_flagged() {
+    if !require_root() {
+        return;
+    }
+    let dir = workdir("squid");
+    let port = closed_port();
+    let conf = dir.join("squid.conf");
+    fs::write(
+        &conf,
+        format!(
+            "http_port 127.0.0.1:{port}\nhttp_access allow all\ncache deny all\n\
+             cache_mem 8 MB\npid_filename {dir}/squid.pid\ncache_log {dir}/cache.log\n\
+             access_log none\ncoredump_dir {dir}\ncache_effective_user proxy\n\
+             shutdown_lifetime 0 seconds\ndns_nameservers 127.0.0.1\n",
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    // squid drops to user proxy: its log directory must be writable.
+    Command::new("chown")
+        .args(["proxy:proxy"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    let agent = Agent::start();
+    let _squid = serve(Command::new("squid").arg("-N").arg("-f").arg(&conf));
+    listening(port);
+    let upstream = format!("http://127.0.0.1:{}/", closed_port());
+    for _ in 0..3 {
+        assert_eq!(status(&upstream, Some(port)), 503, "squid answers 503");
+    }
+    eventually(Duration::from_secs(10), "squid's refused connects", || {
+        (attempts(&agent, "squid", "failed") >= 3.0).then_some(())
+    });
+    barrier(&agent);
+    assert_eq!(kinds_of(&agent, "squid"), Vec::<String>::new());
+}
+
+/// PHP's async stream client never checks the connect: it writes at once.
+#[test]
+fn php_writing_to_a_refused_async_stream_is_flagged_and_a_blocking_one_is_not() {
+    if !require_root() {
+        return;
+    }
+    let agent = Agent::start();
+    let refused = closed_port();
+    let async_client = format!(
+        r#"$s = stream_socket_client("tcp://127.0.0.1:{refused}", $no, $str, 1,
+               STREAM_CLIENT_CONNECT | STREAM_CLIENT_ASYNC_CONNECT);
+           var_dump(@fwrite($s, "GET / HTTP/1.0\r\n\r\n"));"#
+    );
+    let (pid, out) = run_program(Command::new("php").args(["-r", &async_client]));
+    assert!(out.status.success(), "{out:?}");
+    let found = agent.wait_findings_of(pid, 1);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["kind"], "io_after_failed_connect");
+    assert_eq!(found[0]["errno"], "ECONNREFUSED");
+    assert_eq!(found[0]["so_error_reads"], serde_json::json!([]));
+    // Its twin: a blocking stream to a server that answers.
+    let open = http_server(false);
+    let blocking = format!(
+        r#"$s = stream_socket_client("tcp://127.0.0.1:{open}", $no, $str, 1);
+           fwrite($s, "GET / HTTP/1.0\r\n\r\n"); echo stream_get_contents($s);"#
+    );
+    let (twin, out) = run_program(Command::new("php").args(["-r", &blocking]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("200 OK"),
+        "{out:?}"
+    );
+    barrier(&agent);
+    let flagged: Vec<Value> = agent
+        .findings()
+        .into_iter()
+        .filter(|f| f["pid"] == twin)
+        .collect();
+    assert!(flagged.is_empty(), "{flagged:?}");
+}
+
+/// nginx reads SO_ERROR again after the TLS handshake with an https
+/// upstream (0 then 0): a re-read, never more; with a plain upstream, one
+/// read: clean.
+#[test]
+fn nginx_rereads_with_an_https_upstream_only() {
+    if !require_root() {
+        return;
+    }
+    let dir = workdir("nginx");
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "openssl req");
+    let tls = closed_port();
+    let _upstream = serve(
+        Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept", &tls.to_string()])
+            .arg("-cert")
+            .arg(dir.join("cert.pem"))
+            .arg("-key")
+            .arg(dir.join("key.pem"))
+            .stdin(Stdio::null()),
+    );
+    listening(tls);
+    let plain = http_server(false);
+    let (https_port, plain_port) = (closed_port(), closed_port());
+    let conf = dir.join("nginx.conf");
+    fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+             events {{}}\nhttp {{\n access_log off;\n\
+             client_body_temp_path {dir}; proxy_temp_path {dir};\n\
+             server {{ listen 127.0.0.1:{https_port}; location / {{ proxy_pass https://127.0.0.1:{tls}; }} }}\n\
+             server {{ listen 127.0.0.1:{plain_port}; location / {{ proxy_pass http://127.0.0.1:{plain}; }} }}\n}}\n",
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start();
+    let _nginx = serve(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"]),
+    );
+    listening(plain_port);
+    for _ in 0..5 {
+        assert_eq!(
+            status(&format!("http://127.0.0.1:{https_port}/"), None),
+            200
+        );
+    }
+    eventually(
+        Duration::from_secs(10),
+        "nginx's https upstream connects",
+        || (attempts(&agent, "nginx", "established") >= 5.0).then_some(()),
+    );
+    barrier(&agent);
+    assert_eq!(kinds_of(&agent, "nginx"), ["so_error_reread"]);
+    let reread = r#"sockerr_findings_total{comm="nginx",kind="so_error_reread"}"#;
+    assert!(agent.metric(reread) >= 5.0, "one per upstream connect");
+    // The plain upstream: one read per connect, nothing new.
+    let before = agent.metric(reread);
+    for _ in 0..5 {
+        assert_eq!(
+            status(&format!("http://127.0.0.1:{plain_port}/"), None),
+            200
+        );
+    }
+    eventually(
+        Duration::from_secs(10),
+        "nginx's plain upstream connects",
+        || (attempts(&agent, "nginx", "established") >= 10.0).then_some(()),
+    );
+    barrier(&agent);
+    assert_eq!(agent.metric(reread), before);
+    assert_eq!(kinds_of(&agent, "nginx"), ["so_error_reread"]);
+}
+
+/// haproxy learns of a refused backend with a second connect(): clean.
+#[test]
+fn haproxy_with_a_refused_backend_is_not_flagged() {
+    if !require_root() {
+        return;
+    }
+    let dir = workdir("haproxy");
+    let (front, backend) = (closed_port(), closed_port());
+    let conf = dir.join("haproxy.cfg");
+    fs::write(
+        &conf,
+        format!(
+            "defaults\n  mode http\n  timeout connect 2s\n  timeout client 5s\n  timeout server 5s\n\
+             frontend f\n  bind 127.0.0.1:{front}\n  default_backend b\n\
+             backend b\n  server s1 127.0.0.1:{backend}\n"
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start();
+    let _haproxy = serve(Command::new("haproxy").arg("-db").arg("-f").arg(&conf));
+    listening(front);
+    for _ in 0..3 {
+        assert_eq!(status(&format!("http://127.0.0.1:{front}/"), None), 503);
+    }
+    eventually(
+        Duration::from_secs(10),
+        "haproxy's refused connects",
+        || (attempts(&agent, "haproxy", "failed") >= 3.0).then_some(()),
+    );
+    barrier(&agent);
+    assert_eq!(kinds_of(&agent, "haproxy"), Vec::<String>::new());
+}

@@ -1,0 +1,207 @@
+//! Scaling with the host (root, real kernel): findings counted exactly
+//! whatever their rate, more live attempts than the attempts map holds,
+//! more comms than the counters map holds, and a log that stays short.
+//! Each test reads host-wide drop counters, so they run one at a time.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Command, Stdio},
+    sync::Mutex,
+    time::Duration,
+};
+
+use support::{Agent, eventually, require_root, scenario_bin};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn masked(agent: &Agent, comm: &str) -> f64 {
+    agent.metric(&format!(
+        r#"sockerr_findings_total{{comm="{comm}",kind="so_error_masked"}}"#
+    ))
+}
+
+/// 200,000 findings in a burst from two processes: every one counted, in
+/// the metrics and in each process's /findings entry, though few records
+/// reach the agent.
+#[test]
+fn a_burst_of_findings_is_counted_exactly() {
+    if !require_root() {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let agent = Agent::start();
+    let burst = |comm: &str| {
+        Command::new(scenario_bin())
+            .args(["bench", "masked", "100000"])
+            .env("SCENARIO_COMM", comm)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut producers = [burst("burst-a"), burst("burst-b")];
+    let pids = producers.each_ref().map(|p| p.id());
+    for p in &mut producers {
+        assert!(p.wait().unwrap().success());
+    }
+    for comm in ["burst-a", "burst-b"] {
+        eventually(Duration::from_secs(10), comm, || {
+            (masked(&agent, comm) >= 100_000.0).then_some(())
+        });
+        assert_eq!(masked(&agent, comm), 100_000.0, "{comm}");
+    }
+    // Each process's entry counts them all, from the kernel's tallies.
+    for pid in pids {
+        let count = eventually(Duration::from_secs(10), "tallies read", || {
+            let found = agent.findings();
+            let f = found
+                .iter()
+                .find(|f| f["pid"] == pid && f["kind"] == "so_error_masked")?;
+            (f["count"] == 100_000).then(|| f["count"].clone())
+        });
+        assert_eq!(count, 100_000);
+    }
+}
+
+/// More attempts alive at once than the attempts map holds: every masked
+/// read is judged (a finding) or counted as untracked, exactly.
+#[test]
+fn more_live_attempts_than_the_map_holds_lose_nothing_silently() {
+    if !require_root() {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let agent = Agent::with(&["--kernel.max-attempts", "16384"]);
+    let untracked = r#"sockerr_kernel_drops_total{reason="attempt_untracked"}"#;
+    let before = agent.metric(untracked);
+    // Two processes (the fd limit here is 20,000), 10,000 attempts each;
+    // all connect before any reads, so no attempt is evicted between its
+    // two reads.
+    let start = |comm: &str| {
+        let mut child = Command::new(scenario_bin())
+            .args(["concurrent", "10000", "buggy", "stdin"])
+            .env("SCENARIO_COMM", comm)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "connected");
+        (child, stdout)
+    };
+    let mut both = [start("live-a"), start("live-b")];
+    for (child, _) in &mut both {
+        writeln!(child.stdin.take().unwrap()).unwrap();
+    }
+    for (child, _) in &mut both {
+        assert!(child.wait().unwrap().success());
+    }
+    let settled = || {
+        let m = agent.metrics();
+        let get = |s: &str| support::sample(&m, s).unwrap_or(0.0);
+        let found = get(r#"sockerr_findings_total{comm="live-a",kind="so_error_masked"}"#)
+            + get(r#"sockerr_findings_total{comm="live-b",kind="so_error_masked"}"#);
+        (found, get(untracked) - before)
+    };
+    let (found, dropped) = eventually(Duration::from_secs(15), "every read accounted", || {
+        let (found, dropped) = settled();
+        (found + dropped / 2.0 >= 20_000.0).then_some((found, dropped))
+    });
+    assert!(
+        dropped > 0.0,
+        "20,000 attempts in a map of 16,384 evict some"
+    );
+    assert_eq!(dropped % 2.0, 0.0, "both reads of an evicted attempt");
+    assert_eq!(
+        found + dropped / 2.0,
+        20_000.0,
+        "found {found}, dropped {dropped}"
+    );
+}
+
+/// 6,000 comms fill the counters map; once they go quiet the agent counts
+/// and deletes their keys, and a new comm is counted again.
+#[test]
+fn the_counters_map_never_stays_full() {
+    if !require_root() {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let agent = Agent::with(&["--metrics.max-comms", "10000"]);
+    let full = r#"sockerr_kernel_drops_total{reason="counters_full"}"#;
+    let before = agent.metric(full);
+    let out = Command::new(scenario_bin())
+        .args(["comms", "6000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let entries = r#"sockerr_map_entries{map="counters"}"#;
+    assert!(agent.metric(full) > before, "24,000 keys overflow 16,384");
+    // Two reads one second apart: the quiet keys go.
+    agent.metrics();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(agent.metric(entries) < 8192.0, "quiet keys deleted");
+    let out = Command::new(scenario_bin())
+        .args(["masked"])
+        .env("SCENARIO_COMM", "fresh")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    eventually(Duration::from_secs(5), "the new comm counted", || {
+        (masked(&agent, "fresh") == 1.0).then_some(())
+    });
+    // What was counted before the deletions stays in the metrics.
+    assert_eq!(
+        agent.metric(r#"sockerr_connect_attempts_total{comm="c0",result="failed"}"#),
+        1.0
+    );
+}
+
+/// A process flagged on every connect, for seconds: one full line, then a
+/// summary a second (--log.summary-interval 1s) whose counts add up.
+#[test]
+fn the_log_summarises_a_flood() {
+    if !require_root() {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (agent, log) = Agent::logged(&["--log.summary-interval", "1s"]);
+    let mut child = Command::new(scenario_bin())
+        .args(["bench", "masked", "40000"])
+        .env("SCENARIO_COMM", "flood")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait().unwrap().success());
+    let mine = |needle: &str| -> Vec<String> {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(&format!(" pid={pid} ")) && l.contains(needle))
+            .cloned()
+            .collect()
+    };
+    let field = |line: &str, key: &str| -> u64 {
+        line.split(' ')
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {line}"))
+    };
+    // Summaries go on until the count is complete.
+    let counted = eventually(Duration::from_secs(15), "summaries", || {
+        let last = mine("findings continue").last()?.clone();
+        (field(&last, "count") == 40_000).then_some(last)
+    });
+    let first = mine("message=finding ");
+    assert_eq!(first.len(), 1, "one full line: {first:?}");
+    let summaries = mine("findings continue");
+    let added: u64 = summaries.iter().map(|l| field(l, "new")).sum();
+    assert_eq!(added + 1, 40_000, "{summaries:?}");
+    assert!(summaries.len() <= 20, "{} summary lines", summaries.len());
+    assert!(counted.contains("since="));
+    drop(agent);
+}

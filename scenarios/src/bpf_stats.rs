@@ -1,0 +1,86 @@
+//! `matrix --bpf-stats`: run counts and run time of every loaded eBPF
+//! program, as the kernel counts them with `kernel.bpf_stats_enabled=1`.
+//! Meant for the kernel-matrix VMs only: it turns the statistics on for the
+//! whole machine (which slows every program a little) and leaves them on.
+
+use std::{fs, io, os::fd::FromRawFd};
+
+use anyhow::{Context as _, Result};
+
+const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+pub fn enable() -> Result<()> {
+    fs::write(STATS_SYSCTL, "1").with_context(|| format!("writing 1 to {STATS_SYSCTL}"))
+}
+
+const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+/// Offset of `name` (16 bytes) in `struct bpf_prog_info` (stable UAPI).
+const INFO_NAME: usize = 64;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 4]) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a zeroed union bpf_attr prefix of 32 bytes, larger
+    // than every command used here needs; the kernel checks the rest is 0.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 32usize) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ret)
+}
+
+/// Prints `BPFSTAT name=<program> id=<id> run_cnt=<n> run_time_ns=<ns> ns_per_run=<ns>`
+/// for every loaded program that ran.
+pub fn print() {
+    if let Err(e) = try_print() {
+        println!("matrix: bpf stats unavailable: {e:#}");
+    }
+}
+
+fn try_print() -> Result<()> {
+    let mut id = 0u32;
+    loop {
+        // start_id, then next_id (both u32) in the first 8 bytes.
+        let mut attr = [u64::from(id), 0, 0, 0];
+        match bpf(BPF_PROG_GET_NEXT_ID, &mut attr) {
+            Ok(_) => id = (attr[0] >> 32) as u32,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(e) => return Err(e).context("BPF_PROG_GET_NEXT_ID"),
+        }
+        let mut attr = [u64::from(id), 0, 0, 0];
+        let Ok(fd) = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr) else {
+            continue; // unloaded meanwhile
+        };
+        // SAFETY: the kernel just returned this fd to us.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let mut info = [0u8; 256];
+        let mut attr = [
+            u64::from(raw as u32) | ((info.len() as u64) << 32),
+            info.as_mut_ptr() as u64,
+            0,
+            0,
+        ];
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("BPF_OBJ_GET_INFO_BY_FD")?;
+        let name = &info[INFO_NAME..INFO_NAME + 16];
+        let name =
+            String::from_utf8_lossy(&name[..name.iter().position(|b| *b == 0).unwrap_or(16)])
+                .into_owned();
+        // The counters, from the fd's fdinfo (present since Linux 5.1).
+        let fdinfo = fs::read_to_string(format!("/proc/self/fdinfo/{raw}"))?;
+        let field = |key: &str| {
+            fdinfo
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let (Some(runs), Some(ns)) = (field("run_cnt:"), field("run_time_ns:")) else {
+            continue;
+        };
+        if let Some(per_run) = ns.checked_div(runs) {
+            println!(
+                "BPFSTAT name={name} id={id} run_cnt={runs} run_time_ns={ns} ns_per_run={per_run}"
+            );
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! What the scenario programs are expected to produce, shared by the host
+//! integration tests (`agent/tests/detection.rs`) and the kernel matrix
+//! (`sockerr-scenario matrix`, booted by `cargo xtask matrix`).
+
+pub mod table;

@@ -1,0 +1,299 @@
+//! `sockerr-scenario matrix --agent PATH`: the detection table against a real
+//! agent on the running kernel. Runs `sockerr check`, starts
+//! `sockerr trace --json`, runs every row of the table as its own process,
+//! waits for the findings (a barrier scenario), and prints one line per row
+//! and a closing summary line that `cargo xtask matrix` reads:
+//!
+//! `MATRIX kernel=<release> check=ok|fail trace=ok|fail rows=N pass=N fail=N failed=<row numbers>|-`
+//!
+//! Runs on the host (root) and as the payload of the kernel-matrix VMs.
+//! Exits 0 only when every row passed.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+use sockerr_scenarios::table::{BARRIER, Case, TABLE};
+
+use crate::bpf_stats;
+
+struct Options {
+    agent: PathBuf,
+    /// How long the agent may take to attach (TCG emulation is slow).
+    attach_timeout: Duration,
+    bpf_stats: bool,
+}
+
+fn parse(args: &[&str]) -> Result<Options> {
+    let usage = "matrix --agent PATH [--attach-timeout SECS] [--bpf-stats]";
+    let mut options = Options {
+        agent: PathBuf::new(),
+        attach_timeout: Duration::from_secs(120),
+        bpf_stats: false,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match *arg {
+            "--agent" => options.agent = it.next().context(usage)?.into(),
+            "--attach-timeout" => {
+                options.attach_timeout = Duration::from_secs(it.next().context(usage)?.parse()?)
+            }
+            "--bpf-stats" => options.bpf_stats = true,
+            other => bail!("unknown argument {other}; usage: {usage}"),
+        }
+    }
+    anyhow::ensure!(!options.agent.as_os_str().is_empty(), "usage: {usage}");
+    Ok(options)
+}
+
+pub fn run(args: &[&str]) -> Result<()> {
+    let options = parse(args)?;
+    let started = Instant::now();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .context("reading the kernel release")?
+        .trim()
+        .to_owned();
+    println!("matrix: kernel {kernel}, agent {}", options.agent.display());
+
+    let check = check(&options);
+    let mut trace = Tracer::start(&options);
+    let mut outcomes: Vec<Option<bool>> = vec![None; TABLE.len()];
+    if let Ok(tracer) = &mut trace {
+        let pids: Vec<Result<u32>> = TABLE.iter().map(scenario).collect();
+        let barrier = scenario(&BARRIER).and_then(|pid| {
+            tracer
+                .wait_for(pid, BARRIER.expected.len(), Duration::from_secs(60))
+                .then_some(())
+                .context("its findings did not arrive within 60 s")
+        });
+        match &barrier {
+            Ok(()) => println!("matrix: barrier scenario flagged; every finding is in"),
+            Err(e) => println!("matrix: barrier failed: {e:#}"),
+        }
+        for (i, (case, pid)) in TABLE.iter().zip(pids).enumerate() {
+            let (ok, got) = match pid {
+                Ok(pid) => {
+                    let kinds = tracer.kinds(pid);
+                    (kinds == case.expected, format!("{kinds:?}"))
+                }
+                Err(e) => (false, format!("scenario failed: {e:#}")),
+            };
+            outcomes[i] = Some(ok);
+            println!(
+                "{} {:>2} {:<44} expected {:?} got {got}",
+                if ok { "PASS" } else { "FAIL" },
+                i + 1,
+                case.name,
+                case.expected,
+            );
+        }
+        if options.bpf_stats {
+            bpf_stats::print();
+        }
+        tracer.stop();
+    }
+    if let Err(e) = &trace {
+        println!("matrix: sockerr trace did not start: {e:#}");
+        println!("matrix: none of the {} rows ran", TABLE.len());
+    }
+
+    let pass = outcomes.iter().filter(|o| **o == Some(true)).count();
+    let failed: Vec<String> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| **o != Some(true))
+        .map(|(i, _)| (i + 1).to_string())
+        .collect();
+    println!(
+        "MATRIX kernel={kernel} check={} trace={} rows={} pass={pass} fail={} failed={} secs={:.1}",
+        if check { "ok" } else { "fail" },
+        if trace.is_ok() { "ok" } else { "fail" },
+        TABLE.len(),
+        failed.len(),
+        if failed.is_empty() {
+            "-".to_owned()
+        } else {
+            failed.join(",")
+        },
+        started.elapsed().as_secs_f64(),
+    );
+    if !check || !failed.is_empty() {
+        bail!("the matrix failed on {kernel}");
+    }
+    Ok(())
+}
+
+/// `sockerr check`, its output prefixed with `check| `; true when it exits 0.
+fn check(options: &Options) -> bool {
+    println!("matrix: $ {} check", options.agent.display());
+    let started = Instant::now();
+    match Command::new(&options.agent).arg("check").output() {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            for line in text.lines() {
+                println!("check| {line}");
+            }
+            println!(
+                "matrix: sockerr check {} in {:.1} s",
+                out.status,
+                started.elapsed().as_secs_f64()
+            );
+            out.status.success()
+        }
+        Err(e) => {
+            println!("matrix: cannot run {}: {e}", options.agent.display());
+            false
+        }
+    }
+}
+
+/// Runs one row's scenario to completion (at most 60 s); its pid.
+fn scenario(case: &Case) -> Result<u32> {
+    let exe = std::env::current_exe().context("locating sockerr-scenario")?;
+    let mut child = Command::new(exe)
+        .args(case.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the scenario")?;
+    let pid = child.id();
+    let status = wait_timeout(&mut child, Duration::from_secs(60))?;
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    anyhow::ensure!(status.success(), "{status}: {}", stderr.trim());
+    Ok(pid)
+}
+
+/// Waits for a child, killing it after `timeout`.
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            child.wait()?;
+            bail!("still running after {timeout:?}; killed");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `sockerr trace --json` in the background, collecting findings; its
+/// stderr is passed through prefixed with `trace| `.
+struct Tracer {
+    child: Child,
+    findings: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Tracer {
+    fn start(options: &Options) -> Result<Self> {
+        if options.bpf_stats {
+            bpf_stats::enable()?;
+        }
+        println!("matrix: $ {} trace --json", options.agent.display());
+        let started = Instant::now();
+        let mut child = Command::new(&options.agent)
+            .args(["trace", "--json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting sockerr trace")?;
+        // Every stderr line goes through; the banner says every probe is
+        // attached, and EOF that the agent gave up.
+        let (banner_tx, banner_rx) = mpsc::channel();
+        let stderr = BufReader::new(child.stderr.take().expect("piped"));
+        let stderr_done = thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                println!("trace| {line}");
+                if line.contains("tracing; Ctrl-C to stop") {
+                    let _ = banner_tx.send(());
+                }
+            }
+        });
+        let findings = Arc::new(Mutex::new(Vec::new()));
+        let sink = findings.clone();
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => sink.lock().expect("not poisoned").push(v),
+                    Err(e) => println!("matrix: not a JSON finding ({e}): {line}"),
+                }
+            }
+        });
+        let mut tracer = Self { child, findings };
+        let deadline = Instant::now() + options.attach_timeout;
+        loop {
+            if banner_rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                break;
+            }
+            if let Some(status) = tracer.child.try_wait()? {
+                let _ = stderr_done.join();
+                bail!("sockerr trace exited with {status} before attaching");
+            }
+            if Instant::now() > deadline {
+                tracer.stop();
+                bail!(
+                    "sockerr trace did not attach within {:?}",
+                    options.attach_timeout
+                );
+            }
+        }
+        println!(
+            "matrix: tracing after {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(tracer)
+    }
+
+    /// Sorted finding kinds of a process.
+    fn kinds(&self, pid: u32) -> Vec<String> {
+        let mut kinds: Vec<String> = self
+            .findings
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|f| f["pid"] == pid)
+            .filter_map(|f| f["kind"].as_str().map(str::to_owned))
+            .collect();
+        kinds.sort();
+        kinds
+    }
+
+    /// Waits until `pid` has at least `n` findings.
+    fn wait_for(&self, pid: u32, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.kinds(pid).len() >= n {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 30 s).
+    fn stop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        match wait_timeout(&mut self.child, Duration::from_secs(30)) {
+            Ok(status) if !status.success() => println!("matrix: sockerr trace exited {status}"),
+            Ok(_) => {}
+            Err(e) => println!("matrix: stopping sockerr trace: {e:#}"),
+        }
+    }
+}

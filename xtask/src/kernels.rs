@@ -1,0 +1,595 @@
+//! Debian's cloud kernels for the kernel matrix, and the QEMU that boots
+//! them, through a private apt view: a sources list of our own (built from
+//! the Debian archive this machine is configured with), with its own package
+//! lists and download cache under ~/.cache/sockerr/kernels/apt. The system's
+//! sources are never edited; `apt-get -o Dir::Etc::sourcelist=…` points apt
+//! at ours.
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{cmd, setup};
+
+/// A kernel series the matrix boots: the cloud flavour (no modules needed,
+/// BTF built in) of the newest Debian package in `suites`.
+pub struct Series {
+    pub name: &'static str,
+    pub suites: &'static [&'static str],
+    pub from: &'static str,
+}
+
+pub const SERIES: &[Series] = &[
+    Series {
+        name: "5.10",
+        suites: &["bullseye", "bullseye-security"],
+        from: "Debian 11 bullseye",
+    },
+    Series {
+        name: "6.1",
+        suites: &["bookworm", "bookworm-security"],
+        from: "Debian 12 bookworm",
+    },
+    Series {
+        name: "6.12",
+        suites: &["bookworm-backports"],
+        from: "Debian 12 bookworm-backports",
+    },
+];
+
+/// The meta package whose Depends names the current cloud kernel.
+const META: &str = "linux-image-cloud-amd64";
+/// Package lists older than this are refreshed (a failed refresh keeps the
+/// cached kernels).
+const LISTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// A kernel ready to boot.
+pub struct Kernel {
+    pub series: &'static Series,
+    /// e.g. linux-image-6.1.0-56-cloud-amd64
+    pub package: String,
+    pub version: String,
+    pub vmlinuz: PathBuf,
+}
+
+impl Kernel {
+    /// The kernel release, e.g. 6.1.0-56-cloud-amd64.
+    pub fn release(&self) -> &str {
+        self.package
+            .strip_prefix("linux-image-")
+            .unwrap_or(&self.package)
+    }
+}
+
+pub fn dir() -> Result<PathBuf> {
+    Ok(setup::cache_dir()?.join("kernels"))
+}
+
+fn apt_dir() -> Result<PathBuf> {
+    Ok(dir()?.join("apt"))
+}
+
+/// apt's configuration for the private view, read after the system's (`-c`).
+fn apt_conf() -> Result<PathBuf> {
+    let apt = apt_dir()?;
+    let conf = format!(
+        "// Written by cargo xtask (kernel matrix): a private apt view.\n\
+         Dir::Etc::sourcelist \"{sources}\";\n\
+         Dir::Etc::sourceparts \"-\";\n\
+         Dir::State::Lists \"{lists}\";\n\
+         Dir::Cache \"{cache}\";\n\
+         // Only the package lists: no translations, no AppStream metadata.\n\
+         Acquire::Languages \"none\";\n\
+         Acquire::IndexTargets::deb::DEP-11::DefaultEnabled \"false\";\n\
+         Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled \"false\";\n\
+         Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled \"false\";\n\
+         // Downloads go to directories of ours, which apt's sandbox user cannot write.\n\
+         APT::Sandbox::User \"root\";\n",
+        sources = apt.join("sources.list").display(),
+        lists = apt.join("lists").display(),
+        cache = apt.join("cache").display(),
+    );
+    let path = apt.join("apt.conf");
+    if fs::read_to_string(&path).ok().as_deref() != Some(conf.as_str()) {
+        fs::create_dir_all(&apt)?;
+        fs::write(&path, conf)?;
+    }
+    Ok(path)
+}
+
+fn apt(program: &str) -> Result<Command> {
+    let mut c = Command::new(program);
+    c.arg("-c").arg(apt_conf()?);
+    Ok(c)
+}
+
+/// The Debian archive and security URIs this machine's apt is configured
+/// with (one-line and deb822 sources), and the keyring that signs them.
+struct Archive {
+    debian: String,
+    security: Option<String>,
+    keyring: String,
+}
+
+const DEBIAN_CODENAMES: &[&str] = &[
+    "buster",
+    "bullseye",
+    "bookworm",
+    "trixie",
+    "forky",
+    "sid",
+    "stable",
+    "oldstable",
+    "testing",
+    "unstable",
+];
+
+fn configured_archive() -> Result<Archive> {
+    let mut entries: Vec<(String, String, Option<String>)> = Vec::new(); // (uri, suite, signed-by)
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<_> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        more.sort();
+        files.extend(more);
+    }
+    for file in files {
+        let Ok(text) = fs::read_to_string(&file) else {
+            continue;
+        };
+        if file.extension().is_some_and(|e| e == "sources") {
+            entries.extend(deb822_entries(&text));
+        } else if file.extension().is_some_and(|e| e == "list") {
+            entries.extend(one_line_entries(&text));
+        }
+    }
+    let debian_suite = |suite: &str| DEBIAN_CODENAMES.contains(&suite.split('-').next().unwrap());
+    let debian = entries
+        .iter()
+        .find(|(_, s, _)| debian_suite(s) && !s.ends_with("-security"))
+        .context(
+            "no Debian archive in the apt sources (/etc/apt/sources.list, \
+             /etc/apt/sources.list.d): the kernel matrix fetches Debian's kernels from it",
+        )?;
+    let security = entries
+        .iter()
+        .find(|(_, s, _)| debian_suite(s) && s.ends_with("-security"));
+    let keyring = debian
+        .2
+        .clone()
+        .filter(|k| k.starts_with('/'))
+        .unwrap_or_else(|| DEFAULT_KEYRING.into());
+    Ok(Archive {
+        debian: debian.0.clone(),
+        security: security.map(|s| s.0.clone()),
+        keyring,
+    })
+}
+
+fn one_line_entries(text: &str) -> Vec<(String, String, Option<String>)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let Some(rest) = line.strip_prefix("deb ") else {
+            continue;
+        };
+        let mut rest = rest.trim();
+        let mut signed_by = None;
+        if let Some(opts) = rest.strip_prefix('[') {
+            let Some((opts, tail)) = opts.split_once(']') else {
+                continue;
+            };
+            signed_by = opts
+                .split_whitespace()
+                .find_map(|o| o.strip_prefix("signed-by="))
+                .map(str::to_owned);
+            rest = tail.trim();
+        }
+        let mut words = rest.split_whitespace();
+        if let (Some(uri), Some(suite)) = (words.next(), words.next()) {
+            out.push((uri.to_owned(), suite.to_owned(), signed_by));
+        }
+    }
+    out
+}
+
+fn deb822_entries(text: &str) -> Vec<(String, String, Option<String>)> {
+    let mut out = Vec::new();
+    for stanza in text.split("\n\n") {
+        let field = |name: &str| {
+            stanza.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_owned())
+            })
+        };
+        let types = field("Types").unwrap_or_default();
+        if !types.split_whitespace().any(|t| t == "deb")
+            || field("Enabled").is_some_and(|e| e.eq_ignore_ascii_case("no"))
+        {
+            continue;
+        }
+        let signed_by = field("Signed-By");
+        for uri in field("URIs").unwrap_or_default().split_whitespace() {
+            for suite in field("Suites").unwrap_or_default().split_whitespace() {
+                out.push((uri.to_owned(), suite.to_owned(), signed_by.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// This machine's Debian codename (e.g. bookworm), from /etc/os-release.
+fn codename() -> Option<String> {
+    fs::read_to_string("/etc/os-release")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VERSION_CODENAME=")
+                .map(|v| v.trim_matches('"').to_owned())
+        })
+}
+
+/// The suite QEMU comes from: this release's backports (see [`qemu`]).
+fn qemu_suite() -> String {
+    format!(
+        "{}-backports",
+        codename().unwrap_or_else(|| "bookworm".into())
+    )
+}
+
+/// Writes the private sources list: every suite of every series, and the
+/// suite QEMU is installed from.
+fn write_sources(archive: &Archive) -> Result<String> {
+    let mut suites: Vec<String> = Vec::new();
+    for suite in SERIES
+        .iter()
+        .flat_map(|s| s.suites.iter().map(|s| s.to_string()))
+        .chain([qemu_suite()])
+    {
+        if !suites.contains(&suite) {
+            suites.push(suite);
+        }
+    }
+    let mut list =
+        String::from("# Written by cargo xtask (kernel matrix); not the system's sources.\n");
+    for suite in &suites {
+        let uri = if suite.ends_with("-security") {
+            match &archive.security {
+                Some(uri) => uri,
+                None => {
+                    println!(
+                        "xtask kernels: no Debian security archive configured; skipping {suite}"
+                    );
+                    continue;
+                }
+            }
+        } else {
+            &archive.debian
+        };
+        list.push_str(&format!(
+            "deb [signed-by={}] {uri} {suite} main\n",
+            archive.keyring
+        ));
+    }
+    let apt = apt_dir()?;
+    for d in ["lists/partial", "cache/archives/partial"] {
+        fs::create_dir_all(apt.join(d))?;
+    }
+    fs::write(apt.join("sources.list"), &list)?;
+    Ok(list)
+}
+
+fn marker() -> Result<PathBuf> {
+    Ok(apt_dir()?.join("updated"))
+}
+
+fn lists_age() -> Option<Duration> {
+    let modified = fs::metadata(marker().ok()?).ok()?.modified().ok()?;
+    SystemTime::now().duration_since(modified).ok()
+}
+
+/// Refreshes the private view's package lists.
+fn update() -> Result<()> {
+    let archive = configured_archive()?;
+    let list = write_sources(&archive)?;
+    println!(
+        "xtask kernels: updating the package lists of the private apt view {}:",
+        apt_dir()?.join("sources.list").display()
+    );
+    for line in list.lines().filter(|l| l.starts_with("deb ")) {
+        println!("xtask kernels:   {line}");
+    }
+    let started = Instant::now();
+    let mut c = apt("apt-get")?;
+    // apt-get update exits 0 when it could not fetch a list, unless told.
+    c.args(["update", "-q", "--error-on=any"]);
+    cmd::run(&mut c).context(
+        "updating the private apt view failed (offline, or the Debian archive unreachable?)",
+    )?;
+    fs::write(marker()?, "")?;
+    println!(
+        "xtask kernels: package lists updated in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Makes sure the private view's lists exist and are not older than a
+/// week (or refreshes them when `refresh`). Returns false when they could
+/// not be refreshed but older ones exist.
+fn ensure_lists(refresh: bool) -> Result<bool> {
+    let age = lists_age();
+    if !refresh && age.is_some_and(|a| a < LISTS_MAX_AGE) {
+        return Ok(true);
+    }
+    match update() {
+        Ok(()) => Ok(true),
+        Err(e) if age.is_some() => {
+            println!("xtask kernels: {e:#}; using the package lists from before");
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn dpkg_newer(a: &str, b: &str) -> bool {
+    Command::new("dpkg")
+        .args(["--compare-versions", a, "gt", b])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The newest `linux-image-cloud-amd64` in the series' suites, and the
+/// versioned kernel package it depends on.
+fn resolve(series: &Series) -> Result<(String, String)> {
+    let madison = cmd::output(apt("apt-cache")?.args(["madison", META]))
+        .with_context(|| format!("apt-cache madison {META} in the private view"))?;
+    // "pkg | version | uri suite/component arch Packages"
+    let mut best: Option<String> = None;
+    for line in madison.lines() {
+        let fields: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (Some(version), Some(source)) = (fields.get(1), fields.get(2)) else {
+            continue;
+        };
+        let suite = source
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.split('/').next())
+            .unwrap_or("");
+        if series.suites.contains(&suite) && best.as_deref().is_none_or(|b| dpkg_newer(version, b))
+        {
+            best = Some((*version).to_owned());
+        }
+    }
+    let meta = best.with_context(|| {
+        format!(
+            "no {META} in {} (package lists of the private view)",
+            series.suites.join(", ")
+        )
+    })?;
+    let show = cmd::output(apt("apt-cache")?.args(["show", &format!("{META}={meta}")]))
+        .with_context(|| format!("apt-cache show {META}={meta}"))?;
+    let depends = show
+        .lines()
+        .find_map(|l| l.strip_prefix("Depends:"))
+        .with_context(|| format!("{META} {meta} has no Depends"))?;
+    // "linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)"
+    for dep in depends.split(',') {
+        let dep = dep.trim();
+        if let Some((name, rest)) = dep.split_once(" (= ")
+            && name.starts_with("linux-image-")
+        {
+            let version = rest.trim_end_matches(')').trim().to_owned();
+            anyhow::ensure!(
+                name.starts_with(&format!("linux-image-{}.", series.name)),
+                "{META} {meta} in {} depends on {name}, not a {} kernel",
+                series.suites.join(", "),
+                series.name
+            );
+            return Ok((name.to_owned(), version));
+        }
+    }
+    bail!("{META} {meta}: no linux-image dependency in {depends}")
+}
+
+/// What a series' cache directory holds: vmlinuz, config, and `package`
+/// ("name version").
+fn cached(series: &'static Series) -> Option<Kernel> {
+    let d = dir().ok()?.join(series.name);
+    let text = fs::read_to_string(d.join("package")).ok()?;
+    let (package, version) = text.trim().split_once(' ')?;
+    let vmlinuz = d.join("vmlinuz");
+    vmlinuz.is_file().then(|| Kernel {
+        series,
+        package: package.to_owned(),
+        version: version.to_owned(),
+        vmlinuz,
+    })
+}
+
+/// Downloads the package and keeps only its vmlinuz and config.
+fn download(series: &'static Series, package: &str, version: &str) -> Result<Kernel> {
+    let d = dir()?.join(series.name);
+    let tmp = dir()?.join(format!("{}.download", series.name));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    println!(
+        "xtask kernels: downloading {package} {version} ({})",
+        series.from
+    );
+    let started = Instant::now();
+    cmd::run(
+        apt("apt-get")?
+            .args(["download", "-q", &format!("{package}={version}")])
+            .current_dir(&tmp),
+    )
+    .with_context(|| format!("downloading {package} {version}"))?;
+    let deb = fs::read_dir(&tmp)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    let size = fs::metadata(&deb)?.len();
+    // Only /boot/vmlinuz-* and /boot/config-*: no modules (the initramfs
+    // needs none) and BTF is built into the image.
+    let release = package.trim_start_matches("linux-image-");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(r#"dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" "./boot/vmlinuz-$3" "./boot/config-$3""#)
+        .args(["sh"])
+        .arg(&deb)
+        .arg(&tmp)
+        .arg(release)
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "extracting vmlinuz-{release} from {}",
+        deb.display()
+    );
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d)?;
+    fs::rename(
+        tmp.join(format!("boot/vmlinuz-{release}")),
+        d.join("vmlinuz"),
+    )?;
+    fs::rename(tmp.join(format!("boot/config-{release}")), d.join("config"))?;
+    fs::write(d.join("package"), format!("{package} {version}\n"))?;
+    fs::remove_dir_all(&tmp)?;
+    println!(
+        "xtask kernels: {package} {version}: {:.1} MB downloaded in {:.1} s, kept {}",
+        size as f64 / 1e6,
+        started.elapsed().as_secs_f64(),
+        d.join("vmlinuz").display()
+    );
+    cached(series).context("the kernel just extracted is not in the cache")
+}
+
+/// Kernels of `series`, from the cache, or the newest package of each
+/// (downloaded when the cache holds another version). With `refresh`, the
+/// package lists are refreshed even when less than a week old.
+pub fn ensure(series: &[&'static Series], refresh: bool) -> Result<Vec<Kernel>> {
+    let all_cached = series.iter().all(|s| cached(s).is_some());
+    let fresh = lists_age().is_some_and(|a| a < LISTS_MAX_AGE);
+    if all_cached && fresh && !refresh {
+        let kernels: Vec<Kernel> = series.iter().filter_map(|s| cached(s)).collect();
+        for k in &kernels {
+            println!(
+                "xtask kernels: {} kernel {} {} is cached in {}",
+                k.series.name,
+                k.package,
+                k.version,
+                k.vmlinuz.parent().unwrap().display()
+            );
+        }
+        return Ok(kernels);
+    }
+    let online = match ensure_lists(refresh) {
+        Ok(online) => online,
+        Err(e) if all_cached => {
+            println!("xtask kernels: {e:#}; using the cached kernels");
+            return Ok(series.iter().filter_map(|s| cached(s)).collect());
+        }
+        Err(e) => return Err(e),
+    };
+    let mut kernels = Vec::new();
+    for s in series {
+        let kernel = match resolve(s) {
+            Ok((package, version)) => match cached(s) {
+                Some(k) if k.package == package && k.version == version => {
+                    println!(
+                        "xtask kernels: {} kernel {package} {version} is cached",
+                        s.name
+                    );
+                    k
+                }
+                old => match download(s, &package, &version) {
+                    Ok(k) => k,
+                    Err(e) => match old {
+                        Some(k) => {
+                            println!(
+                                "xtask kernels: {e:#}; using the cached {} {} instead",
+                                k.package, k.version
+                            );
+                            k
+                        }
+                        None => return Err(e),
+                    },
+                },
+            },
+            Err(e) => match cached(s) {
+                Some(k) if !online => {
+                    println!("xtask kernels: {e:#}; using the cached {}", k.package);
+                    k
+                }
+                _ => return Err(e),
+            },
+        };
+        kernels.push(kernel);
+    }
+    Ok(kernels)
+}
+
+/// The QEMU binary the matrix runs.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// Installs QEMU (needs root) when it is missing. It comes from this
+/// release's backports through the private view: the machines this project
+/// runs on carry qemu-utils from backports, which Breaks the older
+/// qemu-system-common of the release itself, so installing the release's
+/// QEMU would remove it. `--no-remove` makes apt refuse rather than remove
+/// anything.
+pub fn qemu() -> Result<()> {
+    if cmd::output(Command::new(QEMU).arg("--version")).is_some() {
+        println!("xtask setup: {QEMU} is installed");
+        return Ok(());
+    }
+    let suite = qemu_suite();
+    println!(
+        "xtask setup: missing {QEMU}: cargo xtask matrix boots Debian kernels under QEMU (TCG); \
+         installing qemu-system-x86 from {suite}"
+    );
+    if !cmd::is_root() {
+        bail!(
+            "not root, so not installing QEMU; run as root: cargo xtask setup \
+             (it installs qemu-system-x86 from {suite} through {})",
+            apt_dir()?.join("sources.list").display()
+        );
+    }
+    ensure_lists(false)?;
+    let mut c = apt("apt-get")?;
+    c.args([
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "--no-remove",
+    ])
+    .args(["-t", &suite, "qemu-system-x86"])
+    .env("DEBIAN_FRONTEND", "noninteractive");
+    cmd::run(&mut c)?;
+    Ok(())
+}
+
+/// The kernels of the series named (all when empty).
+pub fn select(names: &[String]) -> Result<Vec<&'static Series>> {
+    if names.is_empty() {
+        return Ok(SERIES.iter().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            SERIES.iter().find(|s| s.name == n).with_context(|| {
+                format!(
+                    "no kernel series {n}; the matrix has {}",
+                    SERIES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+                )
+            })
+        })
+        .collect()
+}
