@@ -64,7 +64,7 @@ fn a_containerd_pod_is_named_in_findings_and_log_lines() {
         return;
     }
     let host = HostRoot::new("containerd");
-    let (agent, log) = Agent::start_logged(&["--log.format=json", &host.flag()]);
+    let (agent, log) = Agent::logged(&["--log.format=json", &host.flag()]);
     let port = closed_port();
     let (shop, twin) = (Pod::new("shop", "web-0"), Pod::new("shop", "web-1"));
     let image = "docker.io/library/nginx:1.22";

@@ -345,33 +345,7 @@ impl Agent {
             .stderr(stderr)
             .spawn()
             .expect("starting sockerr run");
-        Self::ready(Self { child, port })
-    }
-
-    /// `sockerr run` with more flags, its log lines collected (and echoed).
-    pub fn start_logged(args: &[&str]) -> (Self, Arc<Mutex<Vec<String>>>) {
-        let port = closed_port();
-        let mut child = Command::new(agent_bin())
-            .args(["run", "--web.listen-address", &format!("127.0.0.1:{port}")])
-            .args(args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting sockerr run");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                eprintln!("sockerr: {line}");
-                sink.lock().unwrap().push(line);
-            }
-        });
-        (Self::ready(Self { child, port }), log)
-    }
-
-    /// Once it serves /healthz.
-    fn ready(agent: Self) -> Self {
-        let port = agent.port;
+        let agent = Self { child, port };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
