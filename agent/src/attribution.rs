@@ -7,7 +7,7 @@
 //! which (`exe_source`).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -17,7 +17,7 @@ use serde::Serialize;
 use sockerr_common::FindingRecord;
 
 use crate::{
-    containers::{self, Container},
+    containers::{Container, Containers},
     decode,
     proc::{self, Proc, Unreadable},
 };
@@ -42,24 +42,26 @@ pub struct Process {
     pub exe_error: Option<String>,
     /// cgroup v2 path.
     pub cgroup: Option<String>,
-    pub container: Container,
+    pub container: Arc<Container>,
 }
 
 /// Processes remembered; past this the least recently used are forgotten.
 const MAX_PROCESSES: usize = 8192;
-/// How often the cgroup tree may be walked again to name a new cgroup id.
+/// How often the cgroup tree may be walked again for an id a walk missed.
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Attributor {
     processes: HashMap<(u32, u64), (Instant, Arc<Process>)>,
     cgroups: CgroupNames,
+    containers: Containers,
 }
 
 impl Attributor {
-    pub fn new(cgroup_root: Option<PathBuf>) -> Self {
+    pub fn new(cgroup_root: Option<PathBuf>, containers: Containers) -> Self {
         Self {
             processes: HashMap::new(),
             cgroups: CgroupNames::new(cgroup_root),
+            containers,
         }
     }
 
@@ -115,7 +117,7 @@ impl Attributor {
         let cgroup = cgroup.or_else(|| self.cgroups.name(record.cgroup_id));
         let container = cgroup
             .as_deref()
-            .map(containers::from_cgroup)
+            .map(|path| self.containers.resolve(path))
             .unwrap_or_default();
         Process {
             exe,
@@ -128,12 +130,14 @@ impl Attributor {
 }
 
 /// cgroup v2 ids to paths: a cgroup's id is its directory's inode number,
-/// so the tree is walked (at most once per [`RESCAN_EVERY`]) when an
-/// unknown id shows up. A cgroup removed before that is named by nothing.
+/// so the tree is walked when an unknown id shows up. A cgroup removed
+/// before that is named by nothing.
 struct CgroupNames {
     root: Option<PathBuf>,
     names: HashMap<u64, String>,
     scanned: Option<Instant>,
+    /// Ids a walk did not find: their cgroups were gone already.
+    missed: HashSet<u64>,
 }
 
 impl CgroupNames {
@@ -142,6 +146,7 @@ impl CgroupNames {
             root,
             names: HashMap::new(),
             scanned: None,
+            missed: HashSet::new(),
         }
     }
 
@@ -153,13 +158,23 @@ impl CgroupNames {
             return Some(name.clone());
         }
         let root = self.root.clone()?;
-        if self.scanned.is_some_and(|t| t.elapsed() < RESCAN_EVERY) {
+        // An id never looked for may be a cgroup made since the last walk
+        // (a container that started and exited in between): walk at once.
+        // One the last walk missed is gone: walking again soon is wasted.
+        if self.missed.contains(&id) && self.scanned.is_some_and(|t| t.elapsed() < RESCAN_EVERY) {
             return None;
         }
         self.scanned = Some(Instant::now());
         self.names.clear();
         walk(&root, &root, &mut self.names);
-        self.names.get(&id).cloned()
+        let name = self.names.get(&id).cloned();
+        if name.is_none() {
+            if self.missed.len() >= MAX_PROCESSES {
+                self.missed.clear();
+            }
+            self.missed.insert(id);
+        }
+        name
     }
 }
 
@@ -186,6 +201,11 @@ mod tests {
 
     use super::*;
 
+    /// Container runtime state is read from a root holding none.
+    fn attributor(cgroup_root: Option<PathBuf>) -> Attributor {
+        Attributor::new(cgroup_root, Containers::new("/nonexistent".into()))
+    }
+
     fn record(pid: u32) -> FindingRecord {
         let mut r = FindingRecord::zeroed();
         r.tgid = pid;
@@ -196,7 +216,7 @@ mod tests {
     #[test]
     fn a_live_process_is_read_from_proc_once() {
         let root = proc::cgroup2_root().ok();
-        let mut a = Attributor::new(root);
+        let mut a = attributor(root);
         let me = record(std::process::id());
         let p = a.attribute(&me, Instant::now());
         assert_eq!(p.exe_source, Some(ExeSource::Proc));
@@ -221,7 +241,7 @@ mod tests {
         gone.cgroup_id = std::fs::metadata(root.join(own.trim_start_matches('/')))
             .unwrap()
             .ino();
-        let p = Attributor::new(Some(root)).attribute(&gone, Instant::now());
+        let p = attributor(Some(root)).attribute(&gone, Instant::now());
         assert_eq!(p.exe.as_deref(), Some("client"));
         assert_eq!(p.exe_source, Some(ExeSource::Kernel));
         assert_eq!(p.exe_error, None, "an exited process is not an error");
@@ -229,10 +249,31 @@ mod tests {
     }
 
     #[test]
+    fn a_cgroup_made_since_the_last_walk_is_named_at_once() {
+        // Any directory tree stands for the cgroup tree: ids are inodes.
+        let root = std::env::temp_dir().join(format!("sockerr-cgroups-{}", std::process::id()));
+        let ino = |dir: &str| {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+            std::fs::metadata(root.join(dir)).unwrap().ino()
+        };
+        let mut names = CgroupNames::new(Some(root.clone()));
+        let first = ino("kubepods/pod1/a");
+        assert_eq!(names.name(first).as_deref(), Some("/kubepods/pod1/a"));
+        let second = ino("kubepods/pod2/b");
+        assert_eq!(names.name(second).as_deref(), Some("/kubepods/pod2/b"));
+        // An id no walk finds is not walked for again at once.
+        assert_eq!(names.name(u64::MAX), None);
+        let walked = names.scanned;
+        assert_eq!(names.name(u64::MAX), None);
+        assert_eq!(names.scanned, walked);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
     fn a_reused_pid_is_another_process() {
         let mut me = record(std::process::id());
         me.start_boot_ns = 1_000_000_000; // started a second after boot: not us
-        let p = Attributor::new(None).attribute(&me, Instant::now());
+        let p = attributor(None).attribute(&me, Instant::now());
         assert_eq!(p.exe_source, Some(ExeSource::Kernel));
         assert_eq!(p.exe.as_deref(), Some("client"));
     }
@@ -241,7 +282,7 @@ mod tests {
     fn nothing_known_says_why() {
         let mut gone = record(u32::MAX >> 1);
         gone.exe = [0; sockerr_common::EXE_NAME_LEN];
-        let p = Attributor::new(None).attribute(&gone, Instant::now());
+        let p = attributor(None).attribute(&gone, Instant::now());
         assert_eq!((p.exe.as_deref(), p.exe_source), (None, None));
         assert_eq!(p.exe_error.as_deref(), Some("the process exited"));
         assert_eq!(p.cgroup, None);

@@ -30,6 +30,12 @@ pub struct Finding {
     pub cgroup: Option<String>,
     pub container_id: Option<String>,
     pub pod_uid: Option<String>,
+    /// The container's name (in its pod, for Kubernetes) and image, and the
+    /// pod's name and namespace, from the container runtime's state.
+    pub container: Option<String>,
+    pub image: Option<String>,
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
     /// The process's fd for the socket; null if it was closed first.
     pub fd: Option<i32>,
     pub remote: String,
@@ -101,6 +107,10 @@ impl Finding {
             cgroup: process.cgroup.clone(),
             container_id: process.container.id.clone(),
             pod_uid: process.container.pod_uid.clone(),
+            container: process.container.name.clone(),
+            image: process.container.image.clone(),
+            pod: process.container.pod.clone(),
+            namespace: process.container.namespace.clone(),
             fd,
             remote: decode::endpoint(&raw.remote)
                 .map_or_else(|| "unknown".into(), |a| a.to_string()),
@@ -121,7 +131,7 @@ impl Finding {
     pub fn human(&self) -> String {
         let reads: Vec<String> = self.so_error_reads.iter().map(i32::to_string).collect();
         format!(
-            "{} {} {} pid={} comm={:?} exe={} fd={} remote={} errno={} so_error_reads=[{}] syscall={} sites: {}",
+            "{} {} {} pid={} comm={:?} exe={}{} fd={} remote={} errno={} so_error_reads=[{}] syscall={} sites: {}",
             decode::rfc3339(self.at),
             self.severity.to_uppercase(),
             self.kind_name(),
@@ -130,6 +140,7 @@ impl Finding {
             self.exe
                 .clone()
                 .unwrap_or_else(|| format!("({})", self.exe_error.as_deref().unwrap_or("unknown"))),
+            self.where_human(),
             self.fd.map_or_else(|| "-".into(), |fd| fd.to_string()),
             self.remote,
             self.errno.as_deref().unwrap_or("-"),
@@ -137,6 +148,25 @@ impl Finding {
             self.syscall,
             self.call_sites.summary(&self.so_error_reads),
         )
+    }
+
+    /// ` pod=<namespace>/<pod> container=<name> image=<image>`, each part
+    /// only when known; a container known by its id only shows that.
+    fn where_human(&self) -> String {
+        let mut out = String::new();
+        if let Some(pod) = &self.pod {
+            let namespace = self.namespace.as_deref().unwrap_or("?");
+            out += &format!(" pod={namespace}/{pod}");
+        }
+        match (&self.container, &self.container_id) {
+            (Some(name), _) => out += &format!(" container={name}"),
+            (None, Some(id)) => out += &format!(" container_id={}", &id[..id.len().min(12)]),
+            (None, None) => {}
+        }
+        if let Some(image) = &self.image {
+            out += &format!(" image={image}");
+        }
+        out
     }
 }
 
@@ -149,6 +179,7 @@ pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::containers::Container;
 
     /// A record as the kernel sends it.
     pub fn record(pid: u32, kind: FindingKind) -> Record {
@@ -183,6 +214,63 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_finding_in_a_pod_names_it() {
+        let container = Container {
+            id: Some("90f4ab8492725c41e9516a37a4fab64932e4afad611fb05b3aacafe8f41fdee1".into()),
+            pod_uid: Some("39a328fb-fd7e-416d-a003-073e2ba2aa4e".into()),
+            name: Some("nginx".into()),
+            image: Some("docker.io/library/nginx:1.22".into()),
+            pod: Some("web-0".into()),
+            namespace: Some("shop".into()),
+        };
+        let process = |container: Container| {
+            Arc::new(Process {
+                exe: Some("/usr/sbin/nginx".into()),
+                exe_source: Some(ExeSource::Proc),
+                container: Arc::new(container),
+                ..Default::default()
+            })
+        };
+        let record = record(42, FindingKind::SoErrorMasked);
+        let f = Finding::new(
+            &record,
+            &process(container.clone()),
+            None,
+            CallSites::default(),
+        );
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["container"], "nginx");
+        assert_eq!(json["image"], "docker.io/library/nginx:1.22");
+        assert_eq!(json["pod"], "web-0");
+        assert_eq!(json["namespace"], "shop");
+        assert_eq!(json["container_id"], container.id.clone().unwrap());
+        assert_eq!(json["pod_uid"], "39a328fb-fd7e-416d-a003-073e2ba2aa4e");
+        assert!(
+            f.human().contains(
+                "exe=/usr/sbin/nginx pod=shop/web-0 container=nginx \
+                 image=docker.io/library/nginx:1.22 fd=-"
+            ),
+            "{}",
+            f.human()
+        );
+        // Known by its cgroup ids only: the short id stands in.
+        let ids_only = Container {
+            id: container.id,
+            pod_uid: container.pod_uid,
+            ..Container::default()
+        };
+        let f = Finding::new(&record, &process(ids_only), None, CallSites::default());
+        assert!(
+            f.human()
+                .contains("exe=/usr/sbin/nginx container_id=90f4ab849272 fd=-"),
+            "{}",
+            f.human()
+        );
+        let json = serde_json::to_value(&f).unwrap();
+        assert!(json["container"].is_null() && json["pod"].is_null());
+    }
+
+    #[test]
     fn decode_rejects_short_or_unknown_records() {
         assert!(Record::decode(&[0u8; 8]).is_none());
         let zeroed = vec![0u8; size_of::<FindingRecord>()];
@@ -201,8 +289,9 @@ pub(crate) mod tests {
         assert_eq!(json["time"], "1970-01-01T00:00:05.000Z");
         assert!(json.get("at").is_none() && json.get("exe_error").is_none());
         assert!(
-            f.human()
-                .contains("CRITICAL so_error_masked pid=42 comm=\"client\"")
+            f.human().contains(
+                "CRITICAL so_error_masked pid=42 comm=\"client\" exe=/usr/bin/client fd=-"
+            )
         );
     }
 }

@@ -19,7 +19,7 @@ mod proc;
 mod sampler;
 mod state;
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -85,6 +85,8 @@ struct RunArgs {
     kernel: KernelArgs,
     #[command(flatten)]
     call_sites: CallSiteArgs,
+    #[command(flatten)]
+    containers: ContainerArgs,
 }
 
 #[derive(Args)]
@@ -124,6 +126,15 @@ struct CallSiteArgs {
 }
 
 #[derive(Args)]
+struct ContainerArgs {
+    /// Where the host's root is: container names, images and pods are read
+    /// from the runtimes' state under it (containerd, CRI-O, Docker, Podman),
+    /// e.g. /host when the host's runtime directories are mounted there.
+    #[arg(long = "containers.root", default_value = "/")]
+    root: PathBuf,
+}
+
+#[derive(Args)]
 struct TraceArgs {
     /// Print JSON lines instead of human-readable lines.
     #[arg(long)]
@@ -141,6 +152,8 @@ struct TraceArgs {
     kernel: KernelArgs,
     #[command(flatten)]
     call_sites: CallSiteArgs,
+    #[command(flatten)]
+    containers: ContainerArgs,
 }
 
 fn positive_duration(s: &str) -> Result<Duration, String> {
@@ -201,7 +214,12 @@ async fn run(args: RunArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let started = start(&args.kernel, Duration::from_secs(10), &args.call_sites)?;
+    let started = start(
+        &args.kernel,
+        Duration::from_secs(10),
+        &args.call_sites,
+        &args.containers,
+    )?;
     let metrics = metrics::Metrics::new(args.max_comms, args.max_remotes);
     for (probe, hook) in started.attached.iter() {
         let hook = hook.as_ref().ok().map(|h| h.attach.to_string());
@@ -246,7 +264,12 @@ async fn periodic(state: state::State, summaries: Duration) {
 }
 
 async fn trace(args: TraceArgs) -> Result<()> {
-    let started = start(&args.kernel, Duration::ZERO, &args.call_sites)?;
+    let started = start(
+        &args.kernel,
+        Duration::ZERO,
+        &args.call_sites,
+        &args.containers,
+    )?;
     eprintln!("sockerr: tracing; Ctrl-C to stop");
     let mut pipeline = pipeline::Running::spawn(started.pipeline, move |output| {
         let pipeline::Output::Finding { finding: f, .. } = output else {
@@ -286,6 +309,7 @@ fn start(
     kernel_args: &KernelArgs,
     detail_default: Duration,
     call_sites: &CallSiteArgs,
+    containers: &ContainerArgs,
 ) -> Result<Started> {
     check::require()?;
     let btf = loader::KernelBtf::read()?;
@@ -326,7 +350,10 @@ fn start(
             ring: maps.findings,
             tallies: maps.tallies,
             locator,
-            attributor: attribution::Attributor::new(proc::cgroup2_root().ok()),
+            attributor: attribution::Attributor::new(
+                proc::cgroup2_root().ok(),
+                containers::Containers::new(containers.root.clone()),
+            ),
         },
         sampler: sampler::Sampler::new(maps.counters, maps.remotes, maps.health),
         attached,

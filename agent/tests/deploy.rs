@@ -243,3 +243,40 @@ fn kubernetes_manifests_validate_offline() {
         );
     }
 }
+
+/// The DaemonSet mounts nothing writable, and each runtime's state where
+/// `--containers.root=/host` makes the agent look for it.
+#[test]
+fn daemonset_mounts_runtime_state_read_only_under_the_containers_root() {
+    let script = r#"
+import sys, yaml
+pod = yaml.safe_load(open(sys.argv[1]))["spec"]["template"]["spec"]
+agent = pod["containers"][0]
+assert "--containers.root=/host" in agent["args"], agent["args"]
+volumes = {v["name"]: v for v in pod["volumes"]}
+for m in agent["volumeMounts"]:
+    assert m.get("readOnly") is True, m
+    if m["mountPath"].startswith("/host/"):
+        assert m["mountPath"] == "/host" + volumes[m["name"]]["hostPath"]["path"], m
+        assert m.get("mountPropagation") == "HostToContainer", m
+        print(m["mountPath"])
+"#;
+    let out = Command::new(venv_bin("python"))
+        .args(["-c", script])
+        .arg(repo().join("deploy/kubernetes/daemonset.yaml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "/host/run/containerd/io.containerd.runtime.v2.task",
+            "/host/run/containers/storage/overlay-containers",
+        ]
+    );
+}

@@ -33,6 +33,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("wrk", "the benchmark drives nginx with a TLS upstream"),
     ("curl", "tests run curl as a well-behaved client"),
     ("gcc", "tests compile the libevent client"),
+    (
+        "libc6-dev",
+        "tests link a static client to run in a container (libc.a)",
+    ),
+    (
+        "runc",
+        "tests run clients in real OCI containers (cgroups, namespaces)",
+    ),
     ("pkg-config", "tests locate libevent"),
     (
         "nodejs",

@@ -2,6 +2,8 @@
 //! the agent started as a child process (`sockerr trace --json` or `sockerr run`).
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod container;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
@@ -101,8 +103,14 @@ pub struct Tracer {
 
 impl Tracer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// `sockerr trace --json` with more flags.
+    pub fn start_with(args: &[&str]) -> Self {
         let mut child = Command::new(agent_bin())
             .args(["trace", "--json"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -156,9 +164,25 @@ impl Tracer {
 
     /// Waits until `pid` has at least `n` findings.
     pub fn wait_for(&self, pid: u32, n: usize, timeout: Duration) -> Vec<Value> {
+        self.wait_matching(|f| f["pid"] == pid, n, timeout)
+    }
+
+    /// Findings that match `pred`.
+    pub fn matching(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let findings = self.findings.lock().unwrap();
+        findings.iter().filter(|f| pred(f)).cloned().collect()
+    }
+
+    /// Waits until at least `n` findings match `pred`.
+    pub fn wait_matching(
+        &self,
+        pred: impl Fn(&Value) -> bool,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            let found = self.of(pid);
+            let found = self.matching(&pred);
             if found.len() >= n || Instant::now() > deadline {
                 return found;
             }
