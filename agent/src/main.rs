@@ -48,8 +48,9 @@ enum Command {
     Run(RunArgs),
     /// Attach the probes and print findings as they happen.
     Trace(TraceArgs),
-    /// Report whether this host can run the agent, and why not.
-    Check,
+    /// Report whether this host can run the agent, which hook each probe
+    /// uses, and why something is missing.
+    Check(CheckArgs),
 }
 
 #[derive(Args)]
@@ -87,6 +88,12 @@ struct RunArgs {
     call_sites: CallSiteArgs,
     #[command(flatten)]
     containers: ContainerArgs,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    kernel: KernelArgs,
 }
 
 #[derive(Args)]
@@ -156,6 +163,16 @@ struct TraceArgs {
     containers: ContainerArgs,
 }
 
+impl KernelArgs {
+    fn options(&self, detail_default: Duration) -> loader::Options {
+        loader::Options {
+            max_attempts: self.max_attempts,
+            detail_interval: self.detail_interval.unwrap_or(detail_default),
+            disabled_hooks: self.disable_hooks.clone(),
+        }
+    }
+}
+
 fn positive_duration(s: &str) -> Result<Duration, String> {
     match humantime::parse_duration(s).map_err(|e| e.to_string())? {
         d if d.is_zero() => Err("must be more than 0".into()),
@@ -174,8 +191,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, &cli.log_level);
     let result = match cli.command {
-        Command::Check => Ok(check::report(&check::requirements(Some(
-            &loader::Options::default(),
+        Command::Check(args) => Ok(check::report(&check::requirements(Some(
+            &args.kernel.options(Duration::ZERO),
         )))),
         command => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -186,7 +203,7 @@ fn main() -> ExitCode {
                     match command {
                         Command::Run(args) => run(args).await,
                         Command::Trace(args) => trace(args).await,
-                        Command::Check => unreachable!(),
+                        Command::Check(_) => unreachable!(),
                     }
                 })
             })
@@ -313,11 +330,7 @@ fn start(
 ) -> Result<Started> {
     check::require()?;
     let btf = loader::KernelBtf::read()?;
-    let options = loader::Options {
-        max_attempts: kernel_args.max_attempts,
-        detail_interval: kernel_args.detail_interval.unwrap_or(detail_default),
-        disabled_hooks: kernel_args.disable_hooks.clone(),
-    };
+    let options = kernel_args.options(detail_default);
     let mut kernel = loader::Kernel::load(&btf, &options)?;
     let attached = kernel.attach(&btf, &options)?;
     log_attached(&attached);

@@ -126,7 +126,10 @@ pub struct CallSites {
 #[derive(Clone, Copy)]
 pub struct SocketState {
     pub attempt: Attempt,
-    pub _pad: u32,
+    /// Thread group of the task that called connect(): whom a finding is
+    /// attributed to where the hook cannot ask who is calling (the
+    /// getsockopt hook of kernels without task helpers there).
+    pub tgid: u32,
     pub remote: Endpoint,
     /// When the attempt started (CLOCK_MONOTONIC): tells its call sites from
     /// those of an earlier attempt on the same socket.

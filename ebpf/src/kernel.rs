@@ -135,13 +135,20 @@ pub fn connect_state(socket: u64) -> i32 {
     read(socket, offset!(socket_state))
 }
 
+/// The current task's cgroup v2 id, for a finding record of a hook that can
+/// ask nothing else about the task.
+pub fn identify_cgroup(record: &mut FindingRecord) {
+    // SAFETY: no preconditions.
+    record.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+}
+
 /// Who the current task is, for a finding record: its cgroup v2 id, its
 /// thread group leader's start time and its executable's file name. Only
 /// finding records pay for this (a handful of reads), never a plain connect.
 pub fn identify_current(record: &mut FindingRecord) {
-    // SAFETY: helpers without preconditions.
-    let (cgroup, task) = unsafe { (bpf_get_current_cgroup_id(), bpf_get_current_task()) };
-    record.cgroup_id = cgroup;
+    identify_cgroup(record);
+    // SAFETY: no preconditions.
+    let task = unsafe { bpf_get_current_task() };
     let leader: u64 = read(task, offset!(task_group_leader));
     record.start_boot_ns = read(leader, offset!(task_start_boottime));
     let mm: u64 = read(task, offset!(task_mm));

@@ -278,14 +278,47 @@ pub fn failed(state: &SocketState, errno: i32) {
     count_remote(state.remote, errno, false);
 }
 
+/// Who made a call: the current task where the hook may ask, else the task
+/// that made the attempt's connect() (almost always the same process).
+pub struct Caller {
+    pub pid_tgid: u64,
+    pub comm: [u8; TASK_COMM_LEN],
+    /// Whether the task itself can be read (identity for the record).
+    pub current: bool,
+}
+
+impl Caller {
+    pub fn current() -> Self {
+        Self {
+            pid_tgid: bpf_get_current_pid_tgid(),
+            comm: current_comm(),
+            current: true,
+        }
+    }
+
+    pub fn connecting(state: &SocketState) -> Self {
+        Self {
+            pid_tgid: u64::from(state.tgid) << 32 | u64::from(state.tgid),
+            comm: state.comm,
+            current: false,
+        }
+    }
+}
+
 /// A finding: counted by comm and per (process, kind) in every case; a
 /// record goes to the agent for the first finding of a (process, kind) and
 /// then at most once per `DETAIL_INTERVAL_NS`.
-pub fn finding(inode: u64, state: &SocketState, kind: FindingKind, trigger: Trigger) {
+pub fn finding(
+    inode: u64,
+    state: &SocketState,
+    kind: FindingKind,
+    trigger: Trigger,
+    caller: &Caller,
+) {
     health(Health::FindingsProduced);
-    let comm = current_comm();
+    let comm = caller.comm;
     count(comm, Counter::Finding, kind as u16);
-    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid_tgid = caller.pid_tgid;
     let key = TallyKey {
         tgid: (pid_tgid >> 32) as u32,
         kind: kind as u8,
@@ -334,7 +367,11 @@ pub fn finding(inode: u64, state: &SocketState, kind: FindingKind, trigger: Trig
     if let Some(sites) = sites {
         record.sites = sites;
     }
-    kernel::identify_current(record);
+    if caller.current {
+        kernel::identify_current(record);
+    } else {
+        kernel::identify_cgroup(record);
+    }
     health(Health::RecordsSent);
     let queued = FINDINGS.query(BPF_RB_AVAIL_DATA as u64);
     // SAFETY: reading a read-only global.

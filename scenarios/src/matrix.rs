@@ -26,15 +26,19 @@ use crate::bpf_stats;
 
 struct Options {
     agent: PathBuf,
+    /// Extra arguments for `sockerr check` and `sockerr trace` (e.g. hooks
+    /// to disable, to exercise a fallback).
+    agent_args: Vec<String>,
     /// How long the agent may take to attach (TCG emulation is slow).
     attach_timeout: Duration,
     bpf_stats: bool,
 }
 
 fn parse(args: &[&str]) -> Result<Options> {
-    let usage = "matrix --agent PATH [--attach-timeout SECS] [--bpf-stats]";
+    let usage = "matrix --agent PATH [--agent-arg ARG]... [--attach-timeout SECS] [--bpf-stats]";
     let mut options = Options {
         agent: PathBuf::new(),
+        agent_args: Vec::new(),
         attach_timeout: Duration::from_secs(120),
         bpf_stats: false,
     };
@@ -46,6 +50,9 @@ fn parse(args: &[&str]) -> Result<Options> {
                 options.attach_timeout = Duration::from_secs(it.next().context(usage)?.parse()?)
             }
             "--bpf-stats" => options.bpf_stats = true,
+            "--agent-arg" => options
+                .agent_args
+                .push(it.next().context(usage)?.to_string()),
             other => bail!("unknown argument {other}; usage: {usage}"),
         }
     }
@@ -134,7 +141,11 @@ pub fn run(args: &[&str]) -> Result<()> {
 fn check(options: &Options) -> bool {
     println!("matrix: $ {} check", options.agent.display());
     let started = Instant::now();
-    match Command::new(&options.agent).arg("check").output() {
+    match Command::new(&options.agent)
+        .arg("check")
+        .args(&options.agent_args)
+        .output()
+    {
         Ok(out) => {
             let text = String::from_utf8_lossy(&out.stdout).into_owned()
                 + &String::from_utf8_lossy(&out.stderr);
@@ -207,6 +218,7 @@ impl Tracer {
         let started = Instant::now();
         let mut child = Command::new(&options.agent)
             .args(["trace", "--json"])
+            .args(&options.agent_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -66,6 +66,32 @@ impl Default for Options {
     }
 }
 
+/// A way of running the table: the agent as configured by default, or with
+/// hooks disabled so that a probe's fallback is what runs.
+struct Variant {
+    name: &'static str,
+    /// Extra arguments for `sockerr check` and `sockerr trace`.
+    agent_args: &'static [&'static str],
+}
+
+const VARIANTS: [Variant; 2] = [
+    Variant {
+        name: "",
+        agent_args: &[],
+    },
+    // sends and receives through kprobes, the last hook of their probes
+    // (tp_btf on ≥ 6.3 and fentry elsewhere come first).
+    Variant {
+        name: "kprobes",
+        agent_args: &[
+            "--kernel.disable-hook=tp_btf/sock_send_length",
+            "--kernel.disable-hook=tp_btf/sock_recv_length",
+            "--kernel.disable-hook=fentry/tcp_sendmsg",
+            "--kernel.disable-hook=fentry/tcp_recvmsg",
+        ],
+    },
+];
+
 /// The runner's closing line: `MATRIX kernel=… check=ok trace=ok rows=13 pass=13 fail=0 failed=- secs=…`.
 #[derive(Debug)]
 struct Summary {
@@ -168,7 +194,9 @@ pub fn matrix(options: &Options) -> Result<Outcome> {
         let image = initramfs(&agent, &scenario, options.bpf_stats, &out)?;
         initramfs_time = Some(t.elapsed());
         for kernel in &kernels {
-            rows.push(boot(kernel, &image, options, &out)?);
+            for variant in &VARIANTS {
+                rows.push(boot(kernel, variant, &image, options, &out)?);
+            }
         }
     }
     if !options.no_host {
@@ -205,7 +233,8 @@ fn step_qemu() -> Result<()> {
 // ----- the initramfs -------------------------------------------------------
 
 /// init: mounts what the agent needs, runs the table, powers off. The
-/// markers let the host time the boot and find the end.
+/// markers let the host time the boot and find the end. The kernel command
+/// line's `sockerr.arg=…` words become the agent's extra arguments.
 fn init_script(bpf_stats: bool) -> String {
     format!(
         r#"#!/bin/busybox sh
@@ -220,7 +249,11 @@ mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing
 ip link set lo up
 echo "MATRIX-INIT uptime=$(cut -d' ' -f1 /proc/uptime) cpus=$(nproc)"
-/sockerr/sockerr-scenario matrix --agent /sockerr/sockerr --attach-timeout 240{stats}
+args=""
+for word in $(cat /proc/cmdline); do
+  case "$word" in sockerr.arg=*) args="$args --agent-arg ${{word#sockerr.arg=}}";; esac
+done
+/sockerr/sockerr-scenario matrix --agent /sockerr/sockerr --attach-timeout 240$args{stats}
 rc=$?
 if [ $rc -ne 0 ]; then
   echo "--- dmesg, last 40 lines"
@@ -456,18 +489,43 @@ fn find<'a>(lines: &'a [Line], prefix: &str) -> Option<&'a Line> {
     lines.iter().find(|l| l.text.starts_with(prefix))
 }
 
-fn boot(kernel: &Kernel, image: &Path, options: &Options, out: &Path) -> Result<Row> {
-    let series = kernel.series.name;
-    let log = out.join(format!("{series}.console.log"));
+fn boot(
+    kernel: &Kernel,
+    variant: &Variant,
+    image: &Path,
+    options: &Options,
+    out: &Path,
+) -> Result<Row> {
+    let series = if variant.name.is_empty() {
+        kernel.series.name.to_owned()
+    } else {
+        format!("{}/{}", kernel.series.name, variant.name)
+    };
+    let series = series.as_str();
+    let log = out.join(format!("{}.console.log", series.replace('/', "-")));
     println!(
-        "xtask matrix: booting {} ({} {}, {}) under QEMU TCG, {} MiB; at most {} s",
+        "xtask matrix: booting {} ({} {}, {}) under QEMU TCG, {} MiB; at most {} s{}",
         kernel.release(),
         kernel.package,
         kernel.version,
         kernel.series.from,
         options.memory,
-        options.timeout
+        options.timeout,
+        if variant.name.is_empty() {
+            String::new()
+        } else {
+            format!("; agent {}", variant.agent_args.join(" "))
+        }
     );
+    let cmdline: String = std::iter::once("console=ttyS0 panic=-1 quiet".to_owned())
+        .chain(
+            variant
+                .agent_args
+                .iter()
+                .map(|a| format!("sockerr.arg={a}")),
+        )
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut qemu = Command::new(kernels::QEMU);
     qemu.args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
         .args(["-m", &options.memory.to_string()])
@@ -476,7 +534,7 @@ fn boot(kernel: &Kernel, image: &Path, options: &Options, out: &Path) -> Result<
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(image)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+        .args(["-append", &cmdline]);
     let (lines, timed_out) = stream(
         &mut qemu,
         series,
@@ -582,7 +640,7 @@ fn print_table(rows: &[Row], fetch: Duration, initramfs: Option<Duration>, total
     );
     let _ = writeln!(
         t,
-        "{:<6} {:<28} {:>8} {:>8} {:<6} {:<6} {:>6}  result",
+        "{:<12} {:<28} {:>8} {:>8} {:<6} {:<6} {:>6}  result",
         "series", "kernel", "boot", "table", "check", "trace", "rows"
     );
     for r in rows {
@@ -625,7 +683,7 @@ fn print_table(rows: &[Row], fetch: Duration, initramfs: Option<Duration>, total
             .map_or(r.kernel.as_str(), |s| s.kernel.as_str());
         let _ = writeln!(
             t,
-            "{:<6} {:<28} {:>8} {:>8} {:<6} {:<6} {:>6}  {}",
+            "{:<12} {:<28} {:>8} {:>8} {:<6} {:<6} {:>6}  {}",
             r.series,
             kernel,
             secs(r.boot),
@@ -697,7 +755,7 @@ fn print_table(rows: &[Row], fetch: Duration, initramfs: Option<Duration>, total
              EMULATED CPU (QEMU TCG): run counts are real, times are not those of real hardware."
         );
         for (series, s) in stats {
-            let _ = writeln!(t, "  {series:<6} {s}");
+            let _ = writeln!(t, "  {series:<12} {s}");
         }
     }
     print!("{t}");

@@ -233,7 +233,7 @@ fn attach_program(
             p.load().context("verifier")?;
             p.attach(function, 0)?;
         }
-        Attach::CgroupGetsockopt => {
+        Attach::CgroupGetsockopt | Attach::CgroupGetsockoptCompat => {
             let p: &mut CgroupSockopt = program.try_into()?;
             p.load().context("verifier")?;
             p.attach(cgroup()?, CgroupAttachMode::Single)?;

@@ -15,6 +15,10 @@ pub enum Attach {
     KProbe(&'static str),
     /// `cgroup/getsockopt` on the cgroup v2 root.
     CgroupGetsockopt,
+    /// The same, built for kernels that refuse task helpers there (5.10):
+    /// reads are attributed to the process that made the connect, and
+    /// carry no call sites.
+    CgroupGetsockoptCompat,
     /// `cgroup/sock_release` on the cgroup v2 root (Linux ≥ 5.9).
     CgroupSockRelease,
 }
@@ -26,6 +30,7 @@ impl std::fmt::Display for Attach {
             Attach::FEntry(func) => write!(f, "fentry/{func}"),
             Attach::KProbe(func) => write!(f, "kprobe/{func}"),
             Attach::CgroupGetsockopt => f.write_str("cgroup/getsockopt"),
+            Attach::CgroupGetsockoptCompat => f.write_str("cgroup/getsockopt-compat"),
             Attach::CgroupSockRelease => f.write_str("cgroup/sock_release"),
         }
     }
@@ -69,7 +74,10 @@ pub const PROBES: &[Probe] = &[
         name: "so_error",
         observes: "the SO_ERROR values processes read: so_error_masked and so_error_reread",
         required: true,
-        hooks: &[hook("so_error", Attach::CgroupGetsockopt)],
+        hooks: &[
+            hook("so_error", Attach::CgroupGetsockopt),
+            hook("so_error_compat", Attach::CgroupGetsockoptCompat),
+        ],
     },
     Probe {
         name: "send",

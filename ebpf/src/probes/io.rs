@@ -13,7 +13,7 @@ use sockerr_common::{Health, SS_CONNECTING, Trigger};
 
 use crate::{
     kernel::{self, TCP_CLOSE},
-    maps::{attempt, finding, health},
+    maps::{Caller, attempt, finding, health},
 };
 
 #[btf_tracepoint(function = "sock_send_length")]
@@ -74,7 +74,7 @@ fn io(sk: *const c_void, trigger: Trigger) {
     match attempt(inode) {
         Some(state) => {
             if let Some(kind) = state.attempt.io() {
-                finding(inode, state, kind, trigger);
+                finding(inode, state, kind, trigger, &Caller::current());
             }
         }
         // Still SS_CONNECTING: a client whose attempt failed, evicted.

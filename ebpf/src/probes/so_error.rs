@@ -1,24 +1,36 @@
 //! `getsockopt(SOL_SOCKET, SO_ERROR)`: what the process was told.
+//!
+//! Two builds of one hook: `so_error` asks who is calling; `so_error_compat`
+//! is for kernels whose getsockopt hook may not (Debian 11's 5.10 refuses
+//! `bpf_get_current_pid_tgid` there) and attributes the read to the process
+//! that made the connect, without call sites for reads.
 
 use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
-use sockerr_common::{Counter, Health, ReadClass, SS_CONNECTING, SiteOp, Trigger};
+use sockerr_common::{CallSite, Counter, Health, ReadClass, SS_CONNECTING, SiteOp, Trigger};
 
 use crate::{
     kernel::{self, SO_ERROR, SOL_SOCKET, TCP_CLOSE, TCP_SYN_SENT},
-    maps::{
-        attempt, count, current_comm, finding, health, keep_read_site, plain_address, take_site,
-    },
+    maps::{Caller, attempt, count, finding, health, keep_read_site, plain_address, take_site},
 };
 
 /// Runs after the kernel's own getsockopt. It must return 1 and change
 /// nothing: the process sees exactly what it would without sockerr.
 #[cgroup_sockopt(getsockopt)]
 pub fn so_error(ctx: SockoptContext) -> i32 {
-    observe(&ctx);
+    observe(&ctx, true);
     1
 }
 
-fn observe(ctx: &SockoptContext) {
+#[cgroup_sockopt(getsockopt)]
+pub fn so_error_compat(ctx: SockoptContext) -> i32 {
+    observe(&ctx, false);
+    1
+}
+
+/// `ask`: whether this build may ask the kernel who is calling. A constant
+/// in each build: the other build carries no such helper call.
+#[inline(always)]
+fn observe(ctx: &SockoptContext, ask: bool) {
     // SAFETY: the context is valid for the program run.
     let opt = unsafe { &*ctx.sockopt };
     if opt.level != SOL_SOCKET || opt.optname != SO_ERROR || opt.retval != 0 || opt.optlen < 4 {
@@ -33,7 +45,11 @@ fn observe(ctx: &SockoptContext) {
         )
     };
     // Taken before any early return, so it cannot be left for a later call.
-    let site = take_site(SiteOp::Getsockopt);
+    let site = if ask {
+        take_site(SiteOp::Getsockopt)
+    } else {
+        CallSite::default()
+    };
     if sk.is_null() || start.wrapping_byte_add(4) > end {
         return;
     }
@@ -62,8 +78,13 @@ fn observe(ctx: &SockoptContext) {
     {
         keep_read_site(inode, state, slot, site);
     }
-    count(current_comm(), Counter::read(class), 0);
+    let caller = if ask {
+        Caller::current()
+    } else {
+        Caller::connecting(state)
+    };
+    count(caller.comm, Counter::read(class), 0);
     if let Some(kind) = finding_kind {
-        finding(inode, state, kind, Trigger::Getsockopt);
+        finding(inode, state, kind, Trigger::Getsockopt, &caller);
     }
 }

@@ -3,7 +3,9 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
 use aya_log_ebpf::warn;
 use sockerr_common::{Attempt, Counter, Health, Outcome, SS_UNCONNECTED, SiteOp, SocketState};
 
@@ -42,7 +44,7 @@ fn start(ctx: &BtfTracePointContext, sk: *mut c_void) {
     }
     let state = SocketState {
         attempt: Attempt::new(),
-        _pad: 0,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         remote: kernel::remote(sk),
         started_ns: now_ns(),
         comm: current_comm(),
