@@ -6,17 +6,13 @@
 //! record (executable file name, cgroup id) stands in, and the finding says
 //! which (`exe_source`).
 
-use std::{
-    collections::{HashMap, HashSet},
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use serde::Serialize;
 use sockerr_common::FindingRecord;
 
 use crate::{
+    cgroups::CgroupNames,
     containers::{Container, Containers},
     decode,
     proc::{self, Proc, Unreadable},
@@ -47,8 +43,6 @@ pub struct Process {
 
 /// Processes remembered; past this the least recently used are forgotten.
 const MAX_PROCESSES: usize = 8192;
-/// How often the cgroup tree may be walked again for an id a walk missed.
-const RESCAN_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Attributor {
     processes: HashMap<(u32, u64), (Instant, Arc<Process>)>,
@@ -57,10 +51,10 @@ pub struct Attributor {
 }
 
 impl Attributor {
-    pub fn new(cgroup_root: Option<PathBuf>, containers: Containers) -> Self {
+    pub fn new(cgroups: CgroupNames, containers: Containers) -> Self {
         Self {
             processes: HashMap::new(),
-            cgroups: CgroupNames::new(cgroup_root),
+            cgroups,
             containers,
         }
     }
@@ -113,8 +107,15 @@ impl Attributor {
             }
         };
         // A process exiting while it is read may lose its cgroup file
-        // first: the kernel's cgroup id names it then.
-        let cgroup = cgroup.or_else(|| self.cgroups.name(record.cgroup_id));
+        // first: the kernel's cgroup id names it then. One read from /proc
+        // names the id for whoever asks after the cgroup is gone.
+        let cgroup = match cgroup {
+            Some(path) => {
+                self.cgroups.remember(record.cgroup_id, &path);
+                Some(path)
+            }
+            None => self.cgroups.name(record.cgroup_id),
+        };
         let container = cgroup
             .as_deref()
             .map(|path| self.containers.resolve(path))
@@ -129,72 +130,6 @@ impl Attributor {
     }
 }
 
-/// cgroup v2 ids to paths: a cgroup's id is its directory's inode number,
-/// so the tree is walked when an unknown id shows up. A cgroup removed
-/// before that is named by nothing.
-struct CgroupNames {
-    root: Option<PathBuf>,
-    names: HashMap<u64, String>,
-    scanned: Option<Instant>,
-    /// Ids a walk did not find: their cgroups were gone already.
-    missed: HashSet<u64>,
-}
-
-impl CgroupNames {
-    fn new(root: Option<PathBuf>) -> Self {
-        Self {
-            root,
-            names: HashMap::new(),
-            scanned: None,
-            missed: HashSet::new(),
-        }
-    }
-
-    fn name(&mut self, id: u64) -> Option<String> {
-        if id == 0 {
-            return None;
-        }
-        if let Some(name) = self.names.get(&id) {
-            return Some(name.clone());
-        }
-        let root = self.root.clone()?;
-        // An id never looked for may be a cgroup made since the last walk
-        // (a container that started and exited in between): walk at once.
-        // One the last walk missed is gone: walking again soon is wasted.
-        if self.missed.contains(&id) && self.scanned.is_some_and(|t| t.elapsed() < RESCAN_EVERY) {
-            return None;
-        }
-        self.scanned = Some(Instant::now());
-        self.names.clear();
-        walk(&root, &root, &mut self.names);
-        let name = self.names.get(&id).cloned();
-        if name.is_none() {
-            if self.missed.len() >= MAX_PROCESSES {
-                self.missed.clear();
-            }
-            self.missed.insert(id);
-        }
-        name
-    }
-}
-
-fn walk(root: &Path, dir: &Path, names: &mut HashMap<u64, String>) {
-    use std::os::unix::fs::MetadataExt as _;
-    let Ok(md) = std::fs::metadata(dir) else {
-        return;
-    };
-    let relative = dir.strip_prefix(root).unwrap_or(dir);
-    names.insert(md.ino(), format!("/{}", relative.display()));
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            walk(root, &entry.path(), names);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::MetadataExt as _;
@@ -203,7 +138,10 @@ mod tests {
 
     /// Container runtime state is read from a root holding none.
     fn attributor(cgroup_root: Option<PathBuf>) -> Attributor {
-        Attributor::new(cgroup_root, Containers::new("/nonexistent".into()))
+        Attributor::new(
+            CgroupNames::new(cgroup_root),
+            Containers::new("/nonexistent".into()),
+        )
     }
 
     fn record(pid: u32) -> FindingRecord {
@@ -221,7 +159,7 @@ mod tests {
         let p = a.attribute(&me, Instant::now());
         assert_eq!(p.exe_source, Some(ExeSource::Proc));
         assert_eq!(
-            p.exe.as_deref().map(Path::new),
+            p.exe.as_deref().map(std::path::Path::new),
             std::env::current_exe().ok().as_deref()
         );
         assert!(p.cgroup.is_some());
@@ -246,27 +184,6 @@ mod tests {
         assert_eq!(p.exe_source, Some(ExeSource::Kernel));
         assert_eq!(p.exe_error, None, "an exited process is not an error");
         assert_eq!(p.cgroup.as_deref(), Some(own.as_str()));
-    }
-
-    #[test]
-    fn a_cgroup_made_since_the_last_walk_is_named_at_once() {
-        // Any directory tree stands for the cgroup tree: ids are inodes.
-        let root = std::env::temp_dir().join(format!("sockerr-cgroups-{}", std::process::id()));
-        let ino = |dir: &str| {
-            std::fs::create_dir_all(root.join(dir)).unwrap();
-            std::fs::metadata(root.join(dir)).unwrap().ino()
-        };
-        let mut names = CgroupNames::new(Some(root.clone()));
-        let first = ino("kubepods/pod1/a");
-        assert_eq!(names.name(first).as_deref(), Some("/kubepods/pod1/a"));
-        let second = ino("kubepods/pod2/b");
-        assert_eq!(names.name(second).as_deref(), Some("/kubepods/pod2/b"));
-        // An id no walk finds is not walked for again at once.
-        assert_eq!(names.name(u64::MAX), None);
-        let walked = names.scanned;
-        assert_eq!(names.name(u64::MAX), None);
-        assert_eq!(names.scanned, walked);
-        std::fs::remove_dir_all(root).unwrap();
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod attribution;
 mod btf;
 mod callsites;
+mod cgroups;
 mod check;
 mod containers;
 mod decode;
@@ -78,6 +79,15 @@ struct RunArgs {
     /// the rest are reported as "other".
     #[arg(long = "metrics.max-remotes", default_value_t = 100)]
     max_remotes: usize,
+    /// Add namespace, pod and container labels (from the container
+    /// runtime's state) to the per-process series: findings, attempts,
+    /// failures and SO_ERROR reads.
+    #[arg(long = "metrics.kubernetes-labels")]
+    pod_labels: bool,
+    /// With --metrics.kubernetes-labels: distinct pods that keep their
+    /// labels; the rest are reported as "other".
+    #[arg(long = "metrics.max-pods", default_value_t = 200)]
+    max_pods: usize,
     /// How often a process that goes on producing findings of a kind is
     /// summarised in the log (its first finding is logged in full at once).
     #[arg(long = "log.summary-interval", default_value = "1m", value_parser = positive_duration)]
@@ -169,6 +179,7 @@ impl KernelArgs {
             max_attempts: self.max_attempts,
             detail_interval: self.detail_interval.unwrap_or(detail_default),
             disabled_hooks: self.disable_hooks.clone(),
+            by_cgroup: false,
         }
     }
 }
@@ -231,13 +242,14 @@ async fn run(args: RunArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let started = start(
-        &args.kernel,
-        Duration::from_secs(10),
-        &args.call_sites,
-        &args.containers,
-    )?;
-    let metrics = metrics::Metrics::new(args.max_comms, args.max_remotes);
+    let mut options = args.kernel.options(Duration::from_secs(10));
+    options.by_cgroup = args.pod_labels;
+    let started = start(&options, &args.call_sites, &args.containers)?;
+    let metrics = metrics::Metrics::new(
+        args.max_comms,
+        args.max_remotes,
+        args.pod_labels.then_some(args.max_pods),
+    );
     for (probe, hook) in started.attached.iter() {
         let hook = hook.as_ref().ok().map(|h| h.attach.to_string());
         metrics.probe(probe.name, hook.as_deref());
@@ -282,8 +294,7 @@ async fn periodic(state: state::State, summaries: Duration) {
 
 async fn trace(args: TraceArgs) -> Result<()> {
     let started = start(
-        &args.kernel,
-        Duration::ZERO,
+        &args.kernel.options(Duration::ZERO),
         &args.call_sites,
         &args.containers,
     )?;
@@ -323,16 +334,14 @@ struct Started {
 /// Checks the host, loads and attaches the probes, and drops the
 /// capabilities that needed (keeping those of per-process uprobes).
 fn start(
-    kernel_args: &KernelArgs,
-    detail_default: Duration,
+    options: &loader::Options,
     call_sites: &CallSiteArgs,
     containers: &ContainerArgs,
 ) -> Result<Started> {
     check::require()?;
     let btf = loader::KernelBtf::read()?;
-    let options = kernel_args.options(detail_default);
-    let mut kernel = loader::Kernel::load(&btf, &options)?;
-    let attached = kernel.attach(&btf, &options)?;
+    let mut kernel = loader::Kernel::load(&btf, options)?;
+    let attached = kernel.attach(&btf, options)?;
     log_attached(&attached);
     match kernel.logger() {
         Ok(logger) => logging::forward_kernel_logs(logger),
@@ -357,18 +366,25 @@ fn start(
     )?;
     // Per-process uprobes are created later, so their capability stays.
     privileges::drop_after_attach(call_sites.mode == callsites::uprobes::Mode::Flagged)?;
+    let cgroups = cgroups::CgroupNames::new(proc::cgroup2_root().ok());
+    let containers = containers::Containers::new(containers.root.clone());
     Ok(Started {
         pipeline: pipeline::Pipeline {
             kernel,
             ring: maps.findings,
             tallies: maps.tallies,
             locator,
-            attributor: attribution::Attributor::new(
-                proc::cgroup2_root().ok(),
-                containers::Containers::new(containers.root.clone()),
-            ),
+            attributor: attribution::Attributor::new(cgroups.clone(), containers.clone()),
         },
-        sampler: sampler::Sampler::new(maps.counters, maps.remotes, maps.health),
+        sampler: sampler::Sampler::new(
+            maps.counters,
+            maps.remotes,
+            maps.health,
+            options.by_cgroup.then_some(sampler::Pods {
+                cgroups,
+                containers,
+            }),
+        ),
         attached,
     })
 }

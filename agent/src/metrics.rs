@@ -51,8 +51,17 @@ pub const DROP_REASONS: [&str; 4] = [
     "remotes_full",
 ];
 
+/// The pod labels of a process's series (`--metrics.kubernetes-labels`):
+/// namespace, pod and container, empty for a process in no pod.
+pub type PodLabels = [String; 3];
+
+/// Label names added to the per-process series with pod labels.
+const POD_LABELS: [&str; 3] = ["namespace", "pod", "container"];
+
 pub struct Metrics {
     registry: Registry,
+    /// Whether the per-process series carry [`POD_LABELS`].
+    pod_labels: bool,
     findings: IntCounterVec,
     attempts: IntCounterVec,
     failures: IntCounterVec,
@@ -68,6 +77,7 @@ pub struct Metrics {
     probe_attached: IntGaugeVec,
     comms: Mutex<Cap>,
     remotes: Mutex<Cap>,
+    pods: Mutex<Cap>,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -105,8 +115,14 @@ pub enum CommCount {
 }
 
 impl Metrics {
-    pub fn new(max_comms: usize, max_remotes: usize) -> Self {
+    /// `max_pods`: with pod labels on the per-process series, how many
+    /// distinct pods keep theirs (the rest are `other`).
+    pub fn new(max_comms: usize, max_remotes: usize, max_pods: Option<usize>) -> Self {
         let r = Registry::new();
+        let per_process = |labels: &[&'static str]| -> Vec<&'static str> {
+            let pods = max_pods.map_or(&[][..], |_| &POD_LABELS[..]);
+            labels.iter().chain(pods).copied().collect()
+        };
         let build_info = gauge_vec(
             &r,
             "sockerr_build_info",
@@ -122,7 +138,7 @@ impl Metrics {
                 "sockerr_findings_total",
                 "Findings by kind: so_error_masked, so_error_reread, io_after_failed_connect \
                  (counted in the kernel, every one).",
-                &["kind", "comm"],
+                &per_process(&["kind", "comm"]),
             ),
             attempts: counter_vec(
                 &r,
@@ -130,14 +146,14 @@ impl Metrics {
                 "TCP connect attempts by result: established, failed, or aborted (closed or \
                  shut down by the process while the outcome was pending, usually an \
                  application's connect timeout).",
-                &["comm", "result"],
+                &per_process(&["comm", "result"]),
             ),
             failures: counter_vec(
                 &r,
                 "sockerr_connect_failures_total",
                 "Failed TCP connect attempts by errno (unknown: a failure inside connect() \
                  whose errno the kernel keeps nowhere).",
-                &["comm", "errno"],
+                &per_process(&["comm", "errno"]),
             ),
             by_remote: counter_vec(
                 &r,
@@ -152,7 +168,7 @@ impl Metrics {
                 "sockerr_so_error_reads_total",
                 "getsockopt(SO_ERROR) reads on connecting sockets by result: error, zero, or \
                  pending (read before the outcome was decided).",
-                &["comm", "result"],
+                &per_process(&["comm", "result"]),
             ),
             flagged: gauge_vec(
                 &r,
@@ -207,8 +223,10 @@ impl Metrics {
                 &["probe", "hook"],
             ),
             registry: r,
+            pod_labels: max_pods.is_some(),
             comms: Mutex::new(Cap::new(max_comms)),
             remotes: Mutex::new(Cap::new(max_remotes)),
+            pods: Mutex::new(Cap::new(max_pods.unwrap_or(0))),
         };
         for kind in FindingKind::iter() {
             m.flagged.with_label_values(&[<&str>::from(kind)]).set(0);
@@ -235,17 +253,56 @@ impl Metrics {
             .label(remote)
     }
 
-    /// Adds `n` to what the kernel counted for `comm` (a capped label).
-    pub fn comm_count(&self, comm: &str, what: &CommCount, n: u64) {
+    /// Pod labels of a process, the pod capped: past `--metrics.max-pods`
+    /// distinct pods, the rest are `other` (all three labels).
+    pub fn pod_label(&self, pod: PodLabels) -> PodLabels {
+        if pod[1].is_empty() {
+            return pod;
+        }
+        let key = format!("{}/{}", pod[0], pod[1]);
+        let admitted = self
+            .pods
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .label(key);
+        if admitted == "other" {
+            ["other", "other", "other"].map(String::from)
+        } else {
+            pod
+        }
+    }
+
+    /// Adds `n` to what the kernel counted for `comm` (a capped label) in
+    /// `pod` (when the series carry pod labels).
+    pub fn comm_count(&self, comm: &str, pod: Option<&PodLabels>, what: &CommCount, n: u64) {
+        let pod: Vec<&str> = match (self.pod_labels, pod) {
+            (true, Some(p)) => p.iter().map(String::as_str).collect(),
+            (true, None) => vec![""; 3],
+            (false, _) => Vec::new(),
+        };
+        fn labels<'a>(base: &[&'a str], pod: &[&'a str]) -> Vec<&'a str> {
+            base.iter().chain(pod).copied().collect()
+        }
         match what {
-            CommCount::Established => self.attempts.with_label_values(&[comm, "established"]),
-            CommCount::Aborted => self.attempts.with_label_values(&[comm, ABORTED]),
+            CommCount::Established => self
+                .attempts
+                .with_label_values(&labels(&[comm, "established"], &pod)),
+            CommCount::Aborted => self
+                .attempts
+                .with_label_values(&labels(&[comm, ABORTED], &pod)),
             CommCount::Failed { errno } => {
-                self.failures.with_label_values(&[comm, errno]).inc_by(n);
-                self.attempts.with_label_values(&[comm, "failed"])
+                self.failures
+                    .with_label_values(&labels(&[comm, errno], &pod))
+                    .inc_by(n);
+                self.attempts
+                    .with_label_values(&labels(&[comm, "failed"], &pod))
             }
-            CommCount::Read { result } => self.reads.with_label_values(&[comm, result]),
-            CommCount::Finding(kind) => self.findings.with_label_values(&[(*kind).into(), comm]),
+            CommCount::Read { result } => {
+                self.reads.with_label_values(&labels(&[comm, result], &pod))
+            }
+            CommCount::Finding(kind) => self
+                .findings
+                .with_label_values(&labels(&[(*kind).into(), comm], &pod)),
         }
         .inc_by(n);
     }
@@ -315,7 +372,7 @@ mod tests {
 
     #[test]
     fn hostile_comms_cannot_break_the_exposition_or_merge() {
-        let m = Metrics::new(100, 100);
+        let m = Metrics::new(100, 100, None);
         let hostile: [&[u8]; 7] = [
             b"a\"b",
             b"back\\slash",
@@ -327,7 +384,12 @@ mod tests {
         ];
         for c in hostile {
             let label = m.comm_label(label_value(c));
-            m.comm_count(&label, &CommCount::Finding(FindingKind::SoErrorMasked), 1);
+            m.comm_count(
+                &label,
+                None,
+                &CommCount::Finding(FindingKind::SoErrorMasked),
+                1,
+            );
         }
         let text = m.render();
         let lines: Vec<_> = samples(&text)
@@ -349,10 +411,15 @@ mod tests {
 
     #[test]
     fn labels_are_capped() {
-        let m = Metrics::new(2, 1);
+        let m = Metrics::new(2, 1, None);
         for c in ["a", "b", "c", "d", "a"] {
             let label = m.comm_label(c.into());
-            m.comm_count(&label, &CommCount::Finding(FindingKind::SoErrorReread), 1);
+            m.comm_count(
+                &label,
+                None,
+                &CommCount::Finding(FindingKind::SoErrorReread),
+                1,
+            );
         }
         for r in ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.1:80"] {
             m.remote_count(r.into(), "ECONNREFUSED", 1);
@@ -371,13 +438,40 @@ mod tests {
     }
 
     #[test]
+    fn pod_labels_are_capped_by_pod() {
+        let m = Metrics::new(10, 10, Some(2));
+        let pod = |ns: &str, name: &str, c: &str| [ns, name, c].map(String::from);
+        for p in [
+            pod("shop", "web-0", "nginx"),
+            pod("shop", "web-0", "sidecar"),
+            pod("shop", "web-1", "nginx"),
+            pod("shop", "web-2", "nginx"),
+            pod("", "", ""),
+        ] {
+            let labels = m.pod_label(p);
+            m.comm_count("c", Some(&labels), &CommCount::Aborted, 1);
+        }
+        m.comm_count("c", None, &CommCount::Aborted, 1);
+        let text = m.render();
+        for expected in [
+            r#"{comm="c",container="nginx",namespace="shop",pod="web-0",result="aborted"} 1"#,
+            r#"{comm="c",container="sidecar",namespace="shop",pod="web-0",result="aborted"} 1"#,
+            r#"{comm="c",container="nginx",namespace="shop",pod="web-1",result="aborted"} 1"#,
+            r#"{comm="c",container="other",namespace="other",pod="other",result="aborted"} 1"#,
+            r#"{comm="c",container="",namespace="",pod="",result="aborted"} 2"#,
+        ] {
+            assert!(text.contains(expected), "missing {expected}\n{text}");
+        }
+    }
+
+    #[test]
     fn failures_count_as_attempts_too() {
-        let m = Metrics::new(10, 10);
+        let m = Metrics::new(10, 10, None);
         let failed = CommCount::Failed {
             errno: "EADDRNOTAVAIL".into(),
         };
-        m.comm_count("curl", &failed, 3);
-        m.comm_count("curl", &CommCount::Aborted, 2);
+        m.comm_count("curl", None, &failed, 3);
+        m.comm_count("curl", None, &CommCount::Aborted, 2);
         m.probe("send", Some("fentry/tcp_sendmsg"));
         m.probe("release", None);
         let text = m.render();

@@ -25,8 +25,10 @@ use sockerr_common::{
 use strum::IntoEnumIterator as _;
 
 use crate::{
+    cgroups::CgroupNames,
+    containers::Containers,
     decode,
-    metrics::{ABORTED, CommCount, Metrics},
+    metrics::{ABORTED, CommCount, Metrics, PodLabels},
 };
 
 /// A key that has not grown for this long is counted and deleted.
@@ -123,8 +125,27 @@ impl<K: Pod + Eq + Hash> Tracked<K> {
     }
 }
 
+/// The pod labels of a cgroup id: its path, then the container runtime's
+/// names for the container in it.
+pub struct Pods {
+    pub cgroups: CgroupNames,
+    pub containers: Containers,
+}
+
+impl Pods {
+    fn labels(&self, cgroup_id: u64) -> PodLabels {
+        let Some(path) = self.cgroups.name(cgroup_id) else {
+            return Default::default();
+        };
+        let c = self.containers.resolve(&path);
+        [&c.namespace, &c.pod, &c.name].map(|l| l.clone().unwrap_or_default())
+    }
+}
+
 pub struct Sampler {
     counters: Tracked<CounterKey>,
+    /// With pod labels on the metrics.
+    pods: Option<Pods>,
     remotes: Tracked<RemoteKey>,
     health: PerCpuArray<MapData, u64>,
     seen_health: [u64; HEALTH_SLOTS as usize],
@@ -135,9 +156,11 @@ impl Sampler {
         counters: PerCpuHashMap<MapData, CounterKey, u64>,
         remotes: PerCpuHashMap<MapData, RemoteKey, u64>,
         health: PerCpuArray<MapData, u64>,
+        pods: Option<Pods>,
     ) -> Self {
         Self {
             counters: Tracked::new(counters, COUNTER_ENTRIES),
+            pods,
             remotes: Tracked::new(remotes, REMOTE_ENTRIES),
             health,
             seen_health: Default::default(),
@@ -146,10 +169,14 @@ impl Sampler {
 
     /// Adds what the kernel counted since the last call to `metrics`.
     pub fn sample(&mut self, metrics: &Metrics, now: Instant) -> Result<()> {
+        let pods = &self.pods;
         let counters = self.counters.sample(now, |key, n| {
             if let Some(what) = comm_count(key) {
                 let comm = metrics.comm_label(decode::label_value(&key.comm));
-                metrics.comm_count(&comm, &what, n);
+                let pod = pods
+                    .as_ref()
+                    .map(|pods| metrics.pod_label(pods.labels(key.cgroup_id)));
+                metrics.comm_count(&comm, pod.as_ref(), &what, n);
             }
         })?;
         metrics.map_usage("counters", counters, self.counters.totals.capacity);
@@ -209,9 +236,10 @@ mod tests {
         comm[..4].copy_from_slice(b"curl");
         CounterKey {
             comm,
+            cgroup_id: 0,
             detail,
             counter: counter as u8,
-            _pad: 0,
+            _pad: [0; 5],
         }
     }
 

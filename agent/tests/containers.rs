@@ -213,3 +213,67 @@ fn containers_that_exit_at_once_are_named() {
         }
     }
 }
+
+/// `--metrics.kubernetes-labels`: the per-process series carry namespace,
+/// pod and container; past `--metrics.max-pods` pods the rest are `other`,
+/// so a node with many pods keeps a bounded exposition.
+#[test]
+fn pod_labels_on_metrics_stay_within_the_cap() {
+    if !require_root() {
+        return;
+    }
+    let host = HostRoot::new("labels");
+    let agent = Agent::with(&[
+        &host.flag(),
+        "--metrics.kubernetes-labels",
+        "--metrics.max-pods=3",
+    ]);
+    let port = closed_port();
+    let pods: Vec<Pod> = (0..6)
+        .map(|i| Pod::new("shop", &format!("web-{i}")))
+        .collect();
+    for pod in &pods {
+        let spec = Spec {
+            runtime: Runtime::Containerd,
+            driver: CgroupDriver::Cgroupfs,
+            pod,
+            name: "nginx",
+            image: "docker.io/library/nginx:1.22",
+            program: so_error_client(),
+            args: client(port, "masked", 0),
+        };
+        run(&Container::new(&host, &spec));
+    }
+    let series = |metrics: &str| -> Vec<String> {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("sockerr_findings_total{") && l.contains("so_error_masked"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let masked = support::eventually(Duration::from_secs(15), "six pods counted", || {
+        let lines = series(&agent.metrics());
+        let total: f64 = lines
+            .iter()
+            .filter(|l| l.contains(r#"namespace="shop""#) || l.contains(r#"pod="other""#))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        (total >= 6.0).then_some(lines)
+    });
+    let named: Vec<&String> = masked
+        .iter()
+        .filter(|l| l.contains(r#"namespace="shop""#))
+        .collect();
+    assert_eq!(named.len(), 3, "three pods keep their labels: {masked:#?}");
+    for line in &named {
+        assert!(
+            line.contains(r#"container="nginx""#) && line.contains(r#"pod="web-"#),
+            "{line}"
+        );
+    }
+    let other = masked
+        .iter()
+        .find(|l| l.contains(r#"pod="other""#))
+        .expect("the rest as other");
+    assert!(other.ends_with(" 3"), "{other}");
+}

@@ -20,6 +20,7 @@ pub mod names {
     pub const OFFSETS: &str = "OFFSETS";
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
     pub const DETAIL_INTERVAL_NS: &str = "DETAIL_INTERVAL_NS";
+    pub const BY_CGROUP: &str = "BY_CGROUP";
     pub const WANT_SITES: &str = "WANT_SITES";
     /// The uprobes on the C library's wrappers, attached per process.
     pub const CONNECT_SITE: &str = "connect_site";
@@ -134,6 +135,9 @@ pub struct SocketState {
     /// When the attempt started (CLOCK_MONOTONIC): tells its call sites from
     /// those of an earlier attempt on the same socket.
     pub started_ns: u64,
+    /// cgroup v2 id of the task that called connect(), when counters are
+    /// kept by cgroup (`BY_CGROUP`); 0 otherwise.
+    pub cgroup_id: u64,
     /// comm of the task that called connect(), for the counters of an
     /// outcome decided in softirq context.
     pub comm: [u8; TASK_COMM_LEN],
@@ -272,12 +276,15 @@ impl Counter {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CounterKey {
     pub comm: [u8; TASK_COMM_LEN],
+    /// cgroup v2 id of the process counted, when counters are kept by
+    /// cgroup (for pod labels); 0 otherwise.
+    pub cgroup_id: u64,
     /// errno for [`Counter::Failed`], a [`FindingKind`] for
     /// [`Counter::Finding`], 0 otherwise.
     pub detail: u16,
     /// A [`Counter`].
     pub counter: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Key of the per-CPU `REMOTES` hash map: failed and aborted attempts by
@@ -413,10 +420,10 @@ mod tests {
     fn layouts() {
         assert_eq!(size_of::<Endpoint>(), 24);
         assert_eq!(size_of::<Attempt>(), 28);
-        assert_eq!(size_of::<SocketState>(), 80);
+        assert_eq!(size_of::<SocketState>(), 88);
         assert_eq!(size_of::<CallSites>(), 88);
         assert_eq!(size_of::<FindingRecord>(), 272);
-        assert_eq!(size_of::<CounterKey>(), 20);
+        assert_eq!(size_of::<CounterKey>(), 32);
         assert_eq!(size_of::<RemoteKey>(), 32);
         assert_eq!(size_of::<TallyKey>(), 8);
         assert_eq!(size_of::<KernelOffsets>(), 72);

@@ -12,7 +12,8 @@ use aya_ebpf::{
     },
     btf_maps::StackTrace,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_boot_ns, bpf_ktime_get_ns,
     },
     macros::{btf_map, map},
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -95,6 +96,23 @@ static WAKEUP_BYTES: u64 = 64 * 1024;
 /// per this interval (`--findings.detail-interval`); 0 sends every finding.
 #[unsafe(no_mangle)]
 static DETAIL_INTERVAL_NS: u64 = 0;
+
+/// 1: counters are kept by cgroup too (`--metrics.kubernetes-labels`).
+#[unsafe(no_mangle)]
+static BY_CGROUP: u8 = 0;
+
+/// The current task's cgroup v2 id when counters are kept by cgroup, else
+/// 0 (and no helper call: the global is read-only, the branch goes).
+pub fn counted_cgroup() -> u64 {
+    // SAFETY: reading a read-only global; the helper has no preconditions.
+    unsafe {
+        if ptr::read_volatile(&BY_CGROUP) != 0 {
+            bpf_get_current_cgroup_id()
+        } else {
+            0
+        }
+    }
+}
 
 /// The attempt of the socket with inode `inode`, if it made one.
 #[inline(always)]
@@ -228,12 +246,13 @@ fn bump<K>(map: &PerCpuHashMap<K, u64>, key: &K) -> bool {
     false
 }
 
-pub fn count(comm: [u8; TASK_COMM_LEN], counter: Counter, detail: u16) {
+pub fn count(comm: [u8; TASK_COMM_LEN], cgroup_id: u64, counter: Counter, detail: u16) {
     let key = CounterKey {
         comm,
+        cgroup_id,
         detail,
         counter: counter as u8,
-        _pad: 0,
+        _pad: [0; 5],
     };
     if !bump(&COUNTERS, &key) {
         health(Health::CountersFull);
@@ -265,7 +284,7 @@ pub fn decided(state: &mut SocketState, errno: i32) {
         return;
     }
     if errno == 0 {
-        count(state.comm, Counter::Established, 0);
+        count(state.comm, state.cgroup_id, Counter::Established, 0);
     } else {
         failed(state, errno);
     }
@@ -274,7 +293,7 @@ pub fn decided(state: &mut SocketState, errno: i32) {
 /// Counts a failure whose errno the attempt already holds, or that has
 /// none (`errno` 0: a failure inside connect() the kernel keeps no errno of).
 pub fn failed(state: &SocketState, errno: i32) {
-    count(state.comm, Counter::Failed, errno as u16);
+    count(state.comm, state.cgroup_id, Counter::Failed, errno as u16);
     count_remote(state.remote, errno, false);
 }
 
@@ -283,6 +302,8 @@ pub fn failed(state: &SocketState, errno: i32) {
 pub struct Caller {
     pub pid_tgid: u64,
     pub comm: [u8; TASK_COMM_LEN],
+    /// What its counters are kept under (see [`counted_cgroup`]).
+    pub cgroup_id: u64,
     /// Whether the task itself can be read (identity for the record).
     pub current: bool,
 }
@@ -292,6 +313,7 @@ impl Caller {
         Self {
             pid_tgid: bpf_get_current_pid_tgid(),
             comm: current_comm(),
+            cgroup_id: counted_cgroup(),
             current: true,
         }
     }
@@ -300,6 +322,7 @@ impl Caller {
         Self {
             pid_tgid: u64::from(state.tgid) << 32 | u64::from(state.tgid),
             comm: state.comm,
+            cgroup_id: state.cgroup_id,
             current: false,
         }
     }
@@ -317,7 +340,7 @@ pub fn finding(
 ) {
     health(Health::FindingsProduced);
     let comm = caller.comm;
-    count(comm, Counter::Finding, kind as u16);
+    count(comm, caller.cgroup_id, Counter::Finding, kind as u16);
     let pid_tgid = caller.pid_tgid;
     let key = TallyKey {
         tgid: (pid_tgid >> 32) as u32,

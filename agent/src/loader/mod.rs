@@ -32,6 +32,8 @@ pub struct Options {
     pub detail_interval: Duration,
     /// Hooks never to use, as [`Attach`] displays them (`--kernel.disable-hook`).
     pub disabled_hooks: Vec<String>,
+    /// Keep counters by cgroup too, for pod labels (`--metrics.kubernetes-labels`).
+    pub by_cgroup: bool,
 }
 
 impl Default for Options {
@@ -40,6 +42,7 @@ impl Default for Options {
             max_attempts: sockerr_common::DEFAULT_MAX_ATTEMPTS,
             detail_interval: Duration::ZERO,
             disabled_hooks: Vec::new(),
+            by_cgroup: false,
         }
     }
 }
@@ -111,6 +114,7 @@ impl Kernel {
             .btf(Some(&btf.aya))
             .override_global(names::OFFSETS, &offsets, true)
             .override_global(names::DETAIL_INTERVAL_NS, &interval, true)
+            .override_global(names::BY_CGROUP, &u8::from(options.by_cgroup), true)
             .map_max_entries(names::SOCKETS, options.max_attempts)
             .load(OBJECT)
             .context("loading sockerr's eBPF object into the kernel")?;

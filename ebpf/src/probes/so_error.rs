@@ -83,7 +83,7 @@ fn observe(ctx: &SockoptContext, ask: bool) {
     } else {
         Caller::connecting(state)
     };
-    count(caller.comm, Counter::read(class), 0);
+    count(caller.comm, caller.cgroup_id, Counter::read(class), 0);
     if let Some(kind) = finding_kind {
         finding(inode, state, kind, Trigger::Getsockopt, &caller);
     }

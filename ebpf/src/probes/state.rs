@@ -12,8 +12,8 @@ use sockerr_common::{Attempt, Counter, Health, Outcome, SS_UNCONNECTED, SiteOp, 
 use crate::{
     kernel::{self, EADDRNOTAVAIL, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT},
     maps::{
-        attempt, count, count_remote, current_comm, decided, failed, forget, health, now_ns,
-        take_site, track,
+        attempt, count, count_remote, counted_cgroup, current_comm, decided, failed, forget,
+        health, now_ns, take_site, track,
     },
 };
 
@@ -47,6 +47,7 @@ fn start(ctx: &BtfTracePointContext, sk: *mut c_void) {
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         remote: kernel::remote(sk),
         started_ns: now_ns(),
+        cgroup_id: counted_cgroup(),
         comm: current_comm(),
     };
     if let Err(err) = track(inode, &state, site) {
@@ -93,7 +94,7 @@ fn closed_while_pending(sk: *mut c_void) {
         state.attempt.failed(errno);
         failed(state, errno);
     } else {
-        count(state.comm, Counter::Aborted, 0);
+        count(state.comm, state.cgroup_id, Counter::Aborted, 0);
         count_remote(state.remote, 0, true);
         forget(inode);
     }
