@@ -137,7 +137,7 @@ mod tests {
     use super::*;
 
     /// Container runtime state is read from a root holding none.
-    fn attributor(cgroup_root: Option<PathBuf>) -> Attributor {
+    fn attributor(cgroup_root: Option<std::path::PathBuf>) -> Attributor {
         Attributor::new(
             CgroupNames::new(cgroup_root),
             Containers::new("/nonexistent".into()),
