@@ -61,7 +61,7 @@ struct RunArgs {
     #[arg(long = "web.allow-remote")]
     allow_remote: bool,
     /// How long a flagged process stays in /findings and sockerr_flagged_processes.
-    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "15m", value_parser = positive_duration)]
     retention: Duration,
     /// Most flagged processes kept; the least recently seen are dropped first.
     #[arg(long = "max-processes", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -112,6 +112,16 @@ fn telemetry_path(s: &str) -> Result<String, String> {
         return Err("must start with / and not be /, /findings or /healthz".into());
     }
     Ok(s.to_owned())
+}
+
+/// A duration above zero: none of the durations taken means anything at 0
+/// (a retention of 0 would drop each finding as soon as it is recorded).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be more than 0".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -260,8 +270,23 @@ async fn shutdown() {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser as _;
+
+    use super::Cli;
+
     #[test]
     fn cli_definition_is_consistent() {
-        <super::Cli as clap::CommandFactory>::command().debug_assert();
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn zero_durations_are_refused() {
+        for args in [&["--retention", "0"][..], &["--retention", "0s"]] {
+            let err = Cli::try_parse_from(["sockerr", "run"].iter().chain(args))
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} accepted"));
+            assert!(err.to_string().contains("must be more than 0"), "{err}");
+        }
+        assert!(Cli::try_parse_from(["sockerr", "run", "--retention", "1s"]).is_ok());
     }
 }
