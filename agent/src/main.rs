@@ -189,7 +189,11 @@ async fn run(args: RunArgs) -> Result<()> {
         pipeline::log(&f);
         sink.record(f);
     });
-    tracing::info!(address = %args.listen, path = args.telemetry_path, "sockerr running");
+    // The bound address: with port 0 in the flag, the port actually chosen.
+    let address = listener
+        .local_addr()
+        .context("the listen socket's address")?;
+    tracing::info!(%address, path = args.telemetry_path, "sockerr running");
     let app = http::router(state, &args.telemetry_path);
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown());
     // The pipeline owns the programs: when select! drops it, every program
