@@ -14,10 +14,11 @@ mod pipeline;
 mod privileges;
 mod probes;
 mod state;
+mod web;
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -46,20 +47,15 @@ enum Command {
     Trace(TraceArgs),
     /// Report whether this host can run the agent, and why not.
     Check,
+    /// Print the bcrypt hash of the password read from standard input, for
+    /// basic_auth_users in --web.config.file.
+    HashPassword,
 }
 
 #[derive(Args)]
 struct RunArgs {
-    /// Address to serve /metrics, /findings and /healthz on.
-    #[arg(long = "web.listen-address", default_value = "127.0.0.1:9809")]
-    listen: SocketAddr,
-    /// Path of the Prometheus metrics.
-    #[arg(long = "web.telemetry-path", default_value = "/metrics", value_parser = telemetry_path)]
-    telemetry_path: String,
-    /// Allow a non-loopback listen address (metrics and findings name
-    /// processes and endpoints of this host).
-    #[arg(long = "web.allow-remote")]
-    allow_remote: bool,
+    #[command(flatten)]
+    web: web::WebArgs,
     /// How long a flagged process stays in /findings and sockerr_flagged_processes.
     #[arg(long, default_value = "15m", value_parser = positive_duration)]
     retention: Duration,
@@ -107,13 +103,6 @@ struct TraceArgs {
     call_sites: CallSiteArgs,
 }
 
-fn telemetry_path(s: &str) -> Result<String, String> {
-    if !s.starts_with('/') || s == "/" || s == "/findings" || s == "/healthz" {
-        return Err("must start with / and not be /, /findings or /healthz".into());
-    }
-    Ok(s.to_owned())
-}
-
 /// A duration above zero: none of the durations taken means anything at 0
 /// (a retention of 0 would drop each finding as soon as it is recorded).
 fn positive_duration(s: &str) -> Result<Duration, String> {
@@ -129,6 +118,10 @@ fn main() -> ExitCode {
     logging::init(cli.log_format, &cli.log_level);
     let result = match cli.command {
         Command::Check => Ok(check::report(&check::requirements(true))),
+        Command::HashPassword => web::hash_password(std::io::stdin().lock()).map(|hash| {
+            println!("{hash}");
+            true
+        }),
         command => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -138,7 +131,7 @@ fn main() -> ExitCode {
                     match command {
                         Command::Run(args) => run(args).await,
                         Command::Trace(args) => trace(args).await,
-                        Command::Check => unreachable!(),
+                        Command::Check | Command::HashPassword => unreachable!(),
                     }
                 })
             })
@@ -155,17 +148,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    if !args.listen.ip().is_loopback() && !args.allow_remote {
-        bail!(
-            "refusing to serve on {} (not loopback) without --web.allow-remote: \
-             findings name processes and endpoints of this host",
-            args.listen
-        );
-    }
-    // Bind before attaching anything, so a busy port fails fast and clean.
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    // Before attaching anything, so a bad web config or a busy port fails
+    // fast and clean.
+    let server = web::Server::bind(&args.web).await?;
     check::require()?;
     let probes::Probes {
         ebpf,
@@ -180,6 +165,9 @@ async fn run(args: RunArgs) -> Result<()> {
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
     let metrics = metrics::Metrics::new(args.max_comms);
+    for collector in server.collectors() {
+        metrics.register(collector);
+    }
     metrics.probes_attached(&attached);
     let flagged = flagged::FlaggedTable::new(args.max_processes as usize, args.retention);
     let usage = collector.instrumenter.usage();
@@ -189,17 +177,13 @@ async fn run(args: RunArgs) -> Result<()> {
         pipeline::log(&f);
         sink.record(f);
     });
-    // The bound address: with port 0 in the flag, the port actually chosen.
-    let address = listener
-        .local_addr()
-        .context("the listen socket's address")?;
-    tracing::info!(%address, path = args.telemetry_path, "sockerr running");
-    let app = http::router(state, &args.telemetry_path);
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown());
+    let address = server.local_addr()?;
+    tracing::info!(%address, path = args.web.telemetry_path, "sockerr running");
+    let app = http::router(state, &args.web.telemetry_path);
     // The pipeline owns the programs: when select! drops it, every program
     // and link is detached and unloaded.
     tokio::select! {
-        result = server => result.context("HTTP server")?,
+        result = server.serve(app, shutdown()) => result?,
         result = pipeline => result.context("event pipeline")?,
     }
     tracing::info!("probes detached; bye");
@@ -285,7 +269,12 @@ mod tests {
 
     #[test]
     fn zero_durations_are_refused() {
-        for args in [&["--retention", "0"][..], &["--retention", "0s"]] {
+        for args in [
+            &["--retention", "0"][..],
+            &["--retention", "0s"],
+            &["--web.header-timeout", "0ms"],
+            &["--web.idle-timeout", "0"],
+        ] {
             let err = Cli::try_parse_from(["sockerr", "run"].iter().chain(args))
                 .err()
                 .unwrap_or_else(|| panic!("{args:?} accepted"));

@@ -30,7 +30,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "the benchmark compares against a hand-written bpftrace script",
     ),
     ("strace", "the benchmark compares against strace"),
-    ("curl", "tests run curl as a well-behaved client"),
+    (
+        "curl",
+        "tests run curl as a well-behaved client, and against the agent's TLS and basic auth",
+    ),
+    (
+        "openssl",
+        "tests make the certificates the agent serves and checks",
+    ),
     ("gcc", "tests compile the libevent client"),
     ("pkg-config", "tests locate libevent"),
     (
