@@ -40,7 +40,8 @@ pub struct WebArgs {
     /// Time a kept-alive connection may wait for its next request.
     #[arg(long = "web.idle-timeout", default_value = "90s", value_parser = crate::positive_duration)]
     idle_timeout: Duration,
-    /// Most open connections; more are closed as soon as they are accepted.
+    /// Most open connections. At the cap, a new connection closes the oldest
+    /// one still waiting for a request (or, if all are busy, is closed).
     #[arg(long = "web.max-connections", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
 }

@@ -5,15 +5,22 @@
 //! and send complete request headers within the header timeout of being
 //! accepted, and on a kept-alive connection a request must start within
 //! the idle timeout and then finish its headers within the header timeout.
-//! Past `max_connections`, new connections are closed as soon as they are
-//! accepted (and counted), so a flood costs no file descriptor for longer
-//! than an accept; the connections already open carry on.
+//!
+//! At `max_connections`, a new connection makes room by closing the oldest
+//! one that is still waiting: first those that never finished a request's
+//! headers (slow or silent clients), then idle kept-alive ones. Only when
+//! every connection is busy answering is the new one closed at once. So a
+//! flood of idle or slow connections, however large, holds at most
+//! `max_connections` descriptors, and a client that sends its request
+//! promptly (a scrape: within milliseconds) is still served: the flood
+//! would have to open `max_connections` connections in that time.
 
 use std::{
+    collections::BTreeMap,
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     task::{Context, Poll},
     time::Duration,
 };
@@ -27,7 +34,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
     signal::unix::{SignalKind, signal},
     sync::{Notify, OwnedSemaphorePermit, Semaphore, watch},
-    time::{Instant, sleep, sleep_until, timeout, timeout_at},
+    time::{Instant, sleep, sleep_until, timeout},
 };
 use tower::ServiceExt as _;
 
@@ -45,11 +52,15 @@ pub struct Limits {
 /// which a thousand slow clients would turn into ~400 MiB.
 const MAX_BUF: usize = 16 * 1024;
 
+/// How long a new connection may wait for the one closed to make room for
+/// it to end (it ends as soon as it runs).
+const HANDOVER: Duration = Duration::from_secs(1);
+
 /// After SIGTERM: how long responses in flight may take to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Why the server closed a connection before the client did.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Dropped {
     MaxConnections,
     TlsHandshake,
@@ -86,8 +97,9 @@ impl ConnectionMetrics {
         let dropped = IntCounterVec::new(
             Opts::new(
                 "sockerr_http_connections_dropped_total",
-                "HTTP connections the agent closed, by reason: max_connections (refused at \
-                 accept), tls_handshake (failed), header_timeout, idle_timeout.",
+                "HTTP connections the agent closed, by reason: max_connections (closed to \
+                 make room for a new one, or the new one when none could be), tls_handshake \
+                 (failed), header_timeout, idle_timeout.",
             ),
             &["reason"],
         )
@@ -124,6 +136,7 @@ pub async fn serve(
     let app = app.layer(middleware::from_fn_with_state(shared.clone(), auth::guard));
     let max = shared.limits.max_connections;
     let permits = Arc::new(Semaphore::new(max as usize));
+    let open = Arc::new(Open::default());
     let (stop, stopping) = watch::channel(());
     // `systemctl reload` sends SIGHUP; without a handler it would kill us.
     let mut hangup = signal(SignalKind::hangup())?;
@@ -134,23 +147,41 @@ pub async fn serve(
             () = &mut shutdown => break,
             Some(()) = hangup.recv() => shared.config.reload(),
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        tokio::spawn(connection(
-                            stream,
-                            peer,
-                            shared.clone(),
-                            app.clone(),
-                            permit,
-                            stopping.clone(),
-                        ));
+                Ok((stream, peer)) => {
+                    let permit = match permits.clone().try_acquire_owned() {
+                        Ok(permit) => Some(permit),
+                        // The connection closed to make room hands its
+                        // permit over when it next runs, in a moment.
+                        // Waiting for it here keeps the accept loop from
+                        // outrunning the closing, and the descriptors
+                        // within the cap.
+                        Err(_) if open.make_room() => {
+                            timeout(HANDOVER, permits.clone().acquire_owned())
+                                .await
+                                .ok()
+                                .and_then(Result::ok)
+                        }
+                        Err(_) => None,
+                    };
+                    match permit {
+                        Some(permit) => {
+                            tokio::spawn(connection(
+                                stream,
+                                peer,
+                                shared.clone(),
+                                app.clone(),
+                                open.clone(),
+                                permit,
+                                stopping.clone(),
+                            ));
+                        }
+                        None => {
+                            drop(stream);
+                            shared.metrics.dropped(Dropped::MaxConnections);
+                            refusals.note(max);
+                        }
                     }
-                    Err(_) => {
-                        drop(stream);
-                        shared.metrics.dropped(Dropped::MaxConnections);
-                        refusals.note(max);
-                    }
-                },
+                }
                 // EMFILE and the like: the connections in flight will free
                 // descriptors; retrying at once would spin.
                 Err(e) => {
@@ -183,7 +214,7 @@ impl Refusals {
         {
             tracing::warn!(
                 refused = self.since_log,
-                "HTTP connections refused: {max} already open (--web.max-connections)"
+                "HTTP connections refused: {max} open (--web.max-connections), all busy answering"
             );
             self.since_log = 0;
             self.logged = Some(Instant::now());
@@ -196,13 +227,14 @@ async fn connection(
     peer: SocketAddr,
     shared: Arc<Shared>,
     app: Router,
+    open: Arc<Open>,
     _permit: OwnedSemaphorePermit,
     stopping: watch::Receiver<()>,
 ) {
     shared.metrics.open.inc();
-    let accepted = Instant::now();
     let limits = shared.limits;
-    let phase = Arc::new(Phase::new(accepted + limits.header_timeout, limits));
+    let phase = Arc::new(Phase::new(Instant::now() + limits.header_timeout, limits));
+    let _listed = open.insert(&phase);
     // In this order, so that a reload this very call makes does not close
     // the connection it is for.
     let tls = shared.config.current().tls.clone();
@@ -213,14 +245,19 @@ async fn connection(
     let dropped = match tls {
         None => http(stream, app, phase, drain).await,
         Some(tls) => {
-            let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
-            match timeout_at(accepted + limits.header_timeout, handshake).await {
-                Ok(Ok(stream)) => http(stream, app, phase, drain).await,
+            // The header timeout (or making room) covers the handshake too.
+            let handshake = tokio::select! {
+                biased;
+                why = phase.expired() => Err(why),
+                handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream) => Ok(handshake),
+            };
+            match handshake {
+                Ok(Ok(stream)) => http(stream, app, phase.clone(), drain).await,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, "TLS handshake failed: {e}");
                     Some(Dropped::TlsHandshake)
                 }
-                Err(_) => Some(Dropped::HeaderTimeout),
+                Err(why) => Some(why),
             }
         }
     };
@@ -273,20 +310,21 @@ where
         .max_buf_size(MAX_BUF)
         .serve_connection(io, service);
     tokio::pin!(conn);
+    let expired = phase.expired();
+    tokio::pin!(expired);
     let mut draining = false;
     loop {
-        let deadline = phase.deadline();
         tokio::select! {
+            // First: a connection closed to make room must not start
+            // answering a request that arrived meanwhile.
+            biased;
+            // Dropping the connection closes it.
+            why = &mut expired => return Some(why),
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!("HTTP connection: {e}");
                 }
                 return None;
-            }
-            () = phase.changed.notified() => {}
-            () = sleep_until(deadline.map_or_else(far_future, |(at, _)| at)), if deadline.is_some() => {
-                // Dropping the connection closes it.
-                return deadline.map(|(_, why)| why);
             }
             () = drain.wanted(), if !draining => {
                 draining = true;
@@ -296,8 +334,55 @@ where
     }
 }
 
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86400 * 365)
+/// The open connections by age, to find which to close at the cap.
+#[derive(Default)]
+struct Open(Mutex<(u64, BTreeMap<u64, Weak<Phase>>)>);
+
+/// A connection's place in [`Open`], left when dropped.
+struct Listed {
+    open: Arc<Open>,
+    id: u64,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.open.lock().1.remove(&self.id);
+    }
+}
+
+impl Open {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, BTreeMap<u64, Weak<Phase>>)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn insert(self: &Arc<Self>, phase: &Arc<Phase>) -> Listed {
+        let mut inner = self.lock();
+        let id = inner.0;
+        inner.0 += 1;
+        inner.1.insert(id, Arc::downgrade(phase));
+        Listed {
+            open: self.clone(),
+            id,
+        }
+    }
+
+    /// Closes the oldest connection still waiting for its request's
+    /// headers or, failing that, the oldest idle kept-alive one; false
+    /// when every connection is busy answering.
+    fn make_room(&self) -> bool {
+        let mut inner = self.lock();
+        for idle in [false, true] {
+            let oldest = inner.1.iter().find_map(|(id, phase)| {
+                let phase = phase.upgrade()?;
+                phase.close_to_make_room(idle).then_some(*id)
+            });
+            if let Some(id) = oldest {
+                inner.1.remove(&id);
+                return true;
+            }
+        }
+        false
+    }
 }
 
 /// Where a connection is between requests, and so which timeout applies.
@@ -382,10 +467,46 @@ impl Phase {
         });
     }
 
+    /// Closes the connection now if it waits for a request (`idle`: kept
+    /// alive, no byte of the next request yet) and is not closing already.
+    fn close_to_make_room(&self, idle: bool) -> bool {
+        let mut closed = false;
+        self.set(|state| match state {
+            State::Waiting { idle: i, why, .. }
+                if i == idle && !matches!(why, Dropped::MaxConnections) =>
+            {
+                closed = true;
+                Some(State::Waiting {
+                    deadline: Instant::now(),
+                    why: Dropped::MaxConnections,
+                    idle,
+                })
+            }
+            _ => None,
+        });
+        closed
+    }
+
     fn deadline(&self) -> Option<(Instant, Dropped)> {
         match *self.state.lock().unwrap_or_else(|e| e.into_inner()) {
             State::Waiting { deadline, why, .. } => Some((deadline, why)),
             State::Busy { .. } => None,
+        }
+    }
+
+    /// Completes when the deadline of the current phase passes, with why.
+    async fn expired(&self) -> Dropped {
+        loop {
+            match self.deadline() {
+                // At once, not at the timer's next tick: a connection
+                // closed to make room is waited for by the accept loop.
+                Some((at, why)) if at <= Instant::now() => return why,
+                Some((at, why)) => tokio::select! {
+                    () = sleep_until(at) => if self.deadline() == Some((at, why)) { return why },
+                    () = self.changed.notified() => {}
+                },
+                None => self.changed.notified().await,
+            }
         }
     }
 }
