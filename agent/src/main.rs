@@ -19,10 +19,11 @@ mod privileges;
 mod proc;
 mod sampler;
 mod state;
+mod web;
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -52,22 +53,17 @@ enum Command {
     /// Report whether this host can run the agent, which hook each probe
     /// uses, and why something is missing.
     Check(CheckArgs),
+    /// Print the bcrypt hash of the password read from standard input, for
+    /// basic_auth_users in --web.config.file.
+    HashPassword,
 }
 
 #[derive(Args)]
 struct RunArgs {
-    /// Address to serve /metrics, /findings and /healthz on.
-    #[arg(long = "web.listen-address", default_value = "127.0.0.1:9809")]
-    listen: SocketAddr,
-    /// Path of the Prometheus metrics.
-    #[arg(long = "web.telemetry-path", default_value = "/metrics", value_parser = telemetry_path)]
-    telemetry_path: String,
-    /// Allow a non-loopback listen address (metrics and findings name
-    /// processes and endpoints of this host).
-    #[arg(long = "web.allow-remote")]
-    allow_remote: bool,
+    #[command(flatten)]
+    web: web::WebArgs,
     /// How long a flagged process stays in /findings and sockerr_flagged_processes.
-    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "15m", value_parser = positive_duration)]
     retention: Duration,
     /// Most flagged processes kept; the least recently seen are dropped first.
     #[arg(long = "max-processes", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -184,18 +180,14 @@ impl KernelArgs {
     }
 }
 
+/// A duration above zero: none of the durations taken means anything at 0
+/// (a retention of 0 would drop each finding as soon as it is recorded).
 fn positive_duration(s: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(s).map_err(|e| e.to_string())? {
-        d if d.is_zero() => Err("must be more than 0".into()),
-        d => Ok(d),
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be more than 0".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
     }
-}
-
-fn telemetry_path(s: &str) -> Result<String, String> {
-    if !s.starts_with('/') || s == "/" || s == "/findings" || s == "/healthz" {
-        return Err("must start with / and not be /, /findings or /healthz".into());
-    }
-    Ok(s.to_owned())
 }
 
 fn main() -> ExitCode {
@@ -205,6 +197,10 @@ fn main() -> ExitCode {
         Command::Check(args) => Ok(check::report(&check::requirements(Some(
             &args.kernel.options(Duration::ZERO),
         )))),
+        Command::HashPassword => web::hash_password(std::io::stdin().lock()).map(|hash| {
+            println!("{hash}");
+            true
+        }),
         command => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -214,7 +210,7 @@ fn main() -> ExitCode {
                     match command {
                         Command::Run(args) => run(args).await,
                         Command::Trace(args) => trace(args).await,
-                        Command::Check(_) => unreachable!(),
+                        Command::Check(_) | Command::HashPassword => unreachable!(),
                     }
                 })
             })
@@ -231,17 +227,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    if !args.listen.ip().is_loopback() && !args.allow_remote {
-        bail!(
-            "refusing to serve on {} (not loopback) without --web.allow-remote: \
-             findings name processes and endpoints of this host",
-            args.listen
-        );
-    }
-    // Bind before attaching anything, so a busy port fails fast and clean.
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    // Before attaching anything, so a bad web config or a busy port fails
+    // fast and clean.
+    let server = web::Server::bind(&args.web).await?;
     let mut options = args.kernel.options(Duration::from_secs(10));
     options.by_cgroup = args.pod_labels;
     let started = start(&options, &args.call_sites, &args.containers)?;
@@ -250,6 +238,9 @@ async fn run(args: RunArgs) -> Result<()> {
         args.max_remotes,
         args.pod_labels.then_some(args.max_pods),
     );
+    for collector in server.collectors() {
+        metrics.register(collector);
+    }
     for (probe, hook) in started.attached.iter() {
         let hook = hook.as_ref().ok().map(|h| h.attach.to_string());
         metrics.probe(probe.name, hook.as_deref());
@@ -261,11 +252,11 @@ async fn run(args: RunArgs) -> Result<()> {
     let mut pipeline =
         pipeline::Running::spawn(started.pipeline, move |output| sink.record(output))?;
     let periodic = periodic(state.clone(), args.summary_interval);
-    tracing::info!(address = %args.listen, path = args.telemetry_path, "sockerr running");
-    let app = http::router(state, &args.telemetry_path);
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown());
+    let address = server.local_addr()?;
+    tracing::info!(%address, path = args.web.telemetry_path, "sockerr running");
+    let app = http::router(state, &args.web.telemetry_path);
     tokio::select! {
-        result = server => result.context("HTTP server")?,
+        result = server.serve(app, shutdown()) => result?,
         result = pipeline.ended() => result.context("event pipeline")?,
         () = periodic => {}
     }
@@ -420,8 +411,28 @@ async fn shutdown() {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser as _;
+
+    use super::Cli;
+
     #[test]
     fn cli_definition_is_consistent() {
-        <super::Cli as clap::CommandFactory>::command().debug_assert();
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn zero_durations_are_refused() {
+        for args in [
+            &["--retention", "0"][..],
+            &["--retention", "0s"],
+            &["--web.header-timeout", "0ms"],
+            &["--web.idle-timeout", "0"],
+        ] {
+            let err = Cli::try_parse_from(["sockerr", "run"].iter().chain(args))
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} accepted"));
+            assert!(err.to_string().contains("must be more than 0"), "{err}");
+        }
+        assert!(Cli::try_parse_from(["sockerr", "run", "--retention", "1s"]).is_ok());
     }
 }

@@ -351,6 +351,11 @@ impl Metrics {
             .set(capacity as i64);
     }
 
+    /// Adds metrics kept elsewhere (the HTTP server's) to the exposition.
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        self.registry.register(collector).expect("unique metric");
+    }
+
     pub fn render(&self) -> String {
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())

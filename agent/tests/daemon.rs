@@ -289,4 +289,8 @@ fn bad_input_fails_clearly_before_attaching() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--web.allow-remote"));
     let out = sockerr(&["run", "--retention", "soon"]);
     assert_eq!(out.status.code(), Some(2));
+    // 0 would empty /findings and sockerr_flagged_processes silently.
+    let out = sockerr(&["run", "--retention", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be more than 0"));
 }

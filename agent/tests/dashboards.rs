@@ -6,14 +6,13 @@ mod support;
 
 use std::{
     collections::HashSet,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use support::{Agent, closed_port, http_get, repo, require_root, scenario};
+use support::{Agent, Prometheus, repo, require_root, scenario};
 
 fn dashboard() -> Value {
     let path = repo().join("dashboards/sockerr-overview.json");
@@ -130,93 +129,16 @@ fn alert_rules_pass_promtool() {
     }
 }
 
-struct Prometheus {
-    child: Child,
-    port: u16,
-    _dir: PathBuf,
-}
-
-impl Prometheus {
-    fn start(target: u16) -> Self {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("prometheus-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: sockerr\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
-            ),
-        )
-        .unwrap();
-        let port = closed_port();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting prometheus (cargo xtask setup installs it)");
-        let p = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http_get_ok(port, "/-/ready").is_none() {
-            assert!(Instant::now() < deadline, "prometheus did not become ready");
-            thread::sleep(Duration::from_millis(200));
-        }
-        p
-    }
-
-    /// Runs an instant query; panics unless Prometheus accepts it.
-    fn query(&self, expr: &str) -> Vec<Value> {
-        let (status, body) = http_get(self.port, &format!("/api/v1/query?query={}", encode(expr)));
-        let v: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{status}: {body}"));
-        assert_eq!(v["status"], "success", "query {expr} rejected: {body}");
-        v["data"]["result"].as_array().cloned().unwrap_or_default()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._dir);
-    }
-}
-
-fn http_get_ok(port: u16, path: &str) -> Option<String> {
-    std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    let (status, body) = http_get(port, path);
-    (status == 200).then_some(body)
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 #[test]
 fn every_panel_query_works_against_a_scraped_agent() {
     if !require_root() {
         return;
     }
     let agent = Agent::start();
-    let prom = Prometheus::start(agent.port);
+    let prom = Prometheus::start(&format!(
+        "  - job_name: sockerr\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+        agent.port
+    ));
     for args in [
         &["masked"][..],
         &["success-reread"],

@@ -47,6 +47,46 @@ fn systemd_unit_verifies() {
     assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
 }
 
+/// The unit's command line, as systemd expands it with /etc/default/sockerr
+/// setting SOCKERR_WEB_CONFIG and SOCKERR_OPTS.
+fn unit_command(web_config: &str, opts: &str) -> Command {
+    let exec = unit()
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart")
+        .replace("${SOCKERR_WEB_CONFIG}", web_config)
+        .replace("$SOCKERR_OPTS", opts);
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/sockerr"));
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(words);
+    cmd
+}
+
+#[test]
+fn the_units_web_config_is_optional() {
+    // Empty: no file, so a non-loopback address is refused for want of TLS.
+    let out = unit_command("", "--web.listen-address=0.0.0.0:0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--web.allow-remote") && !err.contains("web config"),
+        "{err}"
+    );
+    // Set: the file is read (the example refuses to start until its
+    // placeholder hash is replaced).
+    let example = repo().join("deploy/web-config.example.yml");
+    let out = unit_command(example.to_str().unwrap(), "")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("basic_auth_users.prometheus: not a bcrypt hash"),
+        "{err}"
+    );
+}
+
 /// `sockerr run` with exactly the given capabilities, all others dropped.
 fn run_with_caps(caps: &[String], port: u16) -> std::process::Child {
     let set: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();

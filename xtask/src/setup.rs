@@ -31,7 +31,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("strace", "the benchmark compares against strace"),
     ("wrk", "the benchmark drives nginx with a TLS upstream"),
-    ("curl", "tests run curl as a well-behaved client"),
+    (
+        "curl",
+        "tests run curl as a well-behaved client, and against the agent's TLS and basic auth",
+    ),
     ("gcc", "tests compile the libevent client"),
     (
         "libc6-dev",

@@ -1,0 +1,246 @@
+//! HTTP basic auth against `basic_auth_users`, and the headers of
+//! `http_server_config`, as an axum middleware around every route.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    io::BufRead,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context as _, Result, bail};
+use axum::{
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use base64::Engine as _;
+use tokio::sync::Semaphore;
+
+use super::Shared;
+
+/// Checked against when the user is unknown, so that an unknown user takes
+/// as long as a wrong password and user names cannot be probed by timing.
+/// A bcrypt hash (cost 10) of a random password nobody kept.
+const DECOY_HASH: &str = "$2b$10$4geXPUQdhBtiZrTaU284buqz/11.l/XMpHuwUtRKK5nq1DcxT2HMS";
+
+/// Successful verifications remembered; the set is emptied when full.
+/// Prometheus sends the same credentials every scrape: only the first
+/// costs a bcrypt verification.
+const CACHE_MAX: usize = 256;
+
+/// The cost `sockerr hash-password` uses (htpasswd's and Go's default):
+/// about 50–100 ms per verification, once per client thanks to the cache.
+const COST: u32 = 10;
+
+/// The kubelet's probes carry no credentials, and "ok" tells nothing.
+const UNAUTHENTICATED_PATH: &str = "/healthz";
+
+pub struct Verifier {
+    /// SHA-256 of (user, stored hash, password) of verified credentials:
+    /// no password is kept in memory, and a changed hash misses the cache.
+    verified: Mutex<HashSet<[u8; 32]>>,
+    /// One bcrypt verification at a time: a flood of wrong passwords can
+    /// take one core, never every core, and /metrics keeps answering
+    /// clients whose credentials are cached.
+    bcrypt: Semaphore,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Self {
+            verified: Mutex::default(),
+            bcrypt: Semaphore::new(1),
+        }
+    }
+}
+
+impl Verifier {
+    fn cached(&self, key: &[u8; 32]) -> bool {
+        self.lock().contains(key)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the request's basic-auth credentials name a user whose
+    /// bcrypt hash matches the password.
+    async fn check(&self, users: &BTreeMap<String, String>, headers: &HeaderMap) -> bool {
+        let Some((user, password)) = credentials(headers) else {
+            return false;
+        };
+        let stored = users.get(&user);
+        let hash = stored.map_or(DECOY_HASH, String::as_str).to_owned();
+        let key = cache_key(&user, &hash, &password);
+        if stored.is_some() && self.cached(&key) {
+            return true;
+        }
+        let Ok(_permit) = self.bcrypt.acquire().await else {
+            return false;
+        };
+        // Concurrent requests with the same credentials (a scrape and a
+        // retry) wait for one verification, not one each.
+        if stored.is_some() && self.cached(&key) {
+            return true;
+        }
+        // Slow on purpose (tens of milliseconds): off the runtime thread.
+        let matched = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
+            .await
+            .is_ok_and(|r| r.unwrap_or(false));
+        let ok = matched && stored.is_some();
+        if ok {
+            let mut verified = self.lock();
+            if verified.len() >= CACHE_MAX {
+                verified.clear();
+            }
+            verified.insert(key);
+        }
+        ok
+    }
+}
+
+fn cache_key(user: &str, hash: &str, password: &[u8]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    // Length-prefixed, so that no two triples hash the same bytes.
+    for part in [user.as_bytes(), hash.as_bytes(), password] {
+        ctx.update(&(part.len() as u64).to_le_bytes());
+        ctx.update(part);
+    }
+    ctx.finish().as_ref().try_into().expect("32 bytes")
+}
+
+/// (user, password) of an `Authorization: Basic` header.
+fn credentials(headers: &HeaderMap) -> Option<(String, Vec<u8>)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    let user = String::from_utf8(decoded[..colon].to_vec()).ok()?;
+    Some((user, decoded[colon + 1..].to_vec()))
+}
+
+/// The middleware: authenticates when users are configured, then adds the
+/// configured headers to the response (401s included).
+pub async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let active = shared.config.current();
+    let allowed = active.users.is_empty()
+        || request.uri().path() == UNAUTHENTICATED_PATH
+        || shared
+            .verifier
+            .check(&active.users, request.headers())
+            .await;
+    let mut response = if allowed {
+        next.run(request).await
+    } else {
+        unauthorized()
+    };
+    response.headers_mut().extend(active.headers.clone());
+    response
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [
+            (
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"sockerr\""),
+            ),
+            // A client that cannot authenticate gets no kept-alive
+            // connection to hold on to.
+            (header::CONNECTION, HeaderValue::from_static("close")),
+        ],
+        "Unauthorized\n",
+    )
+        .into_response()
+}
+
+/// `sockerr hash-password`: the bcrypt hash of the password on the first
+/// line of standard input, for `basic_auth_users`.
+pub fn hash_password(input: impl BufRead) -> Result<String> {
+    let line = input
+        .lines()
+        .next()
+        .context("no password on standard input")?
+        .context("reading the password")?;
+    if line.is_empty() {
+        bail!("empty password");
+    }
+    Ok(bcrypt::hash(line, COST)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(raw: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(raw).unwrap());
+        h
+    }
+
+    #[test]
+    fn credentials_follow_rfc_7617() {
+        // "prometheus:pa:ss" — the password may contain colons.
+        assert_eq!(
+            credentials(&basic("Basic cHJvbWV0aGV1czpwYTpzcw==")),
+            Some(("prometheus".into(), b"pa:ss".to_vec()))
+        );
+        assert_eq!(
+            credentials(&basic("basic cHJvbWV0aGV1czpwYTpzcw==")),
+            Some(("prometheus".into(), b"pa:ss".to_vec()))
+        );
+        for bad in ["Bearer abc", "Basic !!!", "Basic bm9jb2xvbg==", "Basic"] {
+            assert_eq!(credentials(&basic(bad)), None, "{bad}");
+        }
+        assert_eq!(credentials(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn hashes_verify_and_the_decoy_is_one() {
+        let hash = hash_password("s3cret\nignored\n".as_bytes()).unwrap();
+        assert!(hash.starts_with("$2b$10$"), "{hash}");
+        assert!(bcrypt::verify("s3cret", &hash).unwrap());
+        assert!(hash_password("\n".as_bytes()).is_err());
+        assert!(hash_password("".as_bytes()).is_err());
+        assert_eq!(
+            DECOY_HASH.parse::<bcrypt::HashParts>().unwrap().get_cost(),
+            COST
+        );
+        // From `htpasswd -nbBC 10 "" pw | tr -d ':\n'` (apache2-utils).
+        assert!(
+            bcrypt::verify(
+                "pw",
+                "$2y$10$QuRSktGJPUMvjhzhAkiYYub3IoKwXmPSFAiWNLtHofK..UknWWghS"
+            )
+            .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn only_matching_credentials_pass_and_successes_are_cached() {
+        let users = BTreeMap::from([("u".to_owned(), bcrypt::hash("pw", 4).unwrap())]);
+        let verifier = Verifier::default();
+        let header = |user: &str, pw: &str| {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
+            basic(&format!("Basic {encoded}"))
+        };
+        assert!(!verifier.check(&users, &header("u", "wrong")).await);
+        assert!(!verifier.check(&users, &header("nobody", "pw")).await);
+        assert!(!verifier.check(&users, &HeaderMap::new()).await);
+        assert!(verifier.lock().is_empty(), "failures are not cached");
+        assert!(verifier.check(&users, &header("u", "pw")).await);
+        assert_eq!(verifier.lock().len(), 1);
+        // The same password against another hash (a reload changed it) is
+        // verified again, and fails.
+        let changed = BTreeMap::from([("u".to_owned(), bcrypt::hash("new", 4).unwrap())]);
+        assert!(!verifier.check(&changed, &header("u", "pw")).await);
+        assert!(verifier.check(&changed, &header("u", "new")).await);
+    }
+}

@@ -1,0 +1,121 @@
+//! How the HTTP endpoints are served: the `--web.*` flags, the
+//! exporter-toolkit web configuration (TLS, basic auth, response headers)
+//! and an accept loop with timeouts and a connection cap. The routes
+//! themselves are in `http.rs`.
+
+mod auth;
+mod config;
+mod server;
+mod tls;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, Result};
+use axum::Router;
+use tokio::net::TcpListener;
+
+pub use auth::hash_password;
+
+#[derive(clap::Args)]
+pub struct WebArgs {
+    /// Address to serve /metrics, /findings and /healthz on.
+    #[arg(long = "web.listen-address", default_value = "127.0.0.1:9809")]
+    pub listen: SocketAddr,
+    /// Path of the Prometheus metrics.
+    #[arg(long = "web.telemetry-path", default_value = "/metrics", value_parser = telemetry_path)]
+    pub telemetry_path: String,
+    /// Allow a non-loopback listen address without TLS and authentication
+    /// (metrics and findings name processes and endpoints of this host).
+    #[arg(long = "web.allow-remote")]
+    allow_remote: bool,
+    /// Web configuration in Prometheus exporter-toolkit's format: TLS,
+    /// basic auth, response headers. Read again when it or a file it names
+    /// changes, and on SIGHUP. Empty: none.
+    #[arg(long = "web.config.file", value_name = "FILE", value_parser = config_file)]
+    config_file: Option<PathBuf>,
+    /// Time a client has to send a request's headers: from connecting (TLS
+    /// handshake included), or from the first byte of a later request.
+    #[arg(long = "web.header-timeout", default_value = "10s", value_parser = crate::positive_duration)]
+    header_timeout: Duration,
+    /// Time a kept-alive connection may wait for its next request.
+    #[arg(long = "web.idle-timeout", default_value = "90s", value_parser = crate::positive_duration)]
+    idle_timeout: Duration,
+    /// Most open connections. At the cap, a new connection closes the oldest
+    /// one still waiting for a request (or, if all are busy, is closed).
+    #[arg(long = "web.max-connections", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+}
+
+/// Any path, the empty one included (clap's own parser refuses it): empty
+/// means no file, as in exporter-toolkit, which the systemd unit relies on.
+fn config_file(s: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(s))
+}
+
+fn telemetry_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') || s == "/" || s == "/findings" || s == "/healthz" {
+        return Err("must start with / and not be /, /findings or /healthz".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// What every connection and request reads.
+struct Shared {
+    config: config::WebConfig,
+    verifier: auth::Verifier,
+    limits: server::Limits,
+    metrics: server::ConnectionMetrics,
+}
+
+/// The bound, configured HTTP server.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Loads the web configuration and binds the listen address: a bad file
+    /// or a busy port fails here, naming the key or the address.
+    pub async fn bind(args: &WebArgs) -> Result<Self> {
+        let file = args
+            .config_file
+            .clone()
+            .filter(|f| !f.as_os_str().is_empty());
+        let config = config::WebConfig::load(file, args.listen, args.allow_remote)?;
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        Ok(Self {
+            listener,
+            shared: Arc::new(Shared {
+                config,
+                verifier: auth::Verifier::default(),
+                limits: server::Limits {
+                    header_timeout: args.header_timeout,
+                    idle_timeout: args.idle_timeout,
+                    max_connections: args.max_connections,
+                },
+                metrics: server::ConnectionMetrics::new(),
+            }),
+        })
+    }
+
+    /// The address actually bound (port 0 in the flag becomes a real port).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .context("the listen socket's address")
+    }
+
+    /// The server's own metrics: open connections, connections dropped.
+    pub fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 2] {
+        self.shared.metrics.collectors()
+    }
+
+    /// Serves `app` until `shutdown` completes.
+    pub async fn serve(self, app: Router, shutdown: impl Future<Output = ()>) -> Result<()> {
+        server::serve(self.listener, self.shared, app, shutdown)
+            .await
+            .context("serving HTTP")
+    }
+}

@@ -1,0 +1,159 @@
+//! The rustls server configuration of `tls_server_config`.
+
+use std::{path::Path, sync::Arc};
+
+use anyhow::{Result, anyhow, bail};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+    SupportedProtocolVersion,
+    client::danger::HandshakeSignatureValid,
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject},
+    server::{
+        WebPkiClientVerifier,
+        danger::{ClientCertVerified, ClientCertVerifier},
+    },
+};
+
+use super::config::{ClientAuth, Tls, Version};
+
+pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = certificates("cert_file", &tls.cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key_file).map_err(|e| {
+        anyhow!(
+            "tls_server_config.key_file: reading {}: {e}",
+            tls.key_file.display()
+        )
+    })?;
+    let versions: Vec<&'static SupportedProtocolVersion> = [
+        (Version::Tls12, &rustls::version::TLS12),
+        (Version::Tls13, &rustls::version::TLS13),
+    ]
+    .into_iter()
+    .filter(|(v, _)| (tls.min_version..=tls.max_version).contains(v))
+    .map(|(_, p)| p)
+    .collect();
+    let roots = || -> Result<Arc<RootCertStore>> {
+        let path = tls.client_ca_file.as_deref().expect("validated");
+        let mut roots = RootCertStore::empty();
+        for cert in certificates("client_ca_file", path)? {
+            roots.add(cert).map_err(|e| {
+                anyhow!("tls_server_config.client_ca_file: {}: {e}", path.display())
+            })?;
+        }
+        Ok(Arc::new(roots))
+    };
+    let verified = |optional: bool| -> Result<Arc<dyn ClientCertVerifier>> {
+        let builder = WebPkiClientVerifier::builder_with_provider(roots()?, provider.clone());
+        let builder = if optional {
+            builder.allow_unauthenticated()
+        } else {
+            builder
+        };
+        builder
+            .build()
+            .map_err(|e| anyhow!("tls_server_config.client_ca_file: {e}"))
+    };
+    let verifier: Arc<dyn ClientCertVerifier> = match tls.client_auth {
+        ClientAuth::NoClientCert => WebPkiClientVerifier::no_client_auth(),
+        ClientAuth::RequestClientCert => Arc::new(AnyClientCert {
+            mandatory: false,
+            provider: provider.clone(),
+        }),
+        ClientAuth::RequireAnyClientCert => Arc::new(AnyClientCert {
+            mandatory: true,
+            provider: provider.clone(),
+        }),
+        ClientAuth::VerifyClientCertIfGiven => verified(true)?,
+        ClientAuth::RequireAndVerifyClientCert => verified(false)?,
+    };
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|e| anyhow!("tls_server_config.min_version: {e}"))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            anyhow!(
+                "tls_server_config.key_file: {e} (with cert_file {})",
+                tls.cert_file.display()
+            )
+        })?;
+    // HTTP/1.1 only; a client offering h2 too falls back to it.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The certificates of a PEM file; at least one.
+fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let what = || format!("tls_server_config.{key}: reading {}", path.display());
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow!("{}: {e}", what()))?;
+    if certs.is_empty() {
+        bail!("{}: no PEM certificate in it", what());
+    }
+    Ok(certs)
+}
+
+/// `RequestClientCert` and `RequireAnyClientCert`: like Go's crypto/tls
+/// under exporter-toolkit, the client proves it holds the key of the
+/// certificate it sends, and nothing checks who issued it.
+#[derive(Debug)]
+struct AnyClientCert {
+    mandatory: bool,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for AnyClientCert {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
