@@ -134,7 +134,8 @@ fn every_panel_query_works_against_a_scraped_agent() {
     if !require_root() {
         return;
     }
-    let agent = Agent::start();
+    // Pod labels on: the queries must work with and without them.
+    let agent = Agent::with(&["--metrics.kubernetes-labels"]);
     let prom = Prometheus::start(&format!(
         "  - job_name: sockerr\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
         agent.port
@@ -169,6 +170,8 @@ fn every_panel_query_works_against_a_scraped_agent() {
             .replace("$instance", &instance)
             .replace("$job", "sockerr")
             .replace("$comm", ".*")
+            .replace("$namespace", ".*")
+            .replace("$pod", ".*")
     };
     let d = dashboard();
     for var in d["templating"]["list"].as_array().unwrap() {

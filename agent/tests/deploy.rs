@@ -88,8 +88,11 @@ fn the_units_web_config_is_optional() {
 }
 
 /// `sockerr run` with exactly the given capabilities, all others dropped.
+/// Its log goes to a file (`log(port)`): a pipe nobody reads would fill
+/// with the findings of other tests and block the agent.
 fn run_with_caps(caps: &[String], port: u16) -> std::process::Child {
     let set: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
+    let log = std::fs::File::create(log(port)).unwrap();
     Command::new("setpriv")
         .args(["--inh-caps=-all", "--ambient-caps=-all"])
         .arg(format!("--bounding-set=-all,{}", set.join(",")))
@@ -98,9 +101,13 @@ fn run_with_caps(caps: &[String], port: u16) -> std::process::Child {
         // A record per finding: the latest one carries call sites.
         .arg("--findings.detail-interval=0s")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(log)
         .spawn()
         .expect("setpriv")
+}
+
+fn log(port: u16) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("caps-{port}.log"))
 }
 
 fn wait_healthy(port: u16) -> bool {
@@ -214,8 +221,7 @@ fn runs_with_exactly_the_units_capabilities_and_each_is_needed() {
             continue;
         }
         let status = child.wait().unwrap();
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        let err = std::fs::read_to_string(log(port)).unwrap();
         assert!(!status.success(), "ran without {missing}");
         let name = format!("CAP_{}", missing.to_uppercase());
         assert!(
