@@ -146,11 +146,7 @@ fn runs_with_exactly_the_units_capabilities_and_each_is_needed() {
 
     // With exactly the unit's set: attaches, detects, attributes, serves.
     let port = closed_port();
-    let mut child = run_with_caps(&caps, port);
-    let agent = Agent {
-        child: std::mem::replace(&mut child, Command::new("true").spawn().unwrap()),
-        port,
-    };
+    let agent = Agent::adopt(run_with_caps(&caps, port), port);
     assert!(
         wait_healthy(port),
         "sockerr run did not start with the unit's capabilities"
@@ -183,7 +179,6 @@ fn runs_with_exactly_the_units_capabilities_and_each_is_needed() {
         "kernel counters readable"
     );
     drop(agent);
-    let _ = child.wait();
 
     // Each one removed: the loading ones fail with a clear message; without
     // CAP_SYS_PTRACE the agent runs but cannot attribute (and says why).
@@ -193,7 +188,7 @@ fn runs_with_exactly_the_units_capabilities_and_each_is_needed() {
         let mut child = run_with_caps(&fewer, port);
         if missing == "sys_admin" {
             assert!(wait_healthy(port));
-            let agent = Agent { child, port };
+            let agent = Agent::adopt(child, port);
             let (pid, _) = scenario_env(&["repeat", "buggy", "3", "200"], &[]);
             let found = agent.wait_findings_of(pid, 1);
             let note = found[0]["call_sites"]["note"].as_str().unwrap_or_default();
@@ -202,7 +197,7 @@ fn runs_with_exactly_the_units_capabilities_and_each_is_needed() {
         }
         if missing == "sys_ptrace" {
             assert!(wait_healthy(port));
-            let agent = Agent { child, port };
+            let agent = Agent::adopt(child, port);
             let (pid, _) = scenario_env(&["masked"], &[("SCENARIO_LINGER_MS", "1000")]);
             let found = agent.wait_findings_of(pid, 2);
             assert!(!found.is_empty());

@@ -525,8 +525,7 @@ fn the_web_config_is_read_again_on_change_and_on_sighup() {
         .set_modified(modified)
         .unwrap();
     assert_eq!(get_as(port, "a", "six"), 401);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
+    support::signal(&agent.child, support::Signal::SIGHUP);
     wait_for("the SIGHUP reload", || get_as(port, "a", "six") == 200);
     assert_eq!(get_as(port, "a", "two"), 401);
 }

@@ -10,17 +10,15 @@
 //! Exits 0 only when every row passed.
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::Read,
     path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex, mpsc},
-    thread,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use serde_json::Value;
 use sockerr_scenarios::table::{BARRIER, Case, TABLE};
+use sockerr_testkit::{Tracer, wait_timeout};
 
 use crate::bpf_stats;
 
@@ -70,13 +68,13 @@ pub fn run(args: &[&str]) -> Result<()> {
     println!("matrix: kernel {kernel}, agent {}", options.agent.display());
 
     let check = check(&options);
-    let mut trace = Tracer::start(&options);
+    let trace = trace(&options);
     let mut outcomes: Vec<Option<bool>> = vec![None; TABLE.len()];
-    if let Ok(tracer) = &mut trace {
+    if let Ok(tracer) = &trace {
         let pids: Vec<Result<u32>> = TABLE.iter().map(scenario).collect();
         let barrier = scenario(&BARRIER).and_then(|pid| {
-            tracer
-                .wait_for(pid, BARRIER.expected.len(), Duration::from_secs(60))
+            let found = tracer.wait_for(pid, BARRIER.expected.len(), Duration::from_secs(60));
+            (found.len() >= BARRIER.expected.len())
                 .then_some(())
                 .context("its findings did not arrive within 60 s")
         });
@@ -104,12 +102,19 @@ pub fn run(args: &[&str]) -> Result<()> {
         if options.bpf_stats {
             bpf_stats::print();
         }
-        tracer.stop();
     }
-    if let Err(e) = &trace {
-        println!("matrix: sockerr trace did not start: {e:#}");
-        println!("matrix: none of the {} rows ran", TABLE.len());
-    }
+    let trace_ok = match trace {
+        // Dropping it stops the agent: everything it attached goes.
+        Ok(tracer) => {
+            drop(tracer);
+            true
+        }
+        Err(e) => {
+            println!("matrix: sockerr trace did not start: {e:#}");
+            println!("matrix: none of the {} rows ran", TABLE.len());
+            false
+        }
+    };
 
     let pass = outcomes.iter().filter(|o| **o == Some(true)).count();
     let failed: Vec<String> = outcomes
@@ -121,7 +126,7 @@ pub fn run(args: &[&str]) -> Result<()> {
     println!(
         "MATRIX kernel={kernel} check={} trace={} rows={} pass={pass} fail={} failed={} secs={:.1}",
         if check { "ok" } else { "fail" },
-        if trace.is_ok() { "ok" } else { "fail" },
+        if trace_ok { "ok" } else { "fail" },
         TABLE.len(),
         failed.len(),
         if failed.is_empty() {
@@ -166,6 +171,26 @@ fn check(options: &Options) -> bool {
     }
 }
 
+/// `sockerr trace --json`, its log passed through prefixed with `trace| `.
+fn trace(options: &Options) -> Result<Tracer> {
+    if options.bpf_stats {
+        bpf_stats::enable()?;
+    }
+    println!("matrix: $ {} trace --json", options.agent.display());
+    let started = Instant::now();
+    let tracer = Tracer::spawn(
+        &options.agent,
+        &options.agent_args,
+        options.attach_timeout,
+        |line| println!("trace| {line}"),
+    )?;
+    println!(
+        "matrix: tracing after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(tracer)
+}
+
 /// Runs one row's scenario to completion (at most 60 s); its pid.
 fn scenario(case: &Case) -> Result<u32> {
     let exe = std::env::current_exe().context("locating sockerr-scenario")?;
@@ -184,128 +209,4 @@ fn scenario(case: &Case) -> Result<u32> {
     }
     anyhow::ensure!(status.success(), "{status}: {}", stderr.trim());
     Ok(pid)
-}
-
-/// Waits for a child, killing it after `timeout`.
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            child.wait()?;
-            bail!("still running after {timeout:?}; killed");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// `sockerr trace --json` in the background, collecting findings; its
-/// stderr is passed through prefixed with `trace| `.
-struct Tracer {
-    child: Child,
-    findings: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Tracer {
-    fn start(options: &Options) -> Result<Self> {
-        if options.bpf_stats {
-            bpf_stats::enable()?;
-        }
-        println!("matrix: $ {} trace --json", options.agent.display());
-        let started = Instant::now();
-        let mut child = Command::new(&options.agent)
-            .args(["trace", "--json"])
-            .args(&options.agent_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting sockerr trace")?;
-        // Every stderr line goes through; the banner says every probe is
-        // attached, and EOF that the agent gave up.
-        let (banner_tx, banner_rx) = mpsc::channel();
-        let stderr = BufReader::new(child.stderr.take().expect("piped"));
-        let stderr_done = thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                println!("trace| {line}");
-                if line.contains("tracing; Ctrl-C to stop") {
-                    let _ = banner_tx.send(());
-                }
-            }
-        });
-        let findings = Arc::new(Mutex::new(Vec::new()));
-        let sink = findings.clone();
-        let stdout = BufReader::new(child.stdout.take().expect("piped"));
-        thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                match serde_json::from_str::<Value>(&line) {
-                    Ok(v) => sink.lock().expect("not poisoned").push(v),
-                    Err(e) => println!("matrix: not a JSON finding ({e}): {line}"),
-                }
-            }
-        });
-        let mut tracer = Self { child, findings };
-        let deadline = Instant::now() + options.attach_timeout;
-        loop {
-            if banner_rx.recv_timeout(Duration::from_millis(50)).is_ok() {
-                break;
-            }
-            if let Some(status) = tracer.child.try_wait()? {
-                let _ = stderr_done.join();
-                bail!("sockerr trace exited with {status} before attaching");
-            }
-            if Instant::now() > deadline {
-                tracer.stop();
-                bail!(
-                    "sockerr trace did not attach within {:?}",
-                    options.attach_timeout
-                );
-            }
-        }
-        println!(
-            "matrix: tracing after {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
-        Ok(tracer)
-    }
-
-    /// Sorted finding kinds of a process.
-    fn kinds(&self, pid: u32) -> Vec<String> {
-        let mut kinds: Vec<String> = self
-            .findings
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .filter(|f| f["pid"] == pid)
-            .filter_map(|f| f["kind"].as_str().map(str::to_owned))
-            .collect();
-        kinds.sort();
-        kinds
-    }
-
-    /// Waits until `pid` has at least `n` findings.
-    fn wait_for(&self, pid: u32, n: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.kinds(pid).len() >= n {
-                return true;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    /// SIGTERM, then wait (SIGKILL after 30 s).
-    fn stop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        match wait_timeout(&mut self.child, Duration::from_secs(30)) {
-            Ok(status) if !status.success() => println!("matrix: sockerr trace exited {status}"),
-            Ok(_) => {}
-            Err(e) => println!("matrix: stopping sockerr trace: {e:#}"),
-        }
-    }
 }

@@ -11,19 +11,16 @@ mod workload;
 use std::{
     collections::HashMap,
     fmt::Write as _,
-    io::{BufRead, BufReader, Read, Write as _},
-    net::TcpStream,
-    path::{Path, PathBuf},
+    io::{BufRead, BufReader},
+    path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+
+use sockerr_testkit::{Agent, Log, Signal};
 
 use crate::{build, cmd, setup};
 
@@ -189,8 +186,12 @@ impl Run {
 
     fn round(&mut self, tool: Tool) -> Result<()> {
         let mut agent = match tool {
-            Tool::Sockerr => Some(Agent::start(&self.agent, &[])?),
-            Tool::SockerrAll => Some(Agent::start(&self.agent, &["--call-sites=all"])?),
+            Tool::Sockerr => Some(Agent::spawn(&self.agent, &[], Log::Discard)),
+            Tool::SockerrAll => Some(Agent::spawn(
+                &self.agent,
+                &["--call-sites=all"],
+                Log::Discard,
+            )),
             _ => None,
         };
         let bpftrace = if tool == Tool::Bpftrace {
@@ -214,10 +215,12 @@ impl Run {
             self.ns.entry((tool, name)).or_default().push(ns);
         }
         if let Some(a) = &watched {
-            self.agent_rss_kib = self.agent_rss_kib.max(a.rss_kib("VmRSS:"));
+            self.agent_rss_kib = self.agent_rss_kib.max(a.rss_kib());
         }
         if let Some(mut b) = bpftrace {
-            stop(&mut b);
+            // bpftrace ends its run on SIGINT.
+            sockerr_testkit::signal(&b, Signal::SIGINT);
+            let _ = b.wait();
         }
         Ok(())
     }
@@ -259,7 +262,7 @@ impl Run {
     /// Median time of a /metrics scrape with 100 distinct comms exported.
     fn scrape_with_many_comms(&self) -> Result<f64> {
         println!("xtask bench: /metrics with 100 comms");
-        let mut agent = Agent::start(&self.agent, &[])?;
+        let agent = Agent::spawn(&self.agent, &[], Log::Discard);
         for i in 0..100 {
             Command::new(&self.scenario)
                 .args(["renamed", &format!("bench-comm-{i}")])
@@ -269,27 +272,23 @@ impl Run {
         let mut times: Vec<f64> = (0..21)
             .map(|_| {
                 let start = Instant::now();
-                agent
-                    .get("/metrics")
-                    .map(|_| start.elapsed().as_secs_f64() * 1e3)
+                agent.metrics();
+                start.elapsed().as_secs_f64() * 1e3
             })
-            .collect::<Result<_>>()?;
-        let body = agent.get("/metrics")?;
-        if !body.contains("bench-comm-99") {
+            .collect();
+        if !agent.metrics().contains("bench-comm-99") {
             bail!("the 100 comms did not reach the metrics");
         }
-        agent.stop();
         Ok(median(&mut times))
     }
 
     /// RSS (MiB) of the agent after `n` findings.
     fn rss_after_findings(&self, n: u64) -> Result<f64> {
         println!("xtask bench: agent memory after {n} findings");
-        let mut agent = Agent::start(&self.agent, &[])?;
+        let agent = Agent::spawn(&self.agent, &[], Log::Discard);
         self.measure(Tool::Baseline, "masked", n)?;
         thread::sleep(Duration::from_millis(500));
-        let rss = agent.rss_kib("VmRSS:") as f64 / 1024.0;
-        agent.stop();
+        let rss = agent.rss_kib() as f64 / 1024.0;
         Ok(rss)
     }
 
@@ -481,114 +480,4 @@ fn start_bpftrace() -> Result<Child> {
     thread::spawn(move || lines.for_each(drop));
     thread::sleep(Duration::from_millis(500));
     Ok(child)
-}
-
-fn stop(child: &mut Child) {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let _ = child.wait();
-}
-
-/// `sockerr run` on a free loopback port; its log is counted, not kept.
-struct Agent {
-    child: Child,
-    port: u16,
-    log_bytes: Arc<AtomicU64>,
-}
-
-impl Agent {
-    fn start(bin: &Path, extra: &[&str]) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let mut child = Command::new(bin)
-            .args(["run", "--web.listen-address", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let log_bytes = Arc::new(AtomicU64::new(0));
-        let counted = log_bytes.clone();
-        let mut log = child.stderr.take().context("the agent's stderr")?;
-        thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n @ 1..) = log.read(&mut buf) {
-                counted.fetch_add(n as u64, Ordering::Relaxed);
-            }
-        });
-        let agent = Self {
-            child,
-            port,
-            log_bytes,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while agent.get("/healthz").is_err() {
-            if Instant::now() > deadline {
-                bail!("sockerr run did not start");
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        Ok(agent)
-    }
-
-    fn get(&self, path: &str) -> Result<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp)?;
-        if !resp.starts_with("HTTP/1.1 200") {
-            bail!("GET {path}: {}", resp.lines().next().unwrap_or_default());
-        }
-        Ok(resp)
-    }
-
-    /// Bytes the agent has logged so far.
-    fn log_bytes(&self) -> u64 {
-        self.log_bytes.load(Ordering::Relaxed)
-    }
-
-    fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r.split_whitespace().collect())
-            .unwrap_or_default();
-        // utime and stime are fields 14 and 15 (11 and 12 after the comm).
-        let ticks: f64 = fields
-            .get(11..13)
-            .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-            .unwrap_or(0.0);
-        // SAFETY: sysconf has no preconditions.
-        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-    }
-
-    /// `VmRSS` (now) or `VmHWM` (peak) from /proc/<pid>/status, in KiB.
-    fn rss_kib(&self, field: &str) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix(field))?
-                    .trim()
-                    .trim_end_matches(" kB")
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0)
-    }
-
-    fn stop(&mut self) {
-        stop(&mut self.child);
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.stop();
-        }
-    }
 }

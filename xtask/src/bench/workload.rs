@@ -12,7 +12,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{Agent, median};
+use sockerr_testkit::{Agent, Log};
+
+use super::median;
 
 /// What a burst of findings cost and what was counted.
 pub struct Burst {
@@ -52,7 +54,7 @@ pub fn burst(agent_bin: &Path, scenario: &Path, processes: usize, each: u64) -> 
         "xtask bench: burst of {} findings from {processes} processes",
         processes as u64 * each
     );
-    let agent = Agent::start(agent_bin, &[])?;
+    let agent = Agent::spawn(agent_bin, &[], Log::Capture);
     let cpu = agent.cpu_seconds();
     let log = agent.log_bytes();
     let start = Instant::now();
@@ -77,7 +79,7 @@ pub fn burst(agent_bin: &Path, scenario: &Path, processes: usize, each: u64) -> 
     // Records reach the agent within its drain interval; the tallies within
     // two seconds.
     thread::sleep(Duration::from_millis(2500));
-    let metrics = agent.get("/metrics")?;
+    let metrics = agent.metrics();
     let counted = comms
         .iter()
         .map(|c| {
@@ -216,13 +218,13 @@ pub fn nginx(agent_bin: &Path, dir: &Path, rounds: usize, seconds: u64) -> Resul
     let (mut findings, mut requests) = (0, 0);
     for _ in 0..rounds {
         without.push(wrk(&url, seconds)?.0);
-        let agent = Agent::start(agent_bin, &[])?;
+        let agent = Agent::spawn(agent_bin, &[], Log::Discard);
         let (rps, n) = wrk(&url, seconds)?;
         with.push(rps);
         // The tallies are read every two seconds; the counters at the scrape.
         thread::sleep(Duration::from_millis(500));
         findings += sum(
-            &agent.get("/metrics")?,
+            &agent.metrics(),
             r#"sockerr_findings_total{comm="nginx",kind="so_error_reread"}"#,
         );
         requests += n;

@@ -1,0 +1,69 @@
+//! One harness for everything that drives sockerr from outside: the
+//! integration tests (`agent/tests/`), the benchmarks (`cargo xtask bench`)
+//! and the kernel-matrix runner (`sockerr-scenario matrix`).
+//!
+//! - [`Agent`]: `sockerr run` on a loopback port, its metrics and findings.
+//! - [`Tracer`]: `sockerr trace --json`, findings collected as they come.
+//! - [`programs`]: where the binaries are, running programs and scenarios.
+//! - [`net`]: loopback ports and servers, network namespaces, HTTP GET.
+//! - [`Prometheus`]: a real Prometheus scraping what a test says.
+//!
+//! Helpers panic on failure (they serve tests) except where a caller needs
+//! to report instead: [`Tracer::spawn`] returns a `Result`.
+
+mod agent;
+pub mod net;
+pub mod programs;
+mod prometheus;
+mod tracer;
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+pub use agent::{Agent, Log};
+pub use net::{Netns, closed_port, http_get, http_server, raw_response};
+pub use nix::sys::signal::Signal;
+pub use programs::{
+    agent_bin, require_root, run_program, scenario, scenario_bin, scenario_env, scenario_exe,
+    signal, stop, wait_timeout,
+};
+pub use prometheus::Prometheus;
+pub use tracer::Tracer;
+
+/// The value of the sample line for exactly `series` (`name{labels}`, the
+/// labels sorted by name as the exposition writes them).
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))?
+        .parse()
+        .ok()
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_found_by_their_whole_series() {
+        let text = "# HELP x\nx{a=\"1\"} 3\nx{a=\"10\"} 7\ny 2\n";
+        assert_eq!(sample(text, r#"x{a="1"}"#), Some(3.0));
+        assert_eq!(sample(text, r#"x{a="10"}"#), Some(7.0));
+        assert_eq!(sample(text, "y"), Some(2.0));
+        assert_eq!(sample(text, "x"), None);
+    }
+}
