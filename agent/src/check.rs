@@ -62,14 +62,22 @@ fn privileges() -> Result<String, String> {
     }
 }
 
+/// The kernel's BTF, read once by whoever checks and then loads; an error
+/// says what the kernel lacks.
+pub fn kernel_btf() -> Result<KernelBtf, String> {
+    KernelBtf::read()
+        .and_then(|btf| btf.offsets.kernel_offsets().map(|_| btf))
+        .map_err(|e| format!("{e:#} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)"))
+}
+
 /// Every requirement, in order; with `options`, also loads the programs
 /// into the kernel and attaches each probe through the hook it would use
 /// (detached again at once).
-pub fn requirements(options: Option<&loader::Options>) -> Vec<Requirement> {
+pub fn requirements(
+    btf: &Result<KernelBtf, String>,
+    options: Option<&loader::Options>,
+) -> Vec<Requirement> {
     let mut reqs = vec![req("privileges", privileges())];
-    let btf = KernelBtf::read()
-        .and_then(|btf| btf.offsets.kernel_offsets().map(|_| btf))
-        .map_err(|e| format!("{e:#} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)"));
     reqs.push(req(
         "kernel BTF",
         btf.as_ref()
@@ -105,7 +113,7 @@ pub fn requirements(options: Option<&loader::Options>) -> Vec<Requirement> {
     let Some(options) = options else {
         return reqs;
     };
-    let (Ok(btf), true) = (&btf, reqs.iter().all(|r| r.status == Status::Ok)) else {
+    let (Ok(btf), true) = (btf, reqs.iter().all(|r| r.status == Status::Ok)) else {
         reqs.push(req(
             "eBPF load",
             Err("not tried: fix the requirements above first".into()),
@@ -150,8 +158,8 @@ pub fn report(reqs: &[Requirement]) -> bool {
 }
 
 /// The static checks of `sockerr check`, as one error for `run` and `trace`.
-pub fn require() -> anyhow::Result<()> {
-    let missing: Vec<_> = requirements(None)
+pub fn require(btf: &Result<KernelBtf, String>) -> anyhow::Result<()> {
+    let missing: Vec<_> = requirements(btf, None)
         .into_iter()
         .filter(|r| r.status == Status::Missing)
         .map(|r| format!("{}: {}", r.name, r.detail))

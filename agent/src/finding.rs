@@ -4,12 +4,13 @@
 use std::{sync::Arc, time::SystemTime};
 
 use serde::{Serialize, Serializer};
-use sockerr_common::{FindingKind, FindingRecord, MAX_READS, Trigger};
+use sockerr_common::FindingKind;
 
 use crate::{
     attribution::{ExeSource, Process},
     callsites::CallSites,
     decode,
+    record::Record,
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -52,39 +53,6 @@ pub struct Finding {
     pub call_sites: CallSites,
     #[serde(rename = "time", serialize_with = "rfc3339")]
     pub at: SystemTime,
-}
-
-/// A finding record the agent understands: its kind and trigger decoded.
-pub struct Record {
-    pub raw: FindingRecord,
-    pub kind: FindingKind,
-    pub trigger: Trigger,
-}
-
-impl Record {
-    /// None for a record this agent does not understand (never expected:
-    /// the object is embedded in the agent).
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < size_of::<FindingRecord>() {
-            return None;
-        }
-        // SAFETY: FindingRecord is plain old data and the length was checked.
-        let raw: FindingRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        Some(Self {
-            kind: FindingKind::from_repr(raw.kind)?,
-            trigger: Trigger::from_repr(raw.trigger)?,
-            raw,
-        })
-    }
-
-    /// The decided reads kept.
-    pub fn reads(&self) -> &[i32] {
-        &self.raw.reads[..(self.raw.nreads as usize).min(MAX_READS)]
-    }
-
-    pub fn at(&self) -> SystemTime {
-        decode::wall_time(self.raw.boot_ns)
-    }
 }
 
 impl Finding {
@@ -178,6 +146,8 @@ pub fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
 pub(crate) mod tests {
     use std::time::Duration;
 
+    use sockerr_common::{FindingRecord, Trigger};
+
     use super::*;
     use crate::containers::Container;
 
@@ -268,13 +238,6 @@ pub(crate) mod tests {
         );
         let json = serde_json::to_value(&f).unwrap();
         assert!(json["container"].is_null() && json["pod"].is_null());
-    }
-
-    #[test]
-    fn decode_rejects_short_or_unknown_records() {
-        assert!(Record::decode(&[0u8; 8]).is_none());
-        let zeroed = vec![0u8; size_of::<FindingRecord>()];
-        assert!(Record::decode(&zeroed).is_none(), "kind 0 is not a finding");
     }
 
     #[test]

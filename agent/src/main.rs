@@ -17,6 +17,7 @@ mod metrics;
 mod pipeline;
 mod privileges;
 mod proc;
+mod record;
 mod sampler;
 mod state;
 mod web;
@@ -194,9 +195,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, &cli.log_level);
     let result = match cli.command {
-        Command::Check(args) => Ok(check::report(&check::requirements(Some(
-            &args.kernel.options(Duration::ZERO),
-        )))),
+        Command::Check(args) => Ok(check::report(&check::requirements(
+            &check::kernel_btf(),
+            Some(&args.kernel.options(Duration::ZERO)),
+        ))),
         Command::HashPassword => web::hash_password(std::io::stdin().lock()).map(|hash| {
             println!("{hash}");
             true
@@ -329,8 +331,10 @@ fn start(
     call_sites: &CallSiteArgs,
     containers: &ContainerArgs,
 ) -> Result<Started> {
-    check::require()?;
-    let btf = loader::KernelBtf::read()?;
+    // Read once: checking, loading and attaching all use it.
+    let btf = check::kernel_btf();
+    check::require(&btf)?;
+    let btf = btf.map_err(anyhow::Error::msg)?;
     let mut kernel = loader::Kernel::load(&btf, options)?;
     let attached = kernel.attach(&btf, options)?;
     log_attached(&attached);

@@ -18,10 +18,11 @@ use crate::{
     attribution::{Attributor, Process},
     callsites::Locator,
     decode,
-    finding::{Finding, Record},
+    finding::Finding,
     findings::TallyRead,
     loader::Kernel,
     proc::{self, Proc},
+    record::Record,
 };
 
 /// The kernel wakes the agent only for the first record of a (process,

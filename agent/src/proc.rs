@@ -150,6 +150,12 @@ impl Proc {
     }
 }
 
+/// A file as process `pid` sees it (through its root: inside a container,
+/// the container's file).
+pub fn in_root(pid: u32, path: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/root{path}"))
+}
+
 /// Whether `pid` still runs.
 pub fn alive(pid: u32) -> bool {
     Process::new(pid as i32).is_ok_and(|p| p.is_alive())

@@ -66,5 +66,12 @@ fn processes_gone_before_the_agent_looks_are_named_by_the_kernel() {
         assert_eq!(f["cgroup"], cgroup.as_str(), "{f}");
         assert!(f.get("exe_error").is_none(), "exiting is no error: {f}");
         assert_eq!(f["fd"], serde_json::Value::Null);
+        // A dynamically linked program, gone before it could be probed:
+        // said so, not mistaken for a static binary.
+        let note = f["call_sites"]["note"].as_str().unwrap_or_default();
+        assert!(
+            note.contains("the process exited") && !note.contains("static"),
+            "{f}"
+        );
     }
 }

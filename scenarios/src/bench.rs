@@ -1,10 +1,11 @@
 //! Benchmark loops (`sockerr-scenario bench <loop> <iterations> [warm]`):
 //! each prints `ns_per_op=<n>`. Built in release mode by `cargo xtask bench`.
 //!
-//! With `warm`, the loop first runs a tenth of its iterations and rests
-//! [`WARM_REST`]: a process the agent flags gets call-site uprobes from its
-//! first finding until its call sites are known (about a second), a one-time
-//! cost that the measured iterations then no longer include.
+//! With `warm`, the loop first runs for [`WARM_UP`] in small batches with
+//! pauses, then rests a moment: a process the agent flags gets call-site
+//! uprobes from its first finding until a few of its findings have shown
+//! their call sites (about a second), a one-time cost that the measured
+//! iterations then no longer include.
 
 use std::{
     io::{Read, Write},
@@ -17,7 +18,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::net::{Sock, closed_port};
 
-const WARM_REST: Duration = Duration::from_millis(2500);
+const WARM_UP: Duration = Duration::from_millis(3000);
 
 pub fn run(name: &str, iterations: u64, warm: bool) -> Result<()> {
     pin_to_cpu0()?;
@@ -31,8 +32,12 @@ pub fn run(name: &str, iterations: u64, warm: bool) -> Result<()> {
         other => bail!("unknown loop {other}"),
     };
     if warm {
-        run((iterations / 10).max(100))?;
-        thread::sleep(WARM_REST);
+        let start = Instant::now();
+        while start.elapsed() < WARM_UP {
+            run((iterations / 200).max(20))?;
+            thread::sleep(Duration::from_millis(50));
+        }
+        thread::sleep(Duration::from_millis(500));
     }
     println!("ns_per_op={:.0}", run(iterations)?);
     Ok(())

@@ -20,7 +20,7 @@ use self::{
     symbolize::Symbolizer,
     uprobes::{Coverage, Instrumenter, Mode, Usage},
 };
-use crate::{decode, finding::Record, loader::Kernel};
+use crate::{decode, loader::Kernel, record::Record};
 
 /// The call sites of findings: instruments a process from its first
 /// finding (per `--call-sites`), resolves what its uprobes captured, and
@@ -53,12 +53,17 @@ impl Locator {
             // A kind whose call sites are not known yet: probe again.
             self.instrumenter.reinstrument(pid);
         }
-        let coverage = self.instrumenter.coverage(pid);
+        let mut coverage = self.instrumenter.coverage(pid);
         if coverage == Coverage::NotYet {
             // The snapshot of its mappings, taken while the process most
             // likely runs, names modules after it exits.
             let maps = self.resolver.snapshot(pid);
             self.instrumenter.instrument(kernel, pid, maps);
+            // One that could not be instrumented (it exited already) will
+            // have no next findings with sites: say why now.
+            if let unavailable @ Coverage::Unavailable(_) = self.instrumenter.coverage(pid) {
+                coverage = unavailable;
+            }
         }
         let time = decode::rfc3339(record.at());
         let sites = self.resolver.resolve(

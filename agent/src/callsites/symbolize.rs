@@ -101,6 +101,6 @@ fn elf_path(pid: u32, mapping: &Mapping) -> Option<PathBuf> {
     }
     // Overlay filesystems report other device numbers through stat() than in
     // the maps, so inside a live process's root the path is trusted.
-    let inside = PathBuf::from(format!("/proc/{pid}/root{}", mapping.path));
+    let inside = crate::proc::in_root(pid, &mapping.path);
     inside.exists().then_some(inside)
 }

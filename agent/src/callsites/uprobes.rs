@@ -272,14 +272,9 @@ impl Instrumenter {
         }
         let pid_nz = NonZeroU32::new(pid).context("pid 0")?;
         // The library as the process sees it, also inside a container.
-        let path = format!("/proc/{pid}/root{}", libc.path);
+        let path = proc::in_root(pid, &libc.path);
         let links = self
-            .attach(
-                kernel,
-                libc,
-                Path::new(&path),
-                UProbeScope::OneProcess(pid_nz),
-            )
+            .attach(kernel, libc, &path, UProbeScope::OneProcess(pid_nz))
             .with_context(|| format!("attaching uprobes to {}", libc.path))?;
         tracing::info!(pid, libc = libc.path, took = ?start.elapsed(), "call-site uprobes attached");
         Ok(Entry::Instrumented { links, captured: 0 })

@@ -47,8 +47,9 @@ impl Default for Options {
     }
 }
 
-/// The kernel's BTF, read once and parsed for both readers: ours (struct
-/// offsets, which aya does not expose) and aya's (program attach points).
+/// The kernel's BTF, read once and parsed by both readers that need it:
+/// ours (struct offsets, which aya does not expose) and aya's (program
+/// attach points). One read per process: `check` and loading share it.
 pub struct KernelBtf {
     pub offsets: btf::Btf,
     aya: aya::Btf,
