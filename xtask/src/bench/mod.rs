@@ -3,9 +3,11 @@
 //! and strace. Configurations alternate round by round; medians, min/max and
 //! ratios to the baseline are printed, then the worst realistic cases
 //! ([`workload`]): processes flagged on every connect beside their clean
-//! twins, a burst of findings from two processes, nginx with a TLS upstream.
-//! It ends with one `BENCH key=value` line and writes docs/benchmarks.md.
+//! twins, a burst of findings from two processes, nginx with a TLS upstream;
+//! then where the time goes, per eBPF program ([`programs`]). It prints one
+//! `BENCH key=value` line and writes docs/benchmarks.md.
 
+mod programs;
 mod workload;
 
 use std::{
@@ -170,7 +172,12 @@ pub fn run(options: &Options) -> Result<()> {
     } else {
         Some(run.rss_after_findings(1_000_000)?)
     };
-    let report = run.report(scrape_ms, rss_after, &burst, &nginx);
+    let loops: Vec<_> = ["refused", "established", "pingpong", "masked"]
+        .into_iter()
+        .map(|name| (name, run.iterations(20_000, Tool::Sockerr)))
+        .collect();
+    let costs = programs::measure(&run.agent, &run.scenario, &loops)?;
+    let report = run.report(scrape_ms, rss_after, &burst, &nginx) + &programs::table(&costs);
     print!("{report}");
     let doc = root.join("docs/benchmarks.md");
     std::fs::write(&doc, run.document(&report))?;

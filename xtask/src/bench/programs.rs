@@ -1,0 +1,127 @@
+//! Where the time goes: each of the agent's eBPF programs, its calls per
+//! loop iteration and its run time per call, from the kernel's own
+//! accounting (`kernel.bpf_stats_enabled=1`, which adds ≈ 20 ns a call).
+//! Run after the timed rounds: the statistics slow every program.
+
+use std::{collections::HashMap, fmt::Write as _, fs, path::Path, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+use sockerr_testkit::{Agent, Log};
+
+const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+pub struct Cost {
+    pub workload: &'static str,
+    pub program: String,
+    pub calls_per_op: f64,
+    pub ns_per_call: f64,
+}
+
+/// Loaded programs by id: (name, run time in ns, run count).
+fn programs() -> Result<HashMap<u64, (String, u64, u64)>> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .context("running bpftool")?;
+    if !out.status.success() {
+        bail!(
+            "bpftool prog show: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let all: Vec<Value> = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
+    Ok(all
+        .iter()
+        .filter_map(|p| {
+            let id = p["id"].as_u64()?;
+            let name = p["name"].as_str().unwrap_or("?").to_owned();
+            let time = p["run_time_ns"].as_u64().unwrap_or(0);
+            Some((id, (name, time, p["run_cnt"].as_u64().unwrap_or(0))))
+        })
+        .collect())
+}
+
+/// Turns the statistics on until dropped.
+struct Enabled;
+
+impl Enabled {
+    fn on() -> Result<Self> {
+        fs::write(STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(Self)
+    }
+}
+
+impl Drop for Enabled {
+    fn drop(&mut self) {
+        let _ = fs::write(STATS, "0");
+    }
+}
+
+/// The agent as deployed, each workload run `n` times once.
+pub fn measure(
+    agent_bin: &Path,
+    scenario: &Path,
+    loops: &[(&'static str, u64)],
+) -> Result<Vec<Cost>> {
+    println!("xtask bench: per-program cost (kernel.bpf_stats_enabled)");
+    let others = programs()?;
+    let _agent = Agent::spawn(agent_bin, &[], Log::Discard);
+    let _stats = Enabled::on()?;
+    let mut costs = Vec::new();
+    for &(workload, n) in loops {
+        let before = programs()?;
+        let status = Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(scenario)
+            .args(["bench", workload, &n.to_string()])
+            .output()
+            .context("running the workload")?
+            .status;
+        if !status.success() {
+            bail!("{workload} failed: {status}");
+        }
+        let mut after: Vec<_> = programs()?
+            .into_iter()
+            .filter(|(id, _)| !others.contains_key(id))
+            .collect();
+        after.sort_by_key(|&(id, _)| id);
+        for (id, (program, time, count)) in after {
+            let (_, time0, count0) = before.get(&id).cloned().unwrap_or_default();
+            let calls = count.saturating_sub(count0);
+            if calls > 0 {
+                costs.push(Cost {
+                    workload,
+                    program,
+                    calls_per_op: calls as f64 / n as f64,
+                    ns_per_call: time.saturating_sub(time0) as f64 / calls as f64,
+                });
+            }
+        }
+    }
+    Ok(costs)
+}
+
+/// The costs as a markdown table.
+pub fn table(costs: &[Cost]) -> String {
+    let mut out = String::from(
+        "\nWhere the time goes, per eBPF program of the agent as deployed \
+         (kernel.bpf_stats_enabled=1, after the timed rounds; ≈ 20 ns a call is the \
+         statistics' own):\n\n\
+         | workload | program | calls per iteration | ns per call | ns per iteration |\n\
+         | --- | --- | --- | --- | --- |\n",
+    );
+    for c in costs {
+        writeln!(
+            out,
+            "| {} | `{}` | {:.2} | {:.0} | {:.0} |",
+            c.workload,
+            c.program,
+            c.calls_per_op,
+            c.ns_per_call,
+            c.calls_per_op * c.ns_per_call
+        )
+        .unwrap();
+    }
+    out
+}
