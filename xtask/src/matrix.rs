@@ -485,8 +485,12 @@ fn clean(s: &str) -> String {
     out.trim_end().to_owned()
 }
 
-fn find<'a>(lines: &'a [Line], prefix: &str) -> Option<&'a Line> {
-    lines.iter().find(|l| l.text.starts_with(prefix))
+/// The first line holding `marker`, and its text from the marker on (the
+/// firmware may leave a line unfinished: "Booting from ROM..MATRIX-INIT").
+fn find<'a>(lines: &'a [Line], marker: &str) -> Option<(&'a Line, &'a str)> {
+    lines
+        .iter()
+        .find_map(|l| l.text.find(marker).map(|i| (l, &l.text[i..])))
 }
 
 fn boot(
@@ -541,9 +545,9 @@ fn boot(
         Duration::from_secs(options.timeout),
         &log,
     )?;
-    let init = find(&lines, "MATRIX-INIT").map(|l| l.at);
+    let init = find(&lines, "MATRIX-INIT").map(|(l, _)| l.at);
     let summary_line = find(&lines, "MATRIX ");
-    let end = find(&lines, "MATRIX-END").map(|l| l.at);
+    let end = find(&lines, "MATRIX-END").map(|(l, _)| l.at);
     let note = if timed_out {
         Some(format!("killed after {} s", options.timeout))
     } else if init.is_none() {
@@ -554,7 +558,7 @@ fn boot(
         None
     };
     let boot = init;
-    let table = match (init, summary_line.map(|l| l.at).or(end)) {
+    let table = match (init, summary_line.map(|(l, _)| l.at).or(end)) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
@@ -569,7 +573,7 @@ fn boot(
         kernel: kernel.release().into(),
         boot,
         table,
-        summary: summary_line.and_then(|l| Summary::parse(&l.text)),
+        summary: summary_line.and_then(|(_, text)| Summary::parse(text)),
         note,
         lines,
         log: Some(log),
@@ -613,8 +617,9 @@ fn host(agent: &Path, scenario: &Path, out: &Path) -> Result<Row> {
         Duration::from_secs(300),
         &log,
     )?;
-    row.table = find(&lines, "MATRIX ").map(|l| l.at);
-    row.summary = find(&lines, "MATRIX ").and_then(|l| Summary::parse(&l.text));
+    let summary = find(&lines, "MATRIX ");
+    row.table = summary.map(|(l, _)| l.at);
+    row.summary = summary.and_then(|(_, text)| Summary::parse(text));
     if timed_out {
         row.note = Some("killed after 300 s".into());
     } else if row.summary.is_none() {
@@ -780,6 +785,21 @@ mod tests {
         )
         .unwrap();
         assert!(s.failed.is_empty());
+    }
+
+    #[test]
+    fn finds_markers_after_unfinished_firmware_lines() {
+        let line = |text: &str| Line {
+            at: Duration::from_secs(1),
+            text: text.into(),
+        };
+        let lines = [
+            line("SeaBIOS"),
+            line("Booting from ROM..MATRIX-INIT uptime=3.79 cpus=2"),
+        ];
+        let (_, text) = find(&lines, "MATRIX-INIT").unwrap();
+        assert_eq!(text, "MATRIX-INIT uptime=3.79 cpus=2");
+        assert!(find(&lines, "MATRIX ").is_none());
     }
 
     #[test]
