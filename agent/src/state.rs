@@ -25,8 +25,9 @@ pub struct State {
     call_sites: Usage,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves consistent data behind.
+/// Every lock of the agent: a panic while holding one leaves consistent
+/// data behind, so a poisoned lock is used as it is.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

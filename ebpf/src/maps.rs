@@ -275,17 +275,11 @@ pub fn count_remote(remote: Endpoint, errno: i32, aborted: bool) {
 /// The attempt of socket `inode` was decided: established (`errno` 0) or
 /// failed. Counted once, by the comm that made the connect.
 pub fn decided(state: &mut SocketState, errno: i32) {
-    let decided = if errno == 0 {
-        state.attempt.established()
-    } else {
-        state.attempt.failed(errno)
-    };
-    if !decided {
-        return;
-    }
     if errno == 0 {
-        count(state.comm, state.cgroup_id, Counter::Established, 0);
-    } else {
+        if state.attempt.established() {
+            count(state.comm, state.cgroup_id, Counter::Established, 0);
+        }
+    } else if state.attempt.failed(errno) {
         failed(state, errno);
     }
 }
