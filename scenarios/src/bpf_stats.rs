@@ -1,7 +1,7 @@
-//! `matrix --bpf-stats`: run counts and run time of every loaded eBPF
-//! program, as the kernel counts them with `kernel.bpf_stats_enabled=1`.
-//! Meant for the kernel-matrix VMs only: it turns the statistics on for the
-//! whole machine (which slows every program a little) and leaves them on.
+//! Run counts and run time of every loaded eBPF program, as the kernel
+//! counts them with `kernel.bpf_stats_enabled=1` (which slows every program
+//! a little): for `matrix --bpf-stats` inside the kernel-matrix VMs, and for
+//! the benchmark's per-program table (`cargo xtask bench`).
 
 use std::{fs, io, os::fd::FromRawFd};
 
@@ -9,8 +9,23 @@ use anyhow::{Context as _, Result};
 
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-pub fn enable() -> Result<()> {
-    fs::write(STATS_SYSCTL, "1").with_context(|| format!("writing 1 to {STATS_SYSCTL}"))
+/// Whether the statistics are on.
+pub fn enabled() -> bool {
+    fs::read_to_string(STATS_SYSCTL).is_ok_and(|v| v.trim() != "0")
+}
+
+/// Turns the statistics on or off for the whole machine.
+pub fn set(on: bool) -> Result<()> {
+    let value = if on { "1" } else { "0" };
+    fs::write(STATS_SYSCTL, value).with_context(|| format!("writing {value} to {STATS_SYSCTL}"))
+}
+
+/// One loaded program's statistics.
+pub struct Program {
+    pub id: u32,
+    pub name: String,
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
 }
 
 const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
@@ -32,19 +47,31 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64; 4]) -> io::Result<libc::c_long> {
 /// Prints `BPFSTAT name=<program> id=<id> run_cnt=<n> run_time_ns=<ns> ns_per_run=<ns>`
 /// for every loaded program that ran.
 pub fn print() {
-    if let Err(e) = try_print() {
-        println!("matrix: bpf stats unavailable: {e:#}");
+    match programs() {
+        Ok(programs) => {
+            for p in programs {
+                if let Some(per_run) = p.run_time_ns.checked_div(p.run_cnt) {
+                    println!(
+                        "BPFSTAT name={} id={} run_cnt={} run_time_ns={} ns_per_run={per_run}",
+                        p.name, p.id, p.run_cnt, p.run_time_ns
+                    );
+                }
+            }
+        }
+        Err(e) => println!("matrix: bpf stats unavailable: {e:#}"),
     }
 }
 
-fn try_print() -> Result<()> {
+/// Every loaded program with its counters.
+pub fn programs() -> Result<Vec<Program>> {
+    let mut programs = Vec::new();
     let mut id = 0u32;
     loop {
         // start_id, then next_id (both u32) in the first 8 bytes.
         let mut attr = [u64::from(id), 0, 0, 0];
         match bpf(BPF_PROG_GET_NEXT_ID, &mut attr) {
             Ok(_) => id = (attr[0] >> 32) as u32,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(programs),
             Err(e) => return Err(e).context("BPF_PROG_GET_NEXT_ID"),
         }
         let mut attr = [u64::from(id), 0, 0, 0];
@@ -74,13 +101,13 @@ fn try_print() -> Result<()> {
                 .find_map(|l| l.strip_prefix(key))
                 .and_then(|v| v.trim().parse::<u64>().ok())
         };
-        let (Some(runs), Some(ns)) = (field("run_cnt:"), field("run_time_ns:")) else {
-            continue;
-        };
-        if let Some(per_run) = ns.checked_div(runs) {
-            println!(
-                "BPFSTAT name={name} id={id} run_cnt={runs} run_time_ns={ns} ns_per_run={per_run}"
-            );
+        if let (Some(run_cnt), Some(run_time_ns)) = (field("run_cnt:"), field("run_time_ns:")) {
+            programs.push(Program {
+                id,
+                name,
+                run_cnt,
+                run_time_ns,
+            });
         }
     }
 }

@@ -9,7 +9,6 @@
 //! alive that long at the end.
 
 mod bench;
-mod bpf_stats;
 mod matrix;
 mod net;
 

@@ -17,10 +17,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use sockerr_scenarios::table::{BARRIER, Case, TABLE};
+use sockerr_scenarios::{
+    bpf_stats,
+    table::{BARRIER, Case, TABLE},
+};
 use sockerr_testkit::{Tracer, wait_timeout};
-
-use crate::bpf_stats;
 
 struct Options {
     agent: PathBuf,
@@ -174,7 +175,7 @@ fn check(options: &Options) -> bool {
 /// `sockerr trace --json`, its log passed through prefixed with `trace| `.
 fn trace(options: &Options) -> Result<Tracer> {
     if options.bpf_stats {
-        bpf_stats::enable()?;
+        bpf_stats::set(true)?;
     }
     println!("matrix: $ {} trace --json", options.agent.display());
     let started = Instant::now();

@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install what building and testing need (rust-src, bpf-linker, tracefs,
-    /// Debian packages). Idempotent.
+    /// Debian packages; QEMU and Debian's kernels for the matrix). Idempotent.
     Setup,
     /// Build the release agent with the eBPF object embedded.
     Build,
@@ -58,7 +58,7 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Setup => setup::run(),
+        Command::Setup => setup::all(),
         Command::Build => build::release().map(drop),
         Command::Run { args } => build::run(&args),
         Command::Test { no_matrix, args } => test::run(&args, !no_matrix),

@@ -175,7 +175,7 @@ pub fn matrix(options: &Options) -> Result<Outcome> {
         kernels::select(&options.kernels)?
     };
     if !series.is_empty() {
-        step_qemu()?;
+        kernels::qemu()?;
     }
 
     let t = Instant::now();
@@ -217,17 +217,6 @@ fn skipped(row: &Row) -> bool {
             .note
             .as_deref()
             .is_some_and(|n| n.starts_with("skipped"))
-}
-
-fn step_qemu() -> Result<()> {
-    cmd::output(Command::new(kernels::QEMU).arg("--version"))
-        .map(drop)
-        .with_context(|| {
-            format!(
-                "{} is missing: run `cargo xtask setup` (as root) first",
-                kernels::QEMU
-            )
-        })
 }
 
 // ----- the initramfs -------------------------------------------------------

@@ -54,6 +54,11 @@ const PACKAGES: &[(&str, &str)] = &[
         "tests run Python's asyncio as a well-behaved client",
     ),
     (
+        "python3-venv",
+        "setup makes a venv for the Kubernetes manifest validator",
+    ),
+    ("systemd", "tests check the unit file with systemd-analyze"),
+    (
         "util-linux",
         "tests run the agent with reduced capabilities (setpriv)",
     ),
@@ -90,18 +95,23 @@ const PACKAGES: &[(&str, &str)] = &[
 
 pub fn run() -> Result<()> {
     println!("xtask setup: checking what building and testing sockerr needs");
-    rust_src()?;
+    rust_components()?;
     let linker = bpf_linker()?;
     println!("xtask setup: bpf-linker ready at {}", linker.display());
     tracefs()?;
     debian_packages()?;
     python_tools()?;
-    // The kernel matrix (cargo xtask matrix): QEMU and Debian's kernels.
-    kernels::qemu()?;
-    let series: Vec<_> = kernels::SERIES.iter().collect();
-    kernels::ensure(&series, false)?;
     println!("xtask setup: done");
     Ok(())
+}
+
+/// `cargo xtask setup`: all of [`run`], and what the kernel matrix boots
+/// (QEMU, Debian's kernels), which the matrix otherwise fetches when it runs.
+pub fn all() -> Result<()> {
+    run()?;
+    kernels::qemu()?;
+    let series: Vec<_> = kernels::SERIES.iter().collect();
+    kernels::ensure(&series, false).map(drop)
 }
 
 /// Puts the bpf-linker built by `setup` first on PATH for child processes, so
@@ -115,27 +125,49 @@ pub fn export_path() -> Result<()> {
     Ok(())
 }
 
-fn rust_src() -> Result<()> {
-    let installed = cmd::output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))
-    .context("rustup with a nightly toolchain is required (rustup toolchain install nightly)")?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        println!("xtask setup: rust-src for nightly is installed");
-        return Ok(());
+/// The rustup components each toolchain needs: the nightly builds and lints
+/// the eBPF crate (`-Z build-std=core` needs rust-src), the active toolchain
+/// builds and lints the rest. A missing nightly is installed; an installed
+/// one is never updated here (bpf-linker is built against its LLVM).
+fn rust_components() -> Result<()> {
+    let rustup = |toolchain: Option<&str>, args: &[&str]| {
+        let mut c = Command::new("rustup");
+        c.args(args);
+        if let Some(t) = toolchain {
+            c.args(["--toolchain", t]);
+        }
+        c
+    };
+    let installed = |t| cmd::output(&mut rustup(t, &["component", "list", "--installed"]));
+    if installed(Some("nightly")).is_none() {
+        println!("xtask setup: installing the nightly toolchain (the eBPF programs need it)");
+        cmd::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
-    println!("xtask setup: adding rust-src to nightly (needed for -Z build-std=core)");
-    cmd::run(Command::new("rustup").args([
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        "nightly",
-    ]))
+    for (toolchain, needed) in [
+        (Some("nightly"), ["rust-src", "clippy"]),
+        (None, ["rustfmt", "clippy"]),
+    ] {
+        let name = toolchain.unwrap_or("the active toolchain");
+        let have = installed(toolchain).with_context(|| format!("rustup: no {name}"))?;
+        let missing: Vec<_> = needed
+            .into_iter()
+            .filter(|c| !have.lines().any(|l| l.starts_with(c)))
+            .collect();
+        if missing.is_empty() {
+            println!("xtask setup: {name} has {}", needed.join(", "));
+            continue;
+        }
+        println!("xtask setup: adding {} to {name}", missing.join(", "));
+        let mut add = rustup(toolchain, &["component", "add"]);
+        cmd::run(add.args(missing))?;
+    }
+    Ok(())
 }
 
 /// The nightly toolchain's own libLLVM: bpf-linker is built against it

@@ -127,8 +127,7 @@ pub fn run(options: &Options) -> Result<()> {
     }
     // Run-time statistics add to every BPF program run, sockerr's and
     // bpftrace's alike: the numbers would not be those of a normal host.
-    if std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() != "0")
-    {
+    if sockerr_scenarios::bpf_stats::enabled() {
         bail!(
             "kernel.bpf_stats_enabled is on and slows every BPF program: \
              `sysctl kernel.bpf_stats_enabled=0`, then run the benchmark again"

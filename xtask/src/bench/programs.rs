@@ -3,13 +3,11 @@
 //! accounting (`kernel.bpf_stats_enabled=1`, which adds ≈ 20 ns a call).
 //! Run after the timed rounds: the statistics slow every program.
 
-use std::{collections::HashMap, fmt::Write as _, fs, path::Path, process::Command};
+use std::{collections::HashMap, fmt::Write as _, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
-use serde_json::Value;
+use sockerr_scenarios::bpf_stats;
 use sockerr_testkit::{Agent, Log};
-
-const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 pub struct Cost {
     pub workload: &'static str,
@@ -19,26 +17,10 @@ pub struct Cost {
 }
 
 /// Loaded programs by id: (name, run time in ns, run count).
-fn programs() -> Result<HashMap<u64, (String, u64, u64)>> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "--json"])
-        .output()
-        .context("running bpftool")?;
-    if !out.status.success() {
-        bail!(
-            "bpftool prog show: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let all: Vec<Value> = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
-    Ok(all
-        .iter()
-        .filter_map(|p| {
-            let id = p["id"].as_u64()?;
-            let name = p["name"].as_str().unwrap_or("?").to_owned();
-            let time = p["run_time_ns"].as_u64().unwrap_or(0);
-            Some((id, (name, time, p["run_cnt"].as_u64().unwrap_or(0))))
-        })
+fn programs() -> Result<HashMap<u32, (String, u64, u64)>> {
+    Ok(bpf_stats::programs()?
+        .into_iter()
+        .map(|p| (p.id, (p.name, p.run_time_ns, p.run_cnt)))
         .collect())
 }
 
@@ -47,14 +29,14 @@ struct Enabled;
 
 impl Enabled {
     fn on() -> Result<Self> {
-        fs::write(STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+        bpf_stats::set(true)?;
         Ok(Self)
     }
 }
 
 impl Drop for Enabled {
     fn drop(&mut self) {
-        let _ = fs::write(STATS, "0");
+        let _ = bpf_stats::set(false);
     }
 }
 
