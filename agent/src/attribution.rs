@@ -13,9 +13,9 @@ use sockerr_common::FindingRecord;
 
 use crate::{
     cgroups::CgroupNames,
-    containers::{Container, Containers},
+    containers::{self, Container, Containers},
     decode,
-    proc::{self, Proc, Unreadable},
+    proc::{Proc, Unreadable},
 };
 
 /// Where a finding's `exe` comes from.
@@ -66,31 +66,17 @@ impl Attributor {
             *seen = now;
             return known.clone();
         }
-        let process = Arc::new(self.resolve(record));
+        let process = Arc::new(self.resolve(record, now));
         if self.processes.len() >= MAX_PROCESSES {
-            self.forget_oldest();
+            containers::forget_older_half(&mut self.processes, |(used, _)| *used);
         }
         self.processes.insert(key, (now, process.clone()));
         process
     }
 
-    fn forget_oldest(&mut self) {
-        let mut by_age: Vec<Instant> = self.processes.values().map(|(t, _)| *t).collect();
-        by_age.sort();
-        let cutoff = by_age[by_age.len() / 2];
-        self.processes.retain(|_, (t, _)| *t > cutoff);
-    }
-
-    fn resolve(&mut self, record: &FindingRecord) -> Process {
-        let live = Proc::open(record.tgid).and_then(|p| {
-            // The kernel's start time in clock ticks, as /proc shows it: a
-            // different one means the pid now names another process.
-            let ticks = record.start_boot_ns / (1_000_000_000 / proc::ticks_per_second());
-            match p.start_ticks()? {
-                t if record.start_boot_ns != 0 && t != ticks => Err(Unreadable::Exited),
-                _ => Ok(p.identity()),
-            }
-        });
+    /// `now` is no later than the record was read: its cgroup was in use.
+    fn resolve(&mut self, record: &FindingRecord, now: Instant) -> Process {
+        let live = Proc::open_started(record.tgid, record.start_boot_ns).map(|p| p.identity());
         let kernel_exe = Some(decode::comm(&record.exe)).filter(|e| !e.is_empty());
         let (proc_exe, cgroup) = match live {
             Ok(identity) => (identity.exe, identity.cgroup),
@@ -114,7 +100,7 @@ impl Attributor {
                 self.cgroups.remember(record.cgroup_id, &path);
                 Some(path)
             }
-            None => self.cgroups.name(record.cgroup_id),
+            None => self.cgroups.name(record.cgroup_id, now),
         };
         let container = cgroup
             .as_deref()
@@ -135,6 +121,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt as _;
 
     use super::*;
+    use crate::proc;
 
     /// Container runtime state is read from a root holding none.
     fn attributor(cgroup_root: Option<std::path::PathBuf>) -> Attributor {

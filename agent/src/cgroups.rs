@@ -7,9 +7,11 @@
 use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+
+use crate::state::lock;
 
 /// How often the cgroup tree may be walked again for an id a walk missed.
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
@@ -24,7 +26,10 @@ pub struct CgroupNames(Arc<Mutex<Names>>);
 struct Names {
     root: Option<PathBuf>,
     names: HashMap<u64, String>,
+    /// When the latest walk began.
     scanned: Option<Instant>,
+    /// When the latest walk whose names are in `names` began.
+    walked: Option<Instant>,
     /// Ids a walk did not find: their cgroups were gone already.
     missed: HashSet<u64>,
 }
@@ -35,6 +40,7 @@ impl CgroupNames {
             root,
             names: HashMap::new(),
             scanned: None,
+            walked: None,
             missed: HashSet::new(),
         })))
     }
@@ -44,19 +50,22 @@ impl CgroupNames {
         if id == 0 {
             return;
         }
-        let mut n = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut n = lock(&self.0);
         if n.names.len() >= MAX_KEPT {
             n.names.clear();
         }
         n.names.insert(id, path.to_owned());
     }
 
-    /// The path (below the cgroup v2 root) of the cgroup with id `id`.
-    pub fn name(&self, id: u64) -> Option<String> {
+    /// The path (below the cgroup v2 root) of the cgroup with id `id`,
+    /// which was in use at `asked` (e.g. when the batch of records naming
+    /// it began to be read). The tree is walked without holding the names,
+    /// and not again for an id a walk begun since `asked` did not find.
+    pub fn name(&self, id: u64, asked: Instant) -> Option<String> {
         if id == 0 {
             return None;
         }
-        let mut n = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut n = lock(&self.0);
         if let Some(name) = n.names.get(&id) {
             return Some(name.clone());
         }
@@ -67,19 +76,37 @@ impl CgroupNames {
         if n.missed.contains(&id) && n.scanned.is_some_and(|t| t.elapsed() < RESCAN_EVERY) {
             return None;
         }
-        n.scanned = Some(Instant::now());
+        // A walk begun after the id was in use would have found it: its
+        // cgroup is gone (e.g. one of many exited containers in a batch).
+        if n.walked.is_some_and(|t| t >= asked) {
+            n.miss(id);
+            return None;
+        }
+        let started = Instant::now();
+        n.scanned = Some(started);
+        drop(n);
+        let mut found = HashMap::new();
+        walk(&root, &root, &mut found);
+        let name = found.get(&id).cloned();
+        let mut n = lock(&self.0);
         if n.names.len() >= MAX_KEPT {
             n.names.clear();
         }
-        walk(&root, &root, &mut n.names);
-        let name = n.names.get(&id).cloned();
+        n.names.extend(found);
+        n.walked = n.walked.max(Some(started));
         if name.is_none() {
-            if n.missed.len() >= MAX_KEPT {
-                n.missed.clear();
-            }
-            n.missed.insert(id);
+            n.miss(id);
         }
         name
+    }
+}
+
+impl Names {
+    fn miss(&mut self, id: u64) {
+        if self.missed.len() >= MAX_KEPT {
+            self.missed.clear();
+        }
+        self.missed.insert(id);
     }
 }
 
@@ -116,17 +143,26 @@ mod tests {
         };
         let names = CgroupNames::new(Some(root.clone()));
         let first = ino("kubepods/pod1/a");
-        assert_eq!(names.name(first).as_deref(), Some("/kubepods/pod1/a"));
+        assert_eq!(
+            names.name(first, Instant::now()).as_deref(),
+            Some("/kubepods/pod1/a")
+        );
         let second = ino("kubepods/pod2/b");
-        assert_eq!(names.name(second).as_deref(), Some("/kubepods/pod2/b"));
+        assert_eq!(
+            names.name(second, Instant::now()).as_deref(),
+            Some("/kubepods/pod2/b")
+        );
         // An id no walk finds is not walked for again at once.
-        assert_eq!(names.name(u64::MAX), None);
+        assert_eq!(names.name(u64::MAX, Instant::now()), None);
         let walked = names.0.lock().unwrap().scanned;
-        assert_eq!(names.name(u64::MAX), None);
+        assert_eq!(names.name(u64::MAX, Instant::now()), None);
         assert_eq!(names.0.lock().unwrap().scanned, walked);
         // A cgroup gone since keeps its name.
         std::fs::remove_dir(root.join("kubepods/pod1/a")).unwrap();
-        assert_eq!(names.name(first).as_deref(), Some("/kubepods/pod1/a"));
+        assert_eq!(
+            names.name(first, Instant::now()).as_deref(),
+            Some("/kubepods/pod1/a")
+        );
         std::fs::remove_dir_all(root).unwrap();
     }
 }

@@ -92,6 +92,21 @@ impl Proc {
         Ok(Self(Process::new(pid as i32)?))
     }
 
+    /// Process `pid` if it is still the one the kernel saw start at
+    /// `start_boot_ns` (ns since boot; 0 when unknown, and then not checked):
+    /// another start time means the pid now names another process.
+    pub fn open_started(pid: u32, start_boot_ns: u64) -> Result<Self> {
+        let p = Self::open(pid)?;
+        if start_boot_ns != 0 {
+            // The kernel's start time in clock ticks, as /proc shows it.
+            let ticks = start_boot_ns / (1_000_000_000 / ticks_per_second());
+            if p.start_ticks()? != ticks {
+                return Err(Unreadable::Exited);
+            }
+        }
+        Ok(p)
+    }
+
     /// When the process started, in clock ticks since boot (`stat` field 22).
     pub fn start_ticks(&self) -> Result<u64> {
         Ok(self.0.stat()?.starttime)

@@ -133,8 +133,10 @@ pub struct Pods {
 }
 
 impl Pods {
-    fn labels(&self, cgroup_id: u64) -> PodLabels {
-        let Some(path) = self.cgroups.name(cgroup_id) else {
+    /// `now`: when the sample began, before the counters naming
+    /// `cgroup_id` were read.
+    fn labels(&self, cgroup_id: u64, now: Instant) -> PodLabels {
+        let Some(path) = self.cgroups.name(cgroup_id, now) else {
             return Default::default();
         };
         let c = self.containers.resolve(&path);
@@ -175,7 +177,7 @@ impl Sampler {
                 let comm = metrics.comm_label(decode::label_value(&key.comm));
                 let pod = pods
                     .as_ref()
-                    .map(|pods| metrics.pod_label(pods.labels(key.cgroup_id)));
+                    .map(|pods| metrics.pod_label(pods.labels(key.cgroup_id, now)));
                 metrics.comm_count(&comm, pod.as_ref(), &what, n);
             }
         })?;

@@ -10,10 +10,12 @@ use nix::{sys::signal, unistd::Pid};
 use support::{Agent, eventually, require_root, scenario};
 
 fn own_cgroup() -> String {
-    std::fs::read_to_string("/proc/self/cgroup")
+    procfs::process::Process::myself()
+        .and_then(|me| me.cgroups())
         .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        .into_iter()
+        .find(|g| g.hierarchy == 0 && g.controllers.is_empty())
+        .map(|g| g.pathname)
         .expect("a cgroup v2 path")
 }
 

@@ -2,22 +2,17 @@
 //! runtimes give container cgroups carry the id, and the kubelet's pod
 //! cgroups the pod UID, for the cgroupfs and systemd drivers alike.
 
-/// What a cgroup path says about the container of a process in it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Ids {
-    /// 64-hex container id (docker, containerd, cri-o, podman).
-    pub id: Option<String>,
-    /// Kubernetes pod UID, dashed form.
-    pub pod_uid: Option<String>,
-}
+use super::Container;
 
-/// Ids from the shapes runtimes give cgroup paths: `/docker/<id>`,
-/// `docker-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>.scope`,
-/// `libpod-<id>.scope`, cgroupfs `/kubepods/.../pod<uid>/<id>` and systemd
+/// What a cgroup path says about the container of a process in it (its
+/// `id` and `pod_uid`), from the shapes runtimes give cgroup paths:
+/// `/docker/<id>`, `docker-<id>.scope`, `cri-containerd-<id>.scope`,
+/// `crio-<id>.scope`, `libpod-<id>.scope`, cgroupfs
+/// `/kubepods/.../pod<uid>/<id>` and systemd
 /// `kubepods-...-pod<uid_with_underscores>.slice`. The innermost id wins, so
 /// a container nested in another is named for itself.
-pub fn ids(path: &str) -> Ids {
-    let mut found = Ids::default();
+pub fn ids(path: &str) -> Container {
+    let mut found = Container::default();
     for part in path.split('/') {
         let stem = part
             .strip_suffix(".scope")

@@ -16,11 +16,13 @@ use std::{
     collections::{HashMap, HashSet},
     io::Read as _,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use serde::{Deserialize, de::DeserializeOwned};
+
+use crate::state::lock;
 
 /// The container a process runs in, as far as the node tells.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -207,13 +209,10 @@ impl Containers {
     pub fn resolve(&self, path: &str) -> Arc<Container> {
         let ids = cgroup::ids(path);
         let Some(id) = ids.id.clone() else {
-            return Arc::new(Container {
-                pod_uid: ids.pod_uid,
-                ..Container::default()
-            });
+            return Arc::new(ids);
         };
         let now = Instant::now();
-        let mut cache = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = lock(&self.inner);
         if let Some(known) = cache.known.get_mut(&id)
             && known.retry.is_none_or(|at| now < at)
         {
@@ -223,7 +222,7 @@ impl Containers {
         let container = Arc::new(cache.look_up(ids));
         let retry = container.name.is_none() && container.pod.is_none();
         if cache.known.len() >= MAX_CONTAINERS {
-            cache.forget_oldest();
+            forget_older_half(&mut cache.known, |k| k.used);
         }
         cache.known.insert(
             id,
@@ -238,7 +237,8 @@ impl Containers {
 }
 
 impl Cache {
-    fn look_up(&mut self, ids: cgroup::Ids) -> Container {
+    /// Names the container whose ids (from its cgroup path) are `ids`.
+    fn look_up(&mut self, ids: Container) -> Container {
         let id = ids.id.as_deref().unwrap_or_default();
         let mut found = None;
         'runtimes: for runtime in RUNTIMES {
@@ -270,31 +270,32 @@ impl Cache {
                      carry its cgroup ids only"
                 );
             }
-            return Container {
-                id: ids.id,
-                pod_uid: ids.pod_uid,
-                ..Container::default()
-            };
+            return ids;
         };
         // A sandbox holds the pod's namespaces; it is no container of the
         // pod's own, so it names the pod only.
         let own = !m.sandbox;
         Container {
-            id: ids.id,
             pod_uid: ids.pod_uid.or(m.pod_uid),
             name: m.name.filter(|_| own),
             image: m.image.filter(|_| own),
             pod: m.pod,
             namespace: m.namespace,
+            ..ids
         }
     }
+}
 
-    fn forget_oldest(&mut self) {
-        let mut by_age: Vec<Instant> = self.known.values().map(|k| k.used).collect();
-        by_age.sort();
-        let cutoff = by_age[by_age.len() / 2];
-        self.known.retain(|_, k| k.used > cutoff);
+/// Forgets the older half of `map` by last use (`used`): the entries last
+/// used at or before the median time.
+pub(crate) fn forget_older_half<K, V>(map: &mut HashMap<K, V>, used: impl Fn(&V) -> Instant) {
+    let mut by_age: Vec<Instant> = map.values().map(&used).collect();
+    if by_age.is_empty() {
+        return;
     }
+    let middle = by_age.len() / 2;
+    let cutoff = *by_age.select_nth_unstable(middle).1;
+    map.retain(|_, v| used(v) > cutoff);
 }
 
 /// A JSON record of a runtime: `Ok(None)` when there is none at `path`.

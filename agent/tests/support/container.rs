@@ -326,15 +326,12 @@ fn random_hex(bytes: usize) -> String {
 /// Where each cgroup hierarchy is mounted (v1 controllers and v2 on
 /// hybrid hosts; runc creates the container's path in every one).
 fn cgroup_mounts() -> Vec<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (fields, fs) = line.split_once(" - ")?;
-            let fstype = fs.split_whitespace().next()?;
-            let point = fields.split_whitespace().nth(4)?;
-            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(point))
-        })
+    procfs::process::Process::myself()
+        .and_then(|me| me.mountinfo())
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2")
+        .map(|m| m.mount_point)
         .collect()
 }
 
