@@ -20,7 +20,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{Prometheus, agent_bin, http_get, raw_response, require_root, stop};
+use support::{
+    Prometheus, agent_bin, eventually, http_get, raw_response, require_root, sample, stop,
+};
 
 /// A scratch directory of this test binary.
 fn scratch(name: &str) -> PathBuf {
@@ -335,15 +337,9 @@ fn up(prom: &Prometheus, job: &str) -> Option<String> {
         .and_then(|s| s["value"][1].as_str().map(str::to_owned))
 }
 
-/// Polls `done` for up to a minute: Prometheus scrapes every second, with
-/// a one-second timeout, on a machine that may be busy.
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(250));
-    }
-}
+/// How long to poll for a change: Prometheus scrapes every second, with a
+/// one-second timeout, on a machine that may be busy.
+const WAIT: Duration = Duration::from_secs(60);
 
 #[test]
 fn tls_basic_auth_and_client_certificates_for_curl_and_prometheus() {
@@ -427,10 +423,11 @@ fn tls_basic_auth_and_client_certificates_for_curl_and_prometheus() {
         ]
         .concat(),
     );
-    wait_for("good and mtls up, bad down", || {
-        up(&prom, "good").as_deref() == Some("1")
+    eventually(WAIT, "good and mtls up, bad down", || {
+        (up(&prom, "good").as_deref() == Some("1")
             && up(&prom, "mtls").as_deref() == Some("1")
-            && up(&prom, "bad").as_deref() == Some("0")
+            && up(&prom, "bad").as_deref() == Some("0"))
+        .then_some(())
     });
     assert!(!prom.query(r#"sockerr_build_info{job="good"}"#).is_empty());
     assert!(
@@ -465,8 +462,9 @@ fn tls_basic_auth_and_client_certificates_for_curl_and_prometheus() {
     }
     // Prometheus' kept-alive connections are closed by the reload: the job
     // without a client certificate goes down.
-    wait_for("good down, mtls up", || {
-        up(&prom, "good").as_deref() == Some("0") && up(&prom, "mtls").as_deref() == Some("1")
+    eventually(WAIT, "good down, mtls up", || {
+        (up(&prom, "good").as_deref() == Some("0") && up(&prom, "mtls").as_deref() == Some("1"))
+            .then_some(())
     });
 
     // A broken file is reported, naming the key, and changes nothing.
@@ -526,7 +524,9 @@ fn the_web_config_is_read_again_on_change_and_on_sighup() {
         .unwrap();
     assert_eq!(get_as(port, "a", "six"), 401);
     support::signal(&agent.child, support::Signal::SIGHUP);
-    wait_for("the SIGHUP reload", || get_as(port, "a", "six") == 200);
+    eventually(WAIT, "the SIGHUP reload", || {
+        (get_as(port, "a", "six") == 200).then_some(())
+    });
     assert_eq!(get_as(port, "a", "two"), 401);
 }
 
@@ -591,14 +591,6 @@ fn closing_times(clients: &[Slow]) -> (Duration, Duration) {
         .map(|c| c.closed.expect("every connection closed"))
         .collect();
     (*times.iter().min().unwrap(), *times.iter().max().unwrap())
-}
-
-fn sample(metrics: &str, prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("{prefix} missing"))
 }
 
 #[test]
@@ -675,8 +667,8 @@ fn slowloris_is_cut_off_and_metrics_keep_answering() {
         "{scrapes:?}"
     );
     assert!(*times.last().unwrap() < Duration::from_secs(1), "{times:?}");
-    wait_for("descriptors back to the baseline", || {
-        agent.fds() <= baseline
+    eventually(WAIT, "descriptors back to the baseline", || {
+        (agent.fds() <= baseline).then_some(())
     });
 
     // A kept-alive connection outlives the header timeout while idle, not
@@ -718,18 +710,19 @@ fn slowloris_is_cut_off_and_metrics_keep_answering() {
     assert_eq!(closed, (0..51).collect::<Vec<_>>(), "the oldest are closed");
     assert!(peak <= baseline + 600, "{peak} fds");
     watch_close(&mut flood, header * 3);
-    wait_for("descriptors back to the baseline", || {
-        agent.fds() <= baseline
+    eventually(WAIT, "descriptors back to the baseline", || {
+        (agent.fds() <= baseline).then_some(())
     });
     let metrics = http_get(port, "/metrics").1;
+    let value =
+        |series: &str| sample(&metrics, series).unwrap_or_else(|| panic!("{series} missing"));
     let dropped = |reason: &str| {
-        sample(
-            &metrics,
-            &format!("sockerr_http_connections_dropped_total{{reason=\"{reason}\"}}"),
-        )
+        value(&format!(
+            "sockerr_http_connections_dropped_total{{reason=\"{reason}\"}}"
+        ))
     };
     assert_eq!(dropped("max_connections"), 51.0);
     assert_eq!(dropped("header_timeout"), 500.0 + 599.0);
     assert_eq!(dropped("idle_timeout"), 1.0);
-    assert_eq!(sample(&metrics, "sockerr_http_connections "), 1.0);
+    assert_eq!(value("sockerr_http_connections"), 1.0);
 }

@@ -18,6 +18,7 @@ use base64::Engine as _;
 use tokio::sync::Semaphore;
 
 use super::Shared;
+use crate::state::lock;
 
 /// Checked against when the user is unknown, so that an unknown user takes
 /// as long as a wrong password and user names cannot be probed by timing.
@@ -57,11 +58,7 @@ impl Default for Verifier {
 
 impl Verifier {
     fn cached(&self, key: &[u8; 32]) -> bool {
-        self.lock().contains(key)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
-        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.verified).contains(key)
     }
 
     /// Whether the request's basic-auth credentials name a user whose
@@ -71,8 +68,8 @@ impl Verifier {
             return false;
         };
         let stored = users.get(&user);
-        let hash = stored.map_or(DECOY_HASH, String::as_str).to_owned();
-        let key = cache_key(&user, &hash, &password);
+        let hash = stored.map_or(DECOY_HASH, String::as_str);
+        let key = cache_key(&user, hash, &password);
         if stored.is_some() && self.cached(&key) {
             return true;
         }
@@ -85,12 +82,13 @@ impl Verifier {
             return true;
         }
         // Slow on purpose (tens of milliseconds): off the runtime thread.
+        let hash = hash.to_owned();
         let matched = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
             .await
             .is_ok_and(|r| r.unwrap_or(false));
         let ok = matched && stored.is_some();
         if ok {
-            let mut verified = self.lock();
+            let mut verified = lock(&self.verified);
             if verified.len() >= CACHE_MAX {
                 verified.clear();
             }
@@ -234,9 +232,12 @@ mod tests {
         assert!(!verifier.check(&users, &header("u", "wrong")).await);
         assert!(!verifier.check(&users, &header("nobody", "pw")).await);
         assert!(!verifier.check(&users, &HeaderMap::new()).await);
-        assert!(verifier.lock().is_empty(), "failures are not cached");
+        assert!(
+            lock(&verifier.verified).is_empty(),
+            "failures are not cached"
+        );
         assert!(verifier.check(&users, &header("u", "pw")).await);
-        assert_eq!(verifier.lock().len(), 1);
+        assert_eq!(lock(&verifier.verified).len(), 1);
         // The same password against another hash (a reload changed it) is
         // verified again, and fails.
         let changed = BTreeMap::from([("u".to_owned(), bcrypt::hash("new", 4).unwrap())]);

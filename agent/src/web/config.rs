@@ -29,6 +29,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::tls;
+use crate::state::lock;
 
 /// The file as written. Every level is optional and may be empty (`key:`
 /// with no value), as exporter-toolkit accepts.
@@ -269,7 +270,6 @@ impl Config {
 }
 
 /// A configuration in force, certificates loaded.
-#[derive(Default)]
 pub struct Active {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub users: BTreeMap<String, String>,
@@ -319,15 +319,10 @@ impl WebConfig {
     pub fn load(path: Option<PathBuf>, listen: SocketAddr, allow_remote: bool) -> Result<Self> {
         let exposed = (!listen.ip().is_loopback() && !allow_remote).then_some(listen);
         let (watched, stamps, active) = match &path {
-            None => match exposed {
-                Some(address) => return Err(exposed_error(address)),
-                None => (Vec::new(), Vec::new(), Active::default()),
-            },
-            Some(path) => {
-                let (watched, stamps, active) = read(path, exposed);
-                (watched, stamps, active?)
-            }
+            None => (Vec::new(), Vec::new(), activate(Config::default(), exposed)),
+            Some(path) => read(path, exposed),
         };
+        let active = active?;
         if let Some(path) = &path {
             describe(path, &active, "web config loaded");
         }
@@ -350,7 +345,7 @@ impl WebConfig {
 
     /// The configuration in force, first read again if a file changed.
     pub fn current(&self) -> Arc<Active> {
-        let mut loaded = self.lock();
+        let mut loaded = lock(&self.loaded);
         if self.path.is_some()
             && loaded
                 .watched
@@ -369,12 +364,7 @@ impl WebConfig {
             tracing::info!("SIGHUP: no --web.config.file to reload");
             return;
         }
-        self.reload_locked(&mut self.lock());
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {
-        // Holders only swap whole values: a panic leaves consistent data.
-        self.loaded.lock().unwrap_or_else(|e| e.into_inner())
+        self.reload_locked(&mut lock(&self.loaded));
     }
 
     fn reload_locked(&self, loaded: &mut Loaded) {

@@ -29,6 +29,7 @@ use axum::{Router, extract::Request, middleware};
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use prometheus::{IntCounterVec, IntGauge, Opts};
+use strum::IntoEnumIterator as _;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -39,6 +40,7 @@ use tokio::{
 use tower::ServiceExt as _;
 
 use super::{Shared, auth};
+use crate::state::lock;
 
 #[derive(Clone, Copy)]
 pub struct Limits {
@@ -59,31 +61,15 @@ const HANDOVER: Duration = Duration::from_secs(1);
 /// After SIGTERM: how long responses in flight may take to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
-/// Why the server closed a connection before the client did.
-#[derive(Clone, Copy, PartialEq)]
+/// Why the server closed a connection before the client did; the label
+/// is the snake_case name.
+#[derive(Clone, Copy, PartialEq, strum::EnumIter, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 enum Dropped {
     MaxConnections,
     TlsHandshake,
     HeaderTimeout,
     IdleTimeout,
-}
-
-impl Dropped {
-    const ALL: [Self; 4] = [
-        Self::MaxConnections,
-        Self::TlsHandshake,
-        Self::HeaderTimeout,
-        Self::IdleTimeout,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::MaxConnections => "max_connections",
-            Self::TlsHandshake => "tls_handshake",
-            Self::HeaderTimeout => "header_timeout",
-            Self::IdleTimeout => "idle_timeout",
-        }
-    }
 }
 
 #[derive(Clone)]
@@ -104,8 +90,8 @@ impl ConnectionMetrics {
             &["reason"],
         )
         .expect("valid metric");
-        for reason in Dropped::ALL {
-            dropped.with_label_values(&[reason.label()]);
+        for reason in Dropped::iter() {
+            dropped.with_label_values(&[<&str>::from(reason)]);
         }
         Self {
             open: IntGauge::new(
@@ -122,7 +108,7 @@ impl ConnectionMetrics {
     }
 
     fn dropped(&self, why: Dropped) {
-        self.dropped.with_label_values(&[why.label()]).inc();
+        self.dropped.with_label_values(&[<&str>::from(why)]).inc();
     }
 }
 
@@ -233,7 +219,7 @@ async fn connection(
 ) {
     shared.metrics.open.inc();
     let limits = shared.limits;
-    let phase = Arc::new(Phase::new(Instant::now() + limits.header_timeout, limits));
+    let phase = Arc::new(Phase::new(limits));
     let _listed = open.insert(&phase);
     // In this order, so that a reload this very call makes does not close
     // the connection it is for.
@@ -252,7 +238,7 @@ async fn connection(
                 handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream) => Ok(handshake),
             };
             match handshake {
-                Ok(Ok(stream)) => http(stream, app, phase.clone(), drain).await,
+                Ok(Ok(stream)) => http(stream, app, phase, drain).await,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, "TLS handshake failed: {e}");
                     Some(Dropped::TlsHandshake)
@@ -262,7 +248,7 @@ async fn connection(
         }
     };
     if let Some(why) = dropped {
-        tracing::debug!(%peer, reason = why.label(), "HTTP connection closed");
+        tracing::debug!(%peer, reason = <&str>::from(why), "HTTP connection closed");
         shared.metrics.dropped(why);
     }
     shared.metrics.open.dec();
@@ -346,17 +332,13 @@ struct Listed {
 
 impl Drop for Listed {
     fn drop(&mut self) {
-        self.open.lock().1.remove(&self.id);
+        lock(&self.open.0).1.remove(&self.id);
     }
 }
 
 impl Open {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, BTreeMap<u64, Weak<Phase>>)> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn insert(self: &Arc<Self>, phase: &Arc<Phase>) -> Listed {
-        let mut inner = self.lock();
+        let mut inner = lock(&self.0);
         let id = inner.0;
         inner.0 += 1;
         inner.1.insert(id, Arc::downgrade(phase));
@@ -370,7 +352,7 @@ impl Open {
     /// headers or, failing that, the oldest idle kept-alive one; false
     /// when every connection is busy answering.
     fn make_room(&self) -> bool {
-        let mut inner = self.lock();
+        let mut inner = lock(&self.0);
         for idle in [false, true] {
             let oldest = inner.1.iter().find_map(|(id, phase)| {
                 let phase = phase.upgrade()?;
@@ -410,39 +392,39 @@ enum State {
     },
 }
 
+impl State {
+    /// Waiting for a request's headers, from now.
+    fn header_wait(limits: Limits) -> Self {
+        Self::Waiting {
+            deadline: Instant::now() + limits.header_timeout,
+            why: Dropped::HeaderTimeout,
+            idle: false,
+        }
+    }
+}
+
 impl Phase {
-    fn new(header_deadline: Instant, limits: Limits) -> Self {
+    /// A new connection: waiting for its first request's headers.
+    fn new(limits: Limits) -> Self {
         Self {
-            state: Mutex::new(State::Waiting {
-                deadline: header_deadline,
-                why: Dropped::HeaderTimeout,
-                idle: false,
-            }),
+            state: Mutex::new(State::header_wait(limits)),
             changed: Notify::new(),
             limits,
         }
     }
 
     fn set(&self, f: impl FnOnce(State) -> Option<State>) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = lock(&self.state);
         if let Some(next) = f(*state) {
             *state = next;
             self.changed.notify_one();
         }
     }
 
-    fn header_wait(&self) -> State {
-        State::Waiting {
-            deadline: Instant::now() + self.limits.header_timeout,
-            why: Dropped::HeaderTimeout,
-            idle: false,
-        }
-    }
-
     /// Bytes arrived from the client.
     fn read(&self) {
         self.set(|state| match state {
-            State::Waiting { idle: true, .. } => Some(self.header_wait()),
+            State::Waiting { idle: true, .. } => Some(State::header_wait(self.limits)),
             State::Busy { read_ahead: false } => Some(State::Busy { read_ahead: true }),
             _ => None,
         });
@@ -457,7 +439,7 @@ impl Phase {
     fn waiting(&self) {
         self.set(|state| {
             Some(match state {
-                State::Busy { read_ahead: true } => self.header_wait(),
+                State::Busy { read_ahead: true } => State::header_wait(self.limits),
                 _ => State::Waiting {
                     deadline: Instant::now() + self.limits.idle_timeout,
                     why: Dropped::IdleTimeout,
@@ -488,7 +470,7 @@ impl Phase {
     }
 
     fn deadline(&self) -> Option<(Instant, Dropped)> {
-        match *self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+        match *lock(&self.state) {
             State::Waiting { deadline, why, .. } => Some((deadline, why)),
             State::Busy { .. } => None,
         }
@@ -559,5 +541,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_reasons_label_in_snake_case() {
+        let labels: Vec<&str> = Dropped::iter().map(<&str>::from).collect();
+        assert_eq!(
+            labels,
+            [
+                "max_connections",
+                "tls_handshake",
+                "header_timeout",
+                "idle_timeout"
+            ]
+        );
     }
 }

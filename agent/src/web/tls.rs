@@ -34,18 +34,9 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>> {
     .filter(|(v, _)| (tls.min_version..=tls.max_version).contains(v))
     .map(|(_, p)| p)
     .collect();
-    let roots = || -> Result<Arc<RootCertStore>> {
-        let path = tls.client_ca_file.as_deref().expect("validated");
-        let mut roots = RootCertStore::empty();
-        for cert in certificates("client_ca_file", path)? {
-            roots.add(cert).map_err(|e| {
-                anyhow!("tls_server_config.client_ca_file: {}: {e}", path.display())
-            })?;
-        }
-        Ok(Arc::new(roots))
-    };
     let verified = |optional: bool| -> Result<Arc<dyn ClientCertVerifier>> {
-        let builder = WebPkiClientVerifier::builder_with_provider(roots()?, provider.clone());
+        let roots = client_roots(tls.client_ca_file.as_deref().expect("validated"))?;
+        let builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
         let builder = if optional {
             builder.allow_unauthenticated()
         } else {
@@ -82,6 +73,17 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>> {
     // HTTP/1.1 only; a client offering h2 too falls back to it.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The CA certificates of `client_ca_file`.
+fn client_roots(path: &Path) -> Result<Arc<RootCertStore>> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates("client_ca_file", path)? {
+        roots
+            .add(cert)
+            .map_err(|e| anyhow!("tls_server_config.client_ca_file: {}: {e}", path.display()))?;
+    }
+    Ok(Arc::new(roots))
 }
 
 /// The certificates of a PEM file; at least one.
