@@ -61,6 +61,7 @@ impl Finding {
         process: &Arc<Process>,
         fd: Option<i32>,
         call_sites: CallSites,
+        at: SystemTime,
     ) -> Self {
         let raw = &record.raw;
         Self {
@@ -87,7 +88,7 @@ impl Finding {
             so_error_read_count: raw.nreads,
             syscall: record.trigger.into(),
             call_sites,
-            at: record.at(),
+            at,
         }
     }
 
@@ -178,9 +179,13 @@ pub(crate) mod tests {
             exe_source: Some(ExeSource::Proc),
             ..Default::default()
         });
-        let mut f = Finding::new(&record(pid, kind), &process, None, CallSites::default());
-        f.at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
-        f
+        Finding::new(
+            &record(pid, kind),
+            &process,
+            None,
+            CallSites::default(),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+        )
     }
 
     #[test]
@@ -207,6 +212,7 @@ pub(crate) mod tests {
             &process(container.clone()),
             None,
             CallSites::default(),
+            record.at(),
         );
         let json = serde_json::to_value(&f).unwrap();
         assert_eq!(json["container"], "nginx");
@@ -229,7 +235,13 @@ pub(crate) mod tests {
             pod_uid: container.pod_uid,
             ..Container::default()
         };
-        let f = Finding::new(&record, &process(ids_only), None, CallSites::default());
+        let f = Finding::new(
+            &record,
+            &process(ids_only),
+            None,
+            CallSites::default(),
+            record.at(),
+        );
         assert!(
             f.human()
                 .contains("exe=/usr/sbin/nginx container_id=90f4ab849272 fd=-"),

@@ -35,6 +35,8 @@ pub struct Entry {
     pub last_seen: SystemTime,
     /// `count` when a log line last reported it.
     logged: u64,
+    /// The kernel tally counted so far.
+    tally: TallyRead,
 }
 
 struct Flagged {
@@ -88,8 +90,6 @@ pub struct Findings {
     max: usize,
     retention: Duration,
     procs: HashMap<u32, Flagged>,
-    /// Per (pid, kind): the kernel tally counted so far.
-    tallies: HashMap<(u32, FindingKind), TallyRead>,
 }
 
 impl Findings {
@@ -98,7 +98,6 @@ impl Findings {
             max,
             retention,
             procs: HashMap::new(),
-            tallies: HashMap::new(),
         }
     }
 
@@ -110,28 +109,6 @@ impl Findings {
         self.procs.len()
     }
 
-    /// Findings of a tally not counted yet. A tally that began later than
-    /// the one counted replaced it (the kernel evicted the old one); an
-    /// older one is a record overtaken by a newer read.
-    fn account(&mut self, pid: u32, kind: FindingKind, read: TallyRead) -> u64 {
-        let known = self.tallies.entry((pid, kind)).or_insert(TallyRead {
-            since_ns: read.since_ns,
-            total: 0,
-        });
-        if read.since_ns > known.since_ns {
-            *known = TallyRead {
-                since_ns: read.since_ns,
-                total: 0,
-            };
-        }
-        if read.since_ns < known.since_ns || read.total <= known.total {
-            return 0;
-        }
-        let new = read.total - known.total;
-        known.total = read.total;
-        new
-    }
-
     /// Records a finding record of the process that started at
     /// `start_boot_ns`, whose tally stood at `tally`.
     pub fn record(
@@ -141,30 +118,32 @@ impl Findings {
         tally: TallyRead,
         now: Instant,
     ) -> Recorded {
-        self.expire(now);
         let pid = finding.pid;
         let mut recorded = Recorded::default();
+        self.expire_one(pid, now);
         if self
             .procs
             .get(&pid)
             .is_some_and(|p| p.start_boot_ns != start_boot_ns)
         {
             // The pid names another process now: it starts afresh.
-            self.forget(pid);
+            self.procs.remove(&pid);
         }
         if !self.procs.contains_key(&pid) && self.procs.len() >= self.max {
-            let oldest = self
-                .procs
-                .iter()
-                .min_by_key(|(_, p)| p.last_seen)
-                .map(|(pid, _)| *pid);
-            if let Some(oldest) = oldest {
-                self.forget(oldest);
-                recorded.evicted = true;
+            // Full: make room from those past their retention first.
+            self.expire(now);
+            if self.procs.len() >= self.max {
+                let oldest = self
+                    .procs
+                    .iter()
+                    .min_by_key(|(_, p)| p.last_seen)
+                    .map(|(pid, _)| *pid);
+                if let Some(oldest) = oldest {
+                    self.procs.remove(&oldest);
+                    recorded.evicted = true;
+                }
             }
         }
-        let kind = finding.kind;
-        let new = self.account(pid, kind, tally);
         let flagged = self.procs.entry(pid).or_insert_with(|| Flagged {
             start_boot_ns,
             last_seen: now,
@@ -172,68 +151,81 @@ impl Findings {
         });
         flagged.last_seen = now;
         let at = finding.at;
-        let entry = flagged.kinds[slot(kind)].get_or_insert_with(|| {
-            recorded.new = true;
-            Entry {
-                latest: finding.clone(),
-                count: 0,
-                first_seen: at,
-                last_seen: at,
-                logged: 0,
+        match &mut flagged.kinds[slot(finding.kind)] {
+            Some(entry) => {
+                entry.count += account(&mut entry.tally, tally);
+                entry.last_seen = entry.last_seen.max(at);
+                entry.latest = finding;
             }
-        });
-        // A record counts at least itself (its tally may have been read
-        // past it already).
-        entry.count += new.max(u64::from(recorded.new && new == 0));
-        entry.last_seen = entry.last_seen.max(at);
-        entry.latest = finding;
-        if recorded.new {
-            // Its own log line reports it.
-            entry.logged = entry.count;
+            vacant @ None => {
+                recorded.new = true;
+                // A record counts at least itself (its tally may have been
+                // read past it already); its own log line reports it.
+                let count = tally.total.max(1);
+                *vacant = Some(Entry {
+                    latest: finding,
+                    count,
+                    first_seen: at,
+                    last_seen: at,
+                    logged: count,
+                    tally,
+                });
+            }
         }
         recorded
     }
 
+    /// The latest finding of `kind` of `pid`.
+    pub fn latest(&self, pid: u32, kind: FindingKind) -> Option<&Finding> {
+        self.procs.get(&pid)?.kinds[slot(kind)]
+            .as_ref()
+            .map(|e| &e.latest)
+    }
+
     /// A tally read from the kernel: findings since the last record.
-    pub fn tally(&mut self, pid: u32, kind: FindingKind, read: TallyRead, last: SystemTime) {
+    pub fn tally(
+        &mut self,
+        pid: u32,
+        kind: FindingKind,
+        read: TallyRead,
+        last: SystemTime,
+        now: Instant,
+    ) {
+        self.expire_one(pid, now);
         // Only processes with an entry: a record of one without will count
         // the whole tally when it arrives.
-        if self
-            .procs
-            .get(&pid)
-            .is_none_or(|p| p.kinds[slot(kind)].is_none())
-        {
+        let Some(p) = self.procs.get_mut(&pid) else {
             return;
-        }
-        let new = self.account(pid, kind, read);
+        };
+        let Some(entry) = &mut p.kinds[slot(kind)] else {
+            return;
+        };
+        let new = account(&mut entry.tally, read);
         if new == 0 {
             return;
         }
-        if let Some(p) = self.procs.get_mut(&pid) {
-            p.last_seen = Instant::now();
-            if let Some(entry) = &mut p.kinds[slot(kind)] {
-                entry.count += new;
-                entry.last_seen = entry.last_seen.max(last);
-            }
+        p.last_seen = now;
+        entry.count += new;
+        entry.last_seen = entry.last_seen.max(last);
+    }
+
+    /// Forgets `pid` if it is past its retention.
+    fn expire_one(&mut self, pid: u32, now: Instant) {
+        let retention = self.retention;
+        if self
+            .procs
+            .get(&pid)
+            .is_some_and(|p| now.duration_since(p.last_seen) >= retention)
+        {
+            self.procs.remove(&pid);
         }
     }
 
-    fn forget(&mut self, pid: u32) {
-        self.procs.remove(&pid);
-        self.tallies.retain(|(p, _), _| *p != pid);
-    }
-
+    /// Forgets every process past its retention.
     pub fn expire(&mut self, now: Instant) {
         let retention = self.retention;
-        let expired: Vec<u32> = self
-            .procs
-            .iter()
-            .filter(|(_, p)| now.duration_since(p.last_seen) >= retention)
-            .map(|(pid, _)| *pid)
-            .collect();
-        for pid in expired {
-            self.forget(pid);
-        }
+        self.procs
+            .retain(|_, p| now.duration_since(p.last_seen) < retention);
     }
 
     /// Flagged processes per kind, in `FindingKind` order.
@@ -277,7 +269,8 @@ impl Findings {
 
     /// Entries whose count grew since they were last logged; each is then
     /// marked logged.
-    pub fn summaries(&mut self) -> Vec<Summary<'_>> {
+    pub fn summaries(&mut self, now: Instant) -> Vec<Summary<'_>> {
+        self.expire(now);
         self.procs
             .values_mut()
             .flat_map(|p| p.kinds.iter_mut().flatten())
@@ -295,6 +288,24 @@ impl Findings {
             })
             .collect()
     }
+}
+
+/// Findings of a tally not counted yet, `known` brought up to `read`. A
+/// tally that began later than the one counted replaced it (the kernel
+/// evicted the old one); an older one is a record overtaken by a newer read.
+fn account(known: &mut TallyRead, read: TallyRead) -> u64 {
+    if read.since_ns > known.since_ns {
+        *known = TallyRead {
+            since_ns: read.since_ns,
+            total: 0,
+        };
+    }
+    if read.since_ns < known.since_ns || read.total <= known.total {
+        return 0;
+    }
+    let new = read.total - known.total;
+    known.total = read.total;
+    new
 }
 
 #[cfg(test)]
@@ -324,6 +335,7 @@ mod tests {
             FindingKind::SoErrorMasked,
             tally(500),
             SystemTime::UNIX_EPOCH,
+            now,
         );
         // The next record carries the tally at 800; a stale read changes nothing.
         let later = t.record(
@@ -338,6 +350,7 @@ mod tests {
             FindingKind::SoErrorMasked,
             tally(700),
             SystemTime::UNIX_EPOCH,
+            now,
         );
         let views = t.findings(now, None, 10);
         assert_eq!(views[0].count, 800);
@@ -358,6 +371,7 @@ mod tests {
                 total: 5,
             },
             SystemTime::UNIX_EPOCH,
+            now,
         );
         assert_eq!(t.findings(now, None, 10)[0].count, 805);
         // A tally of a process the table does not know is left for its record.
@@ -366,6 +380,7 @@ mod tests {
             FindingKind::SoErrorReread,
             tally(3),
             SystemTime::UNIX_EPOCH,
+            now,
         );
         t.record(finding(2, FindingKind::SoErrorReread, 3), 7, tally(4), now);
         let reread = t.findings(now, Some(FindingKind::SoErrorReread), 10);
@@ -505,7 +520,7 @@ mod tests {
         let mut t = Findings::new(10, Duration::from_secs(60));
         t.record(finding(1, FindingKind::SoErrorReread, 1), 7, tally(1), now);
         assert!(
-            t.summaries().is_empty(),
+            t.summaries(now).is_empty(),
             "the first finding has its own line"
         );
         t.tally(
@@ -513,9 +528,10 @@ mod tests {
             FindingKind::SoErrorReread,
             tally(40),
             SystemTime::UNIX_EPOCH,
+            now,
         );
-        let s = t.summaries();
+        let s = t.summaries(now);
         assert_eq!((s.len(), s[0].count, s[0].new), (1, 40, 39));
-        assert!(t.summaries().is_empty());
+        assert!(t.summaries(now).is_empty());
     }
 }

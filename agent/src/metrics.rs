@@ -3,14 +3,13 @@
 //! pipeline, the kernel sampler and the HTTP handlers share one instance
 //! without a lock around it; only the label caps have their own.
 
-use std::{
-    collections::HashSet,
-    sync::{Mutex, PoisonError},
-};
+use std::{collections::HashSet, sync::Mutex};
 
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use sockerr_common::FindingKind;
 use strum::IntoEnumIterator as _;
+
+use crate::state::lock;
 
 /// Bounds a label: the first `max` distinct values keep their name, the
 /// rest are reported as `other`.
@@ -234,23 +233,16 @@ impl Metrics {
         for reason in DROP_REASONS {
             m.kernel_drops.with_label_values(&[reason]).inc_by(0);
         }
-        m.records(0, 0);
         m
     }
 
     /// The capped `comm` label for a comm already escaped as a label value.
     pub fn comm_label(&self, comm: String) -> String {
-        self.comms
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .label(comm)
+        lock(&self.comms).label(comm)
     }
 
     fn remote_label(&self, remote: String) -> String {
-        self.remotes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .label(remote)
+        lock(&self.remotes).label(remote)
     }
 
     /// Pod labels of a process, the pod capped: past `--metrics.max-pods`
@@ -260,11 +252,7 @@ impl Metrics {
             return pod;
         }
         let key = format!("{}/{}", pod[0], pod[1]);
-        let admitted = self
-            .pods
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .label(key);
+        let admitted = lock(&self.pods).label(key);
         if admitted == "other" {
             ["other", "other", "other"].map(String::from)
         } else {

@@ -199,13 +199,14 @@ impl<S: FnMut(Output)> Stages<S> {
                 return;
             }
             for (record, process, fd) in batch {
-                let sites = self.locator.sites(&mut self.kernel, &record);
+                let at = record.at();
+                let sites = self.locator.sites(&mut self.kernel, &record, at);
                 let tally = TallyRead {
                     since_ns: record.raw.tally_since_ns,
                     total: record.raw.tally_total,
                 };
                 (self.sink)(Output::Finding {
-                    finding: Box::new(Finding::new(&record, &process, fd, sites)),
+                    finding: Box::new(Finding::new(&record, &process, fd, sites, at)),
                     start_boot_ns: record.raw.start_boot_ns,
                     tally,
                 });

@@ -51,10 +51,15 @@ impl State {
                 start_boot_ns,
                 tally,
             } => {
-                let line = finding.clone();
+                let (pid, kind) = (finding.pid, finding.kind);
                 let recorded = findings.record(*finding, start_boot_ns, tally, Instant::now());
+                // Only a new entry's finding is logged: cloned for it alone.
+                let line = recorded
+                    .new
+                    .then(|| findings.latest(pid, kind).cloned())
+                    .flatten();
                 drop(findings);
-                if recorded.new {
+                if let Some(line) = line {
                     logging::finding(&line);
                 }
                 if recorded.evicted {
@@ -66,13 +71,13 @@ impl State {
                 kind,
                 read,
                 last,
-            } => findings.tally(pid, kind, read, last),
+            } => findings.tally(pid, kind, read, last, Instant::now()),
         }
     }
 
     /// One summary line per (process, kind) whose findings went on.
     pub fn log_summaries(&self) {
-        for summary in lock(&self.findings).summaries() {
+        for summary in lock(&self.findings).summaries(Instant::now()) {
             logging::summary(&summary);
         }
     }

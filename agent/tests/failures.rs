@@ -47,12 +47,6 @@ impl Drop for Blackhole {
     }
 }
 
-fn attempts(agent: &Agent, comm: &str, result: &str) -> f64 {
-    agent.metric(&format!(
-        r#"sockerr_connect_attempts_total{{comm="{comm}",result="{result}"}}"#
-    ))
-}
-
 fn by_remote(agent: &Agent, remote: &str, reason: &str) -> f64 {
     agent.metric(&format!(
         r#"sockerr_connect_failures_by_remote_total{{reason="{reason}",remote="{remote}"}}"#
@@ -97,17 +91,17 @@ fn attempts_given_up_by_the_application_count_as_aborted() {
         run_program(Command::new(scenario_bin()).args(["abort", &hole.port.to_string()]));
     assert!(out.status.success(), "{out:?}");
     settles("curl's aborted attempt", 1.0, || {
-        attempts(&agent, "curl", "aborted")
+        agent.attempts("curl", "aborted")
     });
     settles("python's aborted attempt", 1.0, || {
-        attempts(&agent, "python3", "aborted")
+        agent.attempts("python3", "aborted")
     });
     settles("the scenario's aborted attempt", 1.0, || {
-        attempts(&agent, "sockerr-scenari", "aborted")
+        agent.attempts("sockerr-scenari", "aborted")
     });
     assert_eq!(by_remote(&agent, &remote, "aborted"), 3.0);
     for comm in ["curl", "python3"] {
-        assert_eq!(attempts(&agent, comm, "failed"), 0.0, "{comm}");
+        assert_eq!(agent.attempts(comm, "failed"), 0.0, "{comm}");
     }
     let findings = agent.findings();
     for pid in [curl, python, aborter] {
@@ -150,8 +144,8 @@ fn port_exhaustion_counts_as_failed_with_eaddrnotavail() {
     assert!(held <= 1.0 && held + failed == 7.0, "{printed}");
     let failures = r#"sockerr_connect_failures_total{comm="exhauster",errno="EADDRNOTAVAIL"}"#;
     settles("EADDRNOTAVAIL failures", failed, || agent.metric(failures));
-    assert_eq!(attempts(&agent, "exhauster", "failed"), failed);
-    assert_eq!(attempts(&agent, "exhauster", "aborted"), 0.0);
+    assert_eq!(agent.attempts("exhauster", "failed"), failed);
+    assert_eq!(agent.attempts("exhauster", "aborted"), 0.0);
     assert_eq!(by_remote(&agent, &remote, "EADDRNOTAVAIL"), failed);
 }
 
@@ -179,16 +173,10 @@ fn refused_timed_out_and_established_attempts_count_exactly() {
     let hole = Blackhole::start(Some(&ns));
     let silent = format!("127.0.0.1:{}", hole.port);
     // The kernel gives up after one SYN retransmit (about 3 s).
-    assert_eq!(
-        connect(&silent),
-        format!("connect={}", libc_errno::ETIMEDOUT)
-    );
+    assert_eq!(connect(&silent), format!("connect={}", libc::ETIMEDOUT));
     let closed = format!("127.0.0.1:{}", closed_port());
     for _ in 0..3 {
-        assert_eq!(
-            connect(&closed),
-            format!("connect={}", libc_errno::ECONNREFUSED)
-        );
+        assert_eq!(connect(&closed), format!("connect={}", libc::ECONNREFUSED));
     }
     // An established one, outside the namespace, to a listener of the test.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -200,10 +188,10 @@ fn refused_timed_out_and_established_attempts_count_exactly() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "connect=0");
     settles("the established attempt", 1.0, || {
-        attempts(&agent, "counted", "established")
+        agent.attempts("counted", "established")
     });
     settles("the failed attempts", 4.0, || {
-        attempts(&agent, "counted", "failed")
+        agent.attempts("counted", "failed")
     });
     let errno = |name: &str| {
         agent.metric(&format!(
@@ -214,13 +202,7 @@ fn refused_timed_out_and_established_attempts_count_exactly() {
     assert_eq!(errno("ECONNREFUSED"), 3.0);
     assert_eq!(by_remote(&agent, &silent, "ETIMEDOUT"), 1.0);
     assert_eq!(by_remote(&agent, &closed, "ECONNREFUSED"), 3.0);
-    assert_eq!(attempts(&agent, "counted", "aborted"), 0.0);
-}
-
-/// errno values as the scenario prints them.
-mod libc_errno {
-    pub const ECONNREFUSED: i32 = 111;
-    pub const ETIMEDOUT: i32 = 110;
+    assert_eq!(agent.attempts("counted", "aborted"), 0.0);
 }
 
 /// 1,000 failing remotes: the exposition keeps --metrics.max-remotes of

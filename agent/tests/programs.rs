@@ -80,13 +80,6 @@ fn status(url: &str, proxy: Option<u16>) -> u16 {
         .unwrap_or(0)
 }
 
-/// The comm's attempts counted with `result`.
-fn attempts(agent: &Agent, comm: &str, result: &str) -> f64 {
-    agent.metric(&format!(
-        r#"sockerr_connect_attempts_total{{comm="{comm}",result="{result}"}}"#
-    ))
-}
-
 fn kinds_of(agent: &Agent, comm: &str) -> Vec<String> {
     let mut kinds: Vec<String> = agent
         .findings()
@@ -140,7 +133,7 @@ fn squid_told_of_a_refused_upstream_is_not_flagged() {
         assert_eq!(status(&upstream, Some(port)), 503, "squid answers 503");
     }
     eventually(Duration::from_secs(10), "squid's refused connects", || {
-        (attempts(&agent, "squid", "failed") >= 3.0).then_some(())
+        (agent.attempts("squid", "failed") >= 3.0).then_some(())
     });
     barrier(&agent);
     assert_eq!(kinds_of(&agent, "squid"), Vec::<String>::new());
@@ -250,7 +243,7 @@ fn nginx_rereads_with_an_https_upstream_only() {
     eventually(
         Duration::from_secs(10),
         "nginx's https upstream connects",
-        || (attempts(&agent, "nginx", "established") >= 5.0).then_some(()),
+        || (agent.attempts("nginx", "established") >= 5.0).then_some(()),
     );
     barrier(&agent);
     assert_eq!(kinds_of(&agent, "nginx"), ["so_error_reread"]);
@@ -267,7 +260,7 @@ fn nginx_rereads_with_an_https_upstream_only() {
     eventually(
         Duration::from_secs(10),
         "nginx's plain upstream connects",
-        || (attempts(&agent, "nginx", "established") >= 10.0).then_some(()),
+        || (agent.attempts("nginx", "established") >= 10.0).then_some(()),
     );
     barrier(&agent);
     assert_eq!(agent.metric(reread), before);
@@ -301,7 +294,7 @@ fn haproxy_with_a_refused_backend_is_not_flagged() {
     eventually(
         Duration::from_secs(10),
         "haproxy's refused connects",
-        || (attempts(&agent, "haproxy", "failed") >= 3.0).then_some(()),
+        || (agent.attempts("haproxy", "failed") >= 3.0).then_some(()),
     );
     barrier(&agent);
     assert_eq!(kinds_of(&agent, "haproxy"), Vec::<String>::new());

@@ -122,6 +122,13 @@ impl Agent {
         sample(&self.metrics(), series).unwrap_or(0.0)
     }
 
+    /// The comm's connect attempts counted with `result` (0 when absent).
+    pub fn attempts(&self, comm: &str, result: &str) -> f64 {
+        self.metric(&format!(
+            r#"sockerr_connect_attempts_total{{comm="{comm}",result="{result}"}}"#
+        ))
+    }
+
     pub fn findings(&self) -> Vec<Value> {
         serde_json::from_str(&self.get("/findings").1).expect("/findings is JSON")
     }

@@ -8,7 +8,7 @@ pub mod procmaps;
 mod symbolize;
 pub mod uprobes;
 
-use std::{collections::HashMap, fmt};
+use std::{collections::HashMap, fmt, time::SystemTime};
 
 use anyhow::Result;
 use aya::maps::{MapData, StackTraceMap};
@@ -45,9 +45,9 @@ impl Locator {
         })
     }
 
-    /// The call sites of a finding record; probes its process when its
-    /// sites for this kind are not known yet.
-    pub fn sites(&mut self, kernel: &mut Kernel, record: &Record) -> CallSites {
+    /// The call sites of a finding record made `at`; probes its process
+    /// when its sites for this kind are not known yet.
+    pub fn sites(&mut self, kernel: &mut Kernel, record: &Record, at: SystemTime) -> CallSites {
         let (pid, kind) = (record.raw.tgid, record.kind);
         if !self.resolver.remembers(pid, kind) {
             // A kind whose call sites are not known yet: probe again.
@@ -65,11 +65,10 @@ impl Locator {
                 coverage = unavailable;
             }
         }
-        let time = decode::rfc3339(record.at());
         let sites = self.resolver.resolve(
             pid,
             kind,
-            &time,
+            at,
             &record.raw.sites,
             record.reads().len(),
             &coverage,
@@ -219,7 +218,7 @@ struct Resolver {
     symbolizer: Symbolizer,
     /// The latest complete sites per (process, kind), and when: what the
     /// findings of a process whose uprobes were detached repeat.
-    remembered: HashMap<(u32, FindingKind), (CallSites, String)>,
+    remembered: HashMap<(u32, FindingKind), (CallSites, SystemTime)>,
 }
 
 impl Resolver {
@@ -245,9 +244,12 @@ impl Resolver {
     }
 
     /// Reads the mappings of `pid` now, while it runs, so that its findings
-    /// still name modules after it exits.
+    /// still name modules after it exits. A process that exited but was not
+    /// reaped yet shows no mappings: the snapshot taken before is kept.
     fn snapshot(&mut self, pid: u32) -> Option<&ProcMaps> {
-        let maps = ProcMaps::read(pid).ok()?;
+        let maps = ProcMaps::read(pid)
+            .ok()
+            .filter(|m| m.iter().next().is_some())?;
         if self.maps.len() >= MAX_SNAPSHOTS && !self.maps.contains_key(&pid) {
             self.maps.clear();
         }
@@ -255,14 +257,14 @@ impl Resolver {
         self.maps.get(&pid)
     }
 
-    /// The sites of a `kind` finding made at `time` by `pid`, whose attempt
+    /// The sites of a `kind` finding made `at` by `pid`, whose attempt
     /// kept `nreads` reads. Complete sites are remembered; a process whose
     /// uprobes were detached gets those remembered for its kind, said so.
     fn resolve(
         &mut self,
         pid: u32,
         kind: FindingKind,
-        time: &str,
+        at: SystemTime,
         sites: &abi::CallSites,
         nreads: usize,
         coverage: &Coverage,
@@ -282,16 +284,16 @@ impl Resolver {
             if self.remembered.len() >= MAX_REMEMBERED {
                 self.remembered.clear();
             }
-            self.remembered
-                .insert((pid, kind), (resolved.clone(), time.to_owned()));
+            self.remembered.insert((pid, kind), (resolved.clone(), at));
         } else if *coverage == Coverage::Detached
             && let Some((known, at)) = self.remembered.get(&(pid, kind))
         {
             return CallSites {
                 note: Some(format!(
-                    "call sites of this process's {} finding at {at}: its uprobes were \
+                    "call sites of this process's {} finding at {}: its uprobes were \
                      detached once its call sites were known (--call-sites.findings)",
-                    <&str>::from(kind)
+                    <&str>::from(kind),
+                    decode::rfc3339(*at),
                 )),
                 ..known.clone()
             };

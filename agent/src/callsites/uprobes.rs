@@ -257,10 +257,8 @@ impl Instrumenter {
         maps: Option<&ProcMaps>,
     ) -> Result<Entry> {
         let start = std::time::Instant::now();
-        // A process that exited but was not reaped yet shows no mappings.
-        let maps = maps
-            .filter(|m| m.iter().next().is_some())
-            .context("the process exited")?;
+        // No mappings (see `Resolver::snapshot`): it is gone.
+        let maps = maps.context("the process exited")?;
         let libc = c_library(maps).context(
             "no C library mapped: a static binary, or a runtime that makes raw system calls (e.g. Go)",
         )?;

@@ -1,5 +1,7 @@
 //! Task names (`comm`) and other NUL-terminated kernel strings.
 
+use std::fmt::Write as _;
+
 /// A NUL-terminated kernel string (a comm, a file name). Any bytes are
 /// possible: invalid UTF-8 becomes U+FFFD (JSON and logs show the rest as is).
 pub fn comm(raw: &[u8]) -> String {
@@ -29,7 +31,8 @@ pub fn label_value(raw: &[u8]) -> String {
 
 fn escape(out: &mut String, bytes: &[u8]) {
     for b in bytes {
-        out.push_str(&format!("\\x{b:02x}"));
+        // Writing to a String never fails.
+        let _ = write!(out, "\\x{b:02x}");
     }
 }
 
