@@ -7,6 +7,7 @@ mod support;
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
+    sync::{PoisonError, RwLock},
     time::Duration,
 };
 
@@ -47,6 +48,11 @@ impl Drop for Blackhole {
     }
 }
 
+/// Every agent counts every process's failures, and each keeps the first
+/// 100 remotes: the test failing 1,000 remotes runs alone, or the others'
+/// remotes would fall into its `other` (write lock), the rest together.
+static REMOTES: RwLock<()> = RwLock::new(());
+
 fn by_remote(agent: &Agent, remote: &str, reason: &str) -> f64 {
     agent.metric(&format!(
         r#"sockerr_connect_failures_by_remote_total{{reason="{reason}",remote="{remote}"}}"#
@@ -70,6 +76,7 @@ fn attempts_given_up_by_the_application_count_as_aborted() {
     if !require_root() {
         return;
     }
+    let _remotes = REMOTES.read().unwrap_or_else(PoisonError::into_inner);
     let agent = Agent::start();
     let hole = Blackhole::start(None);
     let remote = format!("127.0.0.1:{}", hole.port);
@@ -119,6 +126,7 @@ fn port_exhaustion_counts_as_failed_with_eaddrnotavail() {
     if !require_root() {
         return;
     }
+    let _remotes = REMOTES.read().unwrap_or_else(PoisonError::into_inner);
     let ns = Netns::new("ports");
     ns.run(&["sysctl", "-q", "net.ipv4.ip_local_port_range=40000 40001"]);
     let agent = Agent::start();
@@ -157,6 +165,7 @@ fn refused_timed_out_and_established_attempts_count_exactly() {
     if !require_root() {
         return;
     }
+    let _remotes = REMOTES.read().unwrap_or_else(PoisonError::into_inner);
     let ns = Netns::new("synretries");
     ns.run(&["sysctl", "-q", "net.ipv4.tcp_syn_retries=1"]);
     let agent = Agent::start();
@@ -213,6 +222,7 @@ fn remote_endpoints_are_capped() {
     if !require_root() {
         return;
     }
+    let _alone = REMOTES.write().unwrap_or_else(PoisonError::into_inner);
     let agent = Agent::with(&["--metrics.max-remotes", "100"]);
     let out = Command::new(scenario_bin())
         .args(["remotes", "1000"])
