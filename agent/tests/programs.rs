@@ -16,12 +16,15 @@ mod support;
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
 use serde_json::Value;
-use support::{Agent, closed_port, eventually, http_server, require_root, run_program};
+use support::{
+    Agent, Server, closed_port, eventually, http_server, listening, nginx, require_root,
+    run_program, tls_server,
+};
 
 /// A directory of this test's own, empty.
 fn workdir(name: &str) -> PathBuf {
@@ -29,33 +32,6 @@ fn workdir(name: &str) -> PathBuf {
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// A server process stopped (SIGTERM, then waited for) when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        support::stop(&mut self.0);
-    }
-}
-
-fn serve(cmd: &mut Command) -> Server {
-    Server(
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting a server (cargo xtask setup installs it)"),
-    )
-}
-
-/// Waits until something accepts connections on the loopback port.
-fn listening(port: u16) {
-    eventually(Duration::from_secs(15), "the server to listen", || {
-        std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(drop)
-    });
 }
 
 /// curl's HTTP status for `url`, optionally through a proxy.
@@ -126,7 +102,7 @@ fn squid_told_of_a_refused_upstream_is_not_flagged() {
         .status()
         .unwrap();
     let agent = Agent::start();
-    let _squid = serve(Command::new("squid").arg("-N").arg("-f").arg(&conf));
+    let _squid = Server::start(Command::new("squid").arg("-N").arg("-f").arg(&conf));
     listening(port);
     let upstream = format!("http://127.0.0.1:{}/", closed_port());
     for _ in 0..3 {
@@ -188,52 +164,17 @@ fn nginx_rereads_with_an_https_upstream_only() {
         return;
     }
     let dir = workdir("nginx");
-    let ok = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=localhost", "-keyout"])
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(ok.success(), "openssl req");
-    let tls = closed_port();
-    let _upstream = serve(
-        Command::new("openssl")
-            .args(["s_server", "-quiet", "-www", "-accept", &tls.to_string()])
-            .arg("-cert")
-            .arg(dir.join("cert.pem"))
-            .arg("-key")
-            .arg(dir.join("key.pem"))
-            .stdin(Stdio::null()),
-    );
-    listening(tls);
+    let (_upstream, tls) = tls_server(&dir);
     let plain = http_server(false);
     let (https_port, plain_port) = (closed_port(), closed_port());
-    let conf = dir.join("nginx.conf");
-    fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
-             events {{}}\nhttp {{\n access_log off;\n\
-             client_body_temp_path {dir}; proxy_temp_path {dir};\n\
-             server {{ listen 127.0.0.1:{https_port}; location / {{ proxy_pass https://127.0.0.1:{tls}; }} }}\n\
-             server {{ listen 127.0.0.1:{plain_port}; location / {{ proxy_pass http://127.0.0.1:{plain}; }} }}\n}}\n",
-            dir = dir.display()
-        ),
-    )
-    .unwrap();
     let agent = Agent::start();
-    let _nginx = serve(
-        Command::new("nginx")
-            .arg("-c")
-            .arg(&conf)
-            .args(["-g", "daemon off;"]),
+    let _nginx = nginx(
+        &dir,
+        &[
+            (https_port, format!("https://127.0.0.1:{tls}")),
+            (plain_port, format!("http://127.0.0.1:{plain}")),
+        ],
     );
-    listening(plain_port);
     for _ in 0..5 {
         assert_eq!(
             status(&format!("http://127.0.0.1:{https_port}/"), None),
@@ -286,7 +227,7 @@ fn haproxy_with_a_refused_backend_is_not_flagged() {
     )
     .unwrap();
     let agent = Agent::start();
-    let _haproxy = serve(Command::new("haproxy").arg("-db").arg("-f").arg(&conf));
+    let _haproxy = Server::start(Command::new("haproxy").arg("-db").arg("-f").arg(&conf));
     listening(front);
     for _ in 0..3 {
         assert_eq!(status(&format!("http://127.0.0.1:{front}/"), None), 503);

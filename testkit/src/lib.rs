@@ -5,7 +5,8 @@
 //! - [`Agent`]: `sockerr run` on a loopback port, its metrics and findings.
 //! - [`Tracer`]: `sockerr trace --json`, findings collected as they come.
 //! - [`programs`]: where the binaries are, running programs and scenarios.
-//! - [`net`]: loopback ports and servers, network namespaces, HTTP GET.
+//! - [`net`]: loopback ports and servers (openssl's TLS server, nginx),
+//!   network namespaces, HTTP GET.
 //! - [`Prometheus`]: a real Prometheus scraping what a test says.
 //!
 //! Helpers panic on failure (they serve tests) except where a caller needs
@@ -23,7 +24,9 @@ use std::{
 };
 
 pub use agent::{Agent, Log};
-pub use net::{Netns, closed_port, http_get, http_server, raw_response};
+pub use net::{
+    Netns, Server, closed_port, http_get, http_server, listening, nginx, raw_response, tls_server,
+};
 pub use nix::sys::signal::Signal;
 pub use programs::{
     agent_bin, require_root, run_program, scenario, scenario_bin, scenario_env, scenario_exe,

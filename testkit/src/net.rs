@@ -1,12 +1,17 @@
-//! Loopback ports and servers, network namespaces, and HTTP GET.
+//! Loopback ports and servers (ours, and real ones: openssl's TLS server,
+//! nginx), network namespaces, and HTTP GET.
 
 use std::{
+    fs,
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    process::Command,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     thread,
     time::Duration,
 };
+
+use crate::{eventually, programs::stop};
 
 /// A loopback port nothing listens on.
 pub fn closed_port() -> u16 {
@@ -39,6 +44,98 @@ pub fn http_server(v6: bool) -> u16 {
         }
     });
     port
+}
+
+/// A server process, its output discarded, stopped (SIGTERM, then waited
+/// for) when dropped.
+pub struct Server(Child);
+
+impl Server {
+    pub fn start(cmd: &mut Command) -> Self {
+        Self(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting a server (cargo xtask setup installs it)"),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        stop(&mut self.0);
+    }
+}
+
+/// Waits until something accepts connections on the loopback port.
+pub fn listening(port: u16) {
+    eventually(Duration::from_secs(15), "the server to listen", || {
+        TcpStream::connect(("127.0.0.1", port)).ok().map(drop)
+    });
+}
+
+/// An HTTPS server (`openssl s_server -www`) with a self-signed certificate
+/// made in `dir`, listening on the port returned.
+pub fn tls_server(dir: &Path) -> (Server, u16) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("running openssl (cargo xtask setup installs it)");
+    assert!(ok.success(), "openssl req");
+    let port = closed_port();
+    let server = Server::start(
+        Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept", &port.to_string()])
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(Stdio::null()),
+    );
+    listening(port);
+    (server, port)
+}
+
+/// nginx, configured in `dir`, proxying each loopback port of `proxies` to
+/// its upstream URL; returned once all of them listen.
+pub fn nginx(dir: &Path, proxies: &[(u16, String)]) -> Server {
+    let servers: String = proxies
+        .iter()
+        .map(|(port, upstream)| {
+            format!(
+                " server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass {upstream}; }} }}\n"
+            )
+        })
+        .collect();
+    let conf: PathBuf = dir.join("nginx.conf");
+    fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{}}\nhttp {{\n access_log off;\n\
+             client_body_temp_path {d}; proxy_temp_path {d};\n{servers}}}\n",
+            d = dir.display()
+        ),
+    )
+    .expect("writing nginx.conf");
+    let server = Server::start(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"]),
+    );
+    for (port, _) in proxies {
+        listening(*port);
+    }
+    server
 }
 
 /// GET `path` from a loopback port over plain HTTP; (status, body), with

@@ -3,7 +3,6 @@
 //! finding on every request), with and without the agent, alternated.
 
 use std::{
-    net::TcpListener,
     path::Path,
     process::{Child, Command, Stdio},
     thread,
@@ -12,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use sockerr_testkit::{Agent, Log};
+use sockerr_testkit::{Agent, Log, closed_port, net, tls_server};
 
 use super::median;
 
@@ -116,30 +115,6 @@ pub struct Nginx {
     pub findings_per_request: f64,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn wait_listening(port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on {port}");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Requests per second wrk got through `url` in `seconds`, and how many.
 fn wrk(url: &str, seconds: u64) -> Result<(f64, u64)> {
     let out = Command::new("wrk")
@@ -163,56 +138,9 @@ fn wrk(url: &str, seconds: u64) -> Result<(f64, u64)> {
 pub fn nginx(agent_bin: &Path, dir: &Path, rounds: usize, seconds: u64) -> Result<Nginx> {
     println!("xtask bench: nginx with an https upstream, {rounds} rounds each way");
     std::fs::create_dir_all(dir)?;
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let ok = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()?;
-    if !ok.success() {
-        bail!("openssl req failed");
-    }
-    let tls = free_port()?;
-    let _upstream = Server(
-        Command::new("openssl")
-            .args(["s_server", "-quiet", "-www", "-accept", &tls.to_string()])
-            .arg("-cert")
-            .arg(&cert)
-            .arg("-key")
-            .arg(&key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting openssl s_server")?,
-    );
-    wait_listening(tls)?;
-    let front = free_port()?;
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{}}\nhttp {{\n access_log off;\n client_body_temp_path {d}; proxy_temp_path {d};\n\
-             server {{ listen 127.0.0.1:{front}; location / {{ proxy_pass https://127.0.0.1:{tls}; }} }}\n}}\n",
-            d = dir.display()
-        ),
-    )?;
-    let _nginx = Server(
-        Command::new("nginx")
-            .arg("-c")
-            .arg(&conf)
-            .args(["-g", "daemon off;"])
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nginx")?,
-    );
-    wait_listening(front)?;
+    let (_upstream, tls) = tls_server(dir);
+    let front = closed_port();
+    let _nginx = net::nginx(dir, &[(front, format!("https://127.0.0.1:{tls}"))]);
     let url = format!("http://127.0.0.1:{front}/");
     let (mut with, mut without) = (Vec::new(), Vec::new());
     let (mut findings, mut requests) = (0, 0);
