@@ -1,7 +1,7 @@
 //! Run counts and run time of every loaded eBPF program, as the kernel
 //! counts them with `kernel.bpf_stats_enabled=1` (which slows every program
-//! a little): for `matrix --bpf-stats` inside the kernel-matrix VMs, and for
-//! the benchmark's per-program table (`cargo xtask bench`).
+//! a little), for `matrix --bpf-stats` inside the kernel-matrix VMs (no
+//! bpftool there); and the switch itself, which the benchmark flips too.
 
 use std::{fs, io, os::fd::FromRawFd};
 

@@ -6,6 +6,7 @@
 use std::{collections::HashMap, fmt::Write as _, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
 use sockerr_scenarios::bpf_stats;
 use sockerr_testkit::{Agent, Log};
 
@@ -16,11 +17,29 @@ pub struct Cost {
     pub ns_per_call: f64,
 }
 
-/// Loaded programs by id: (name, run time in ns, run count).
-fn programs() -> Result<HashMap<u32, (String, u64, u64)>> {
-    Ok(bpf_stats::programs()?
-        .into_iter()
-        .map(|p| (p.id, (p.name, p.run_time_ns, p.run_cnt)))
+/// Loaded programs by id: (name, run time in ns, run count). Through
+/// bpftool, which names programs in full from their BTF (the kernel keeps
+/// 15 characters, as `bpf_stats::programs` in the VMs without bpftool shows).
+fn programs() -> Result<HashMap<u64, (String, u64, u64)>> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .context("running bpftool")?;
+    if !out.status.success() {
+        bail!(
+            "bpftool prog show: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let all: Vec<Value> = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
+    Ok(all
+        .iter()
+        .filter_map(|p| {
+            let id = p["id"].as_u64()?;
+            let name = p["name"].as_str().unwrap_or("?").to_owned();
+            let time = p["run_time_ns"].as_u64().unwrap_or(0);
+            Some((id, (name, time, p["run_cnt"].as_u64().unwrap_or(0))))
+        })
         .collect())
 }
 
