@@ -265,31 +265,24 @@ fn blocking_io(v6: bool) -> Result<()> {
 /// A failed socket is closed; its fd number is reused by a socket that
 /// connects fine and does I/O.
 fn fd_reuse(v6: bool) -> Result<()> {
-    let addr = echo_server(v6)?;
     let failed = refused(v6)?;
     let fd = failed.fd.as_raw_fd();
     println!("first read={}", failed.so_error());
     drop(failed);
-    let mut s = Sock::tcp(v6, true)?;
-    if s.fd.as_raw_fd() != fd {
-        // The lowest free fd is not always the one just closed (seen under
-        // QEMU, cause unknown): put the new socket on that number, which is
-        // what this scenario is about.
-        // SAFETY: both fds are valid; dup2 makes `fd` a copy of the new one.
-        check_dup2(unsafe { libc::dup2(s.fd.as_raw_fd(), fd) })?;
-        // SAFETY: `fd` is now owned here, the higher copy is closed.
-        s.fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    }
+    let s = Sock::tcp(v6, true)?;
+    // The echo server starts only now: its thread's accept() reserves the
+    // lowest free fd while it blocks, which could be the one just freed.
+    anyhow::ensure!(
+        s.fd.as_raw_fd() == fd,
+        "fd {fd} was not reused (got {})",
+        s.fd.as_raw_fd()
+    );
+    let addr = echo_server(v6)?;
     s.connect(addr);
     s.wait_writable(Duration::from_secs(5))?;
     println!("reused fd={fd} read={}", s.so_error());
     s.set_blocking();
     println!("write={} read={}", s.write(), s.read());
-    Ok(())
-}
-
-fn check_dup2(ret: i32) -> Result<()> {
-    anyhow::ensure!(ret >= 0, "dup2: {}", std::io::Error::last_os_error());
     Ok(())
 }
 
