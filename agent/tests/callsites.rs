@@ -5,9 +5,10 @@
 mod support;
 
 use std::{
+    ffi::OsStr,
     fs,
     io::{BufRead, BufReader, Write},
-    process::{Command, Stdio},
+    process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc,
     thread,
     time::Duration,
@@ -40,6 +41,20 @@ fn has_uprobes_mapped(pid: u32) -> bool {
         .contains("[uprobes]")
 }
 
+/// `repeat buggy N stdin`: one masked attempt now, then one more per line
+/// written to the returned pipe.
+fn stepped(program: impl AsRef<OsStr>, attempts: u32, env: &[(&str, &str)]) -> (Child, ChildStdin) {
+    let mut child = Command::new(program)
+        .args(["repeat", "buggy", &attempts.to_string(), "stdin"])
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    (child, stdin)
+}
+
 #[test]
 fn reads_named_by_the_functions_that_made_them() {
     if !require_root() {
@@ -56,14 +71,8 @@ fn reads_named_by_the_functions_that_made_them() {
         .unwrap();
     // Each attempt once the agent has handled the previous one: what the
     // agent decides (instrument, detach) is in place before the next.
-    let mut buggy = Command::new(scenario_bin())
-        .args(["repeat", "buggy", "10", "stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut buggy, mut stdin) = stepped(scenario_bin(), 10, &[]);
     let pid = buggy.id();
-    let mut stdin = buggy.stdin.take().unwrap();
     for n in 1..10 {
         assert_eq!(tracer.wait_for(pid, n, Duration::from_secs(10)).len(), n);
         writeln!(stdin).unwrap();
@@ -134,16 +143,10 @@ fn a_flagged_process_gets_uprobes() {
         return;
     }
     let tracer = Tracer::start();
-    let mut child = Command::new(scenario_bin())
-        .args(["repeat", "buggy", "2", "stdin"])
-        .env("SCENARIO_LINGER_MS", "2000")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, mut stdin) = stepped(scenario_bin(), 2, &[("SCENARIO_LINGER_MS", "2000")]);
     let pid = child.id();
     assert_eq!(tracer.wait_for(pid, 1, Duration::from_secs(5)).len(), 1);
-    writeln!(child.stdin.take().unwrap()).unwrap();
+    writeln!(stdin).unwrap();
     assert_eq!(tracer.wait_for(pid, 2, Duration::from_secs(5)).len(), 2);
     assert!(has_uprobes_mapped(pid));
     assert!(child.wait().unwrap().success());
@@ -196,16 +199,10 @@ fn exited_process_keeps_modules_and_addresses() {
     let copy = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("short-lived-client");
     fs::copy(scenario_bin(), &copy).unwrap();
     let tracer = Tracer::start();
-    let mut child = Command::new(&copy)
-        .args(["repeat", "buggy", "3", "stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, mut stdin) = stepped(&copy, 3, &[]);
     let pid = child.id();
     assert_eq!(tracer.wait_for(pid, 1, Duration::from_secs(5)).len(), 1);
     tracer.pause();
-    let mut stdin = child.stdin.take().unwrap();
     writeln!(stdin).unwrap();
     writeln!(stdin).unwrap();
     assert!(child.wait().unwrap().success());
@@ -256,14 +253,7 @@ fn trace_prints_stacks_of_the_chosen_comm() {
     assert!(other.status.success());
     // Each attempt once the previous one was printed: instrumenting the
     // process is in place before the next.
-    let mut child = Command::new(scenario_bin())
-        .args(["repeat", "buggy", "4", "stdin"])
-        .env("SCENARIO_COMM", "stacks-test")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let (mut child, mut stdin) = stepped(scenario_bin(), 4, &[("SCENARIO_COMM", "stacks-test")]);
     let mut lines = Vec::new();
     let mut printed = 0;
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(3)) {

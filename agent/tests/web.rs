@@ -399,7 +399,12 @@ fn tls_basic_auth_and_client_certificates_for_curl_and_prometheus() {
     silent
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    assert!(matches!(silent.read(&mut [0; 1]), Ok(0) | Err(_)));
+    // Closed by the agent (end of stream or reset), not the read timing out.
+    match silent.read(&mut [0; 1]) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the silent TLS client was not closed: {other:?}"),
+    }
     let waited = start.elapsed();
     assert!(
         waited > Duration::from_millis(1500) && waited < Duration::from_secs(4),

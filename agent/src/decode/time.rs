@@ -20,12 +20,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn boot_time_maps_to_now() {
+    fn boot_time_maps_to_wall_time() {
         let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).unwrap();
         let boot_ns = Duration::from(now).as_nanos() as u64;
-        let wall = wall_time(boot_ns);
-        let skew = SystemTime::now().duration_since(wall).unwrap_or_default();
-        assert!(skew < Duration::from_secs(1), "{skew:?}");
+        // Seconds before now, negative in the future.
+        let ago = |ns: u64| {
+            let wall = wall_time(ns);
+            match SystemTime::now().duration_since(wall) {
+                Ok(d) => d.as_secs_f64(),
+                Err(e) => -e.duration().as_secs_f64(),
+            }
+        };
+        assert!(ago(boot_ns).abs() < 0.5, "{}", ago(boot_ns));
+        let earlier = ago(boot_ns - 5_000_000_000);
+        assert!((earlier - 5.0).abs() < 0.5, "{earlier}");
+        // A timestamp taken after the agent's clock read saturates at now.
+        let later = ago(boot_ns + 50_000_000_000);
+        assert!(later.abs() < 0.5, "{later}");
+    }
+
+    #[test]
+    fn rfc3339_in_utc_with_milliseconds() {
         assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123Z");
     }
 }
