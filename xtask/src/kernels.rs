@@ -61,10 +61,13 @@ pub struct Kernel {
 impl Kernel {
     /// The kernel release, e.g. 6.1.0-56-cloud-amd64.
     pub fn release(&self) -> &str {
-        self.package
-            .strip_prefix("linux-image-")
-            .unwrap_or(&self.package)
+        release_of(&self.package)
     }
+}
+
+/// linux-image-6.1.0-56-cloud-amd64 → 6.1.0-56-cloud-amd64.
+fn release_of(package: &str) -> &str {
+    package.strip_prefix("linux-image-").unwrap_or(package)
 }
 
 pub fn dir() -> Result<PathBuf> {
@@ -438,7 +441,7 @@ fn download(series: &'static Series, package: &str, version: &str) -> Result<Ker
     let size = fs::metadata(&deb)?.len();
     // Only /boot/vmlinuz-* and /boot/config-*: no modules (the initramfs
     // needs none) and BTF is built into the image.
-    let release = package.trim_start_matches("linux-image-");
+    let release = release_of(package);
     let status = Command::new("sh")
         .arg("-c")
         .arg(r#"dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" "./boot/vmlinuz-$3" "./boot/config-$3""#)

@@ -217,6 +217,7 @@ fn bpf_linker() -> Result<PathBuf> {
     // bpf-linker's build script only needs llvm-config to exist and libLLVM in
     // $LLVM_PREFIX/lib; the binary's RUNPATH then points into this prefix.
     let llvm = nightly_llvm()?;
+    let feature = llvm_feature(&llvm)?;
     let prefix = dir.join("llvm");
     fs::create_dir_all(prefix.join("bin"))?;
     fs::create_dir_all(prefix.join("lib"))?;
@@ -234,7 +235,7 @@ fn bpf_linker() -> Result<PathBuf> {
             .args([
                 "--no-default-features",
                 "--features",
-                "llvm-22",
+                &feature,
                 "--force",
                 "--root",
             ])
@@ -244,6 +245,25 @@ fn bpf_linker() -> Result<PathBuf> {
     cmd::output(Command::new(&linker).arg("--version"))
         .with_context(|| format!("{} was built but does not run", linker.display()))?;
     Ok(linker)
+}
+
+/// bpf-linker's feature for an LLVM major version (`libLLVM.so.22.1-rust-…`
+/// → `llvm-22`): 0.13.0 builds against LLVM 21 to 23.
+fn llvm_feature(lib: &Path) -> Result<String> {
+    let name = lib.file_name().unwrap_or_default().to_string_lossy();
+    let major: u32 = name
+        .trim_start_matches("libLLVM.so.")
+        .split(['.', '-'])
+        .next()
+        .and_then(|m| m.parse().ok())
+        .with_context(|| format!("no LLVM version in {name}"))?;
+    anyhow::ensure!(
+        (21..=23).contains(&major),
+        "the nightly's LLVM {major} ({name}) is not one bpf-linker 0.13.0 supports (21 to 23): \
+         install a nightly of that range (rustup toolchain install nightly-YYYY-MM-DD) \
+         or move bpf-linker to a release that supports LLVM {major}"
+    );
+    Ok(format!("llvm-{major}"))
 }
 
 fn tracefs() -> Result<()> {
@@ -338,4 +358,21 @@ fn debian_packages() -> Result<()> {
             .args(&names)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llvm_feature_follows_the_nightly_major() {
+        let lib = |n: &str| PathBuf::from("/sysroot/lib").join(n);
+        assert_eq!(
+            llvm_feature(&lib("libLLVM.so.22.1-rust-1.97.0-nightly")).unwrap(),
+            "llvm-22"
+        );
+        assert_eq!(llvm_feature(&lib("libLLVM.so.21")).unwrap(), "llvm-21");
+        assert!(llvm_feature(&lib("libLLVM.so.24.0-rust-1.99.0-nightly")).is_err());
+        assert!(llvm_feature(&lib("libLLVM.so")).is_err());
+    }
 }
