@@ -59,6 +59,18 @@ enum Command {
     HashPassword,
 }
 
+/// What `run` and `trace` both start: the kernel side, call sites and
+/// container naming.
+#[derive(Args)]
+struct ProbeArgs {
+    #[command(flatten)]
+    kernel: KernelArgs,
+    #[command(flatten)]
+    call_sites: CallSiteArgs,
+    #[command(flatten)]
+    containers: ContainerArgs,
+}
+
 #[derive(Args)]
 struct RunArgs {
     #[command(flatten)]
@@ -90,11 +102,7 @@ struct RunArgs {
     #[arg(long = "log.summary-interval", default_value = "1m", value_parser = positive_duration)]
     summary_interval: Duration,
     #[command(flatten)]
-    kernel: KernelArgs,
-    #[command(flatten)]
-    call_sites: CallSiteArgs,
-    #[command(flatten)]
-    containers: ContainerArgs,
+    probes: ProbeArgs,
 }
 
 #[derive(Args)]
@@ -163,11 +171,7 @@ struct TraceArgs {
     #[arg(long)]
     stacks: bool,
     #[command(flatten)]
-    kernel: KernelArgs,
-    #[command(flatten)]
-    call_sites: CallSiteArgs,
-    #[command(flatten)]
-    containers: ContainerArgs,
+    probes: ProbeArgs,
 }
 
 impl KernelArgs {
@@ -232,9 +236,9 @@ async fn run(args: RunArgs) -> Result<()> {
     // Before attaching anything, so a bad web config or a busy port fails
     // fast and clean.
     let server = web::Server::bind(&args.web).await?;
-    let mut options = args.kernel.options(Duration::from_secs(10));
+    let mut options = args.probes.kernel.options(Duration::from_secs(10));
     options.by_cgroup = args.pod_labels;
-    let started = start(&options, &args.call_sites, &args.containers)?;
+    let started = start(&options, &args.probes)?;
     let metrics = metrics::Metrics::new(
         args.max_comms,
         args.max_remotes,
@@ -286,11 +290,7 @@ async fn periodic(state: state::State, summaries: Duration) {
 }
 
 async fn trace(args: TraceArgs) -> Result<()> {
-    let started = start(
-        &args.kernel.options(Duration::ZERO),
-        &args.call_sites,
-        &args.containers,
-    )?;
+    let started = start(&args.probes.kernel.options(Duration::ZERO), &args.probes)?;
     eprintln!("sockerr: tracing; Ctrl-C to stop");
     let mut pipeline = pipeline::Running::spawn(started.pipeline, move |output| {
         let pipeline::Output::Finding { finding: f, .. } = output else {
@@ -326,11 +326,8 @@ struct Started {
 
 /// Checks the host, loads and attaches the probes, and drops the
 /// capabilities that needed (keeping those of per-process uprobes).
-fn start(
-    options: &loader::Options,
-    call_sites: &CallSiteArgs,
-    containers: &ContainerArgs,
-) -> Result<Started> {
+fn start(options: &loader::Options, args: &ProbeArgs) -> Result<Started> {
+    let (call_sites, containers) = (&args.call_sites, &args.containers);
     // Read once: checking, loading and attaching all use it.
     let btf = check::kernel_btf();
     check::require(&btf)?;
