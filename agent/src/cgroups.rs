@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::state::lock;
+use crate::locks::lock;
 
 /// How often the cgroup tree may be walked again for an id a walk missed.
 const RESCAN_EVERY: Duration = Duration::from_secs(1);

@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::SystemTime};
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 use sockerr_common::FindingKind;
 
 use crate::{
@@ -51,7 +51,7 @@ pub struct Finding {
     pub syscall: &'static str,
     /// Where the attempt's connect() and SO_ERROR reads were made.
     pub call_sites: CallSites,
-    #[serde(rename = "time", serialize_with = "rfc3339")]
+    #[serde(rename = "time", serialize_with = "decode::serialize_rfc3339")]
     pub at: SystemTime,
 }
 
@@ -137,10 +137,6 @@ impl Finding {
         }
         out
     }
-}
-
-pub fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&decode::rfc3339(*t))
 }
 
 #[cfg(test)]

@@ -15,14 +15,17 @@ use std::{
 
 use serde::Serialize;
 use sockerr_common::FindingKind;
-use strum::EnumCount as _;
+use strum::{EnumCount as _, IntoEnumIterator as _};
 
-use crate::finding::{Finding, rfc3339};
+use crate::{decode, finding::Finding};
 
 const KINDS: usize = FindingKind::COUNT;
 
+/// Where a kind's entry is kept: its place in the derived list of kinds.
 fn slot(kind: FindingKind) -> usize {
-    kind as usize - 1
+    FindingKind::iter()
+        .position(|k| k == kind)
+        .expect("every kind is in the list")
 }
 
 /// The findings of one kind of one process.
@@ -54,9 +57,9 @@ pub struct FindingView<'a> {
     pub finding: &'a Finding,
     /// Findings of this kind from this process.
     pub count: u64,
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "decode::serialize_rfc3339")]
     pub first_seen: SystemTime,
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "decode::serialize_rfc3339")]
     pub last_seen: SystemTime,
 }
 

@@ -12,8 +12,10 @@ mod finding;
 mod findings;
 mod http;
 mod loader;
+mod locks;
 mod logging;
 mod metrics;
+mod parse;
 mod pipeline;
 mod privileges;
 mod proc;
@@ -76,7 +78,7 @@ struct RunArgs {
     #[command(flatten)]
     web: web::WebArgs,
     /// How long a flagged process stays in /findings and sockerr_flagged_processes.
-    #[arg(long, default_value = "15m", value_parser = positive_duration)]
+    #[arg(long, default_value = "15m", value_parser = parse::positive_duration)]
     retention: Duration,
     /// Most flagged processes kept; the least recently seen are dropped first.
     #[arg(long = "max-processes", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -99,7 +101,7 @@ struct RunArgs {
     max_pods: usize,
     /// How often a process that goes on producing findings of a kind is
     /// summarised in the log (its first finding is logged in full at once).
-    #[arg(long = "log.summary-interval", default_value = "1m", value_parser = positive_duration)]
+    #[arg(long = "log.summary-interval", default_value = "1m", value_parser = parse::positive_duration)]
     summary_interval: Duration,
     #[command(flatten)]
     probes: ProbeArgs,
@@ -182,16 +184,6 @@ impl KernelArgs {
             disabled_hooks: self.disable_hooks.clone(),
             by_cgroup: false,
         }
-    }
-}
-
-/// A duration above zero: none of the durations taken means anything at 0
-/// (a retention of 0 would drop each finding as soon as it is recorded).
-fn positive_duration(s: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(s) {
-        Ok(d) if d.is_zero() => Err("must be more than 0".into()),
-        Ok(d) => Ok(d),
-        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -9,7 +9,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEnc
 use sockerr_common::FindingKind;
 use strum::IntoEnumIterator as _;
 
-use crate::state::lock;
+use crate::locks::lock;
 
 /// Bounds a label: the first `max` distinct values keep their name, the
 /// rest are reported as `other`.

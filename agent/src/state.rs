@@ -4,13 +4,14 @@
 //! kernel's maps) never holds up recording findings.
 
 use std::{
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
 use crate::{
     callsites::uprobes::Usage,
     findings::{FindingView, Findings},
+    locks::lock,
     logging,
     metrics::Metrics,
     pipeline::Output,
@@ -23,12 +24,6 @@ pub struct State {
     sampler: Arc<Mutex<Sampler>>,
     metrics: Arc<Metrics>,
     call_sites: Usage,
-}
-
-/// Every lock of the agent: a panic while holding one leaves consistent
-/// data behind, so a poisoned lock is used as it is.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl State {

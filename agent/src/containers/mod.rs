@@ -22,7 +22,7 @@ use std::{
 
 use serde::{Deserialize, de::DeserializeOwned};
 
-use crate::state::lock;
+use crate::locks::lock;
 
 /// The container a process runs in, as far as the node tells.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

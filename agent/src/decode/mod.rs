@@ -9,4 +9,4 @@ mod time;
 pub use comm::{comm, label_value};
 pub use endpoint::endpoint;
 pub use errno::errno_name;
-pub use time::{rfc3339, wall_time};
+pub use time::{rfc3339, serialize_rfc3339, wall_time};

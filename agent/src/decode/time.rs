@@ -15,6 +15,11 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// [`rfc3339`] for serde's `serialize_with`.
+pub fn serialize_rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*t))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

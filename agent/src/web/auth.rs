@@ -18,7 +18,7 @@ use base64::Engine as _;
 use tokio::sync::Semaphore;
 
 use super::Shared;
-use crate::state::lock;
+use crate::locks::lock;
 
 /// Checked against when the user is unknown, so that an unknown user takes
 /// as long as a wrong password and user names cannot be probed by timing.

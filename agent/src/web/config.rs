@@ -29,7 +29,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::tls;
-use crate::state::lock;
+use crate::locks::lock;
 
 /// The file as written. Every level is optional and may be empty (`key:`
 /// with no value), as exporter-toolkit accepts.

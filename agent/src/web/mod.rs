@@ -35,10 +35,10 @@ pub struct WebArgs {
     config_file: Option<PathBuf>,
     /// Time a client has to send a request's headers: from connecting (TLS
     /// handshake included), or from the first byte of a later request.
-    #[arg(long = "web.header-timeout", default_value = "10s", value_parser = crate::positive_duration)]
+    #[arg(long = "web.header-timeout", default_value = "10s", value_parser = crate::parse::positive_duration)]
     header_timeout: Duration,
     /// Time a kept-alive connection may wait for its next request.
-    #[arg(long = "web.idle-timeout", default_value = "90s", value_parser = crate::positive_duration)]
+    #[arg(long = "web.idle-timeout", default_value = "90s", value_parser = crate::parse::positive_duration)]
     idle_timeout: Duration,
     /// Most open connections. At the cap, a new connection closes the oldest
     /// one still waiting for a request (or, if all are busy, is closed).

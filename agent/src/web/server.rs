@@ -40,7 +40,7 @@ use tokio::{
 use tower::ServiceExt as _;
 
 use super::{Shared, auth};
-use crate::state::lock;
+use crate::locks::lock;
 
 #[derive(Clone, Copy)]
 pub struct Limits {
