@@ -5,6 +5,7 @@ use std::{
     collections::{BTreeMap, HashSet},
     io::BufRead,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -34,6 +35,12 @@ const CACHE_MAX: usize = 256;
 /// about 50–100 ms per verification, once per client thanks to the cache.
 const COST: u32 = 10;
 
+/// How long a request waits for the bcrypt slot before it is answered 503:
+/// a request in the queue holds a connection, so a flood of wrong passwords
+/// must not hold connections (up to `--web.max-connections`) for as long as
+/// it can keep the queue full.
+const BCRYPT_WAIT: Duration = Duration::from_secs(1);
+
 /// The kubelet's probes carry no credentials, and "ok" tells nothing.
 const UNAUTHENTICATED_PATH: &str = "/healthz";
 
@@ -45,6 +52,16 @@ pub struct Verifier {
     /// take one core, never every core, and /metrics keeps answering
     /// clients whose credentials are cached.
     bcrypt: Semaphore,
+    wait: Duration,
+}
+
+/// What a request's credentials earned.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    Allowed,
+    Denied,
+    /// Not verified: the bcrypt slot stayed busy for [`BCRYPT_WAIT`].
+    Busy,
 }
 
 impl Default for Verifier {
@@ -52,6 +69,7 @@ impl Default for Verifier {
         Self {
             verified: Mutex::default(),
             bcrypt: Semaphore::new(1),
+            wait: BCRYPT_WAIT,
         }
     }
 }
@@ -63,38 +81,38 @@ impl Verifier {
 
     /// Whether the request's basic-auth credentials name a user whose
     /// bcrypt hash matches the password.
-    async fn check(&self, users: &BTreeMap<String, String>, headers: &HeaderMap) -> bool {
+    async fn check(&self, users: &BTreeMap<String, String>, headers: &HeaderMap) -> Verdict {
         let Some((user, password)) = credentials(headers) else {
-            return false;
+            return Verdict::Denied;
         };
         let stored = users.get(&user);
         let hash = stored.map_or(DECOY_HASH, String::as_str);
         let key = cache_key(&user, hash, &password);
         if stored.is_some() && self.cached(&key) {
-            return true;
+            return Verdict::Allowed;
         }
-        let Ok(_permit) = self.bcrypt.acquire().await else {
-            return false;
+        let Ok(Ok(_permit)) = tokio::time::timeout(self.wait, self.bcrypt.acquire()).await else {
+            return Verdict::Busy;
         };
         // Concurrent requests with the same credentials (a scrape and a
         // retry) wait for one verification, not one each.
         if stored.is_some() && self.cached(&key) {
-            return true;
+            return Verdict::Allowed;
         }
         // Slow on purpose (tens of milliseconds): off the runtime thread.
         let hash = hash.to_owned();
         let matched = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
             .await
             .is_ok_and(|r| r.unwrap_or(false));
-        let ok = matched && stored.is_some();
-        if ok {
-            let mut verified = lock(&self.verified);
-            if verified.len() >= CACHE_MAX {
-                verified.clear();
-            }
-            verified.insert(key);
+        if !(matched && stored.is_some()) {
+            return Verdict::Denied;
         }
-        ok
+        let mut verified = lock(&self.verified);
+        if verified.len() >= CACHE_MAX {
+            verified.clear();
+        }
+        verified.insert(key);
+        Verdict::Allowed
     }
 }
 
@@ -127,16 +145,18 @@ fn credentials(headers: &HeaderMap) -> Option<(String, Vec<u8>)> {
 /// configured headers to the response (401s included).
 pub async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     let active = shared.config.current();
-    let allowed = active.users.is_empty()
-        || request.uri().path() == UNAUTHENTICATED_PATH
-        || shared
+    let verdict = if active.users.is_empty() || request.uri().path() == UNAUTHENTICATED_PATH {
+        Verdict::Allowed
+    } else {
+        shared
             .verifier
             .check(&active.users, request.headers())
-            .await;
-    let mut response = if allowed {
-        next.run(request).await
-    } else {
-        unauthorized()
+            .await
+    };
+    let mut response = match verdict {
+        Verdict::Allowed => next.run(request).await,
+        Verdict::Denied => unauthorized(),
+        Verdict::Busy => busy(),
     };
     response.headers_mut().extend(active.headers.clone());
     response
@@ -155,6 +175,19 @@ fn unauthorized() -> Response {
             (header::CONNECTION, HeaderValue::from_static("close")),
         ],
         "Unauthorized\n",
+    )
+        .into_response()
+}
+
+/// Credentials not checked in time: try again (Prometheus does, next scrape).
+fn busy() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (header::RETRY_AFTER, HeaderValue::from_static("1")),
+            (header::CONNECTION, HeaderValue::from_static("close")),
+        ],
+        "Too many authentications at once\n",
     )
         .into_response()
 }
@@ -222,26 +255,60 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_matching_credentials_pass_and_successes_are_cached() {
+    async fn only_matching_credentials_pass_successes_are_cached_and_waits_are_bounded() {
         let users = BTreeMap::from([("u".to_owned(), bcrypt::hash("pw", 4).unwrap())]);
         let verifier = Verifier::default();
         let header = |user: &str, pw: &str| {
             let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
             basic(&format!("Basic {encoded}"))
         };
-        assert!(!verifier.check(&users, &header("u", "wrong")).await);
-        assert!(!verifier.check(&users, &header("nobody", "pw")).await);
-        assert!(!verifier.check(&users, &HeaderMap::new()).await);
+        let denied = Verdict::Denied;
+        assert_eq!(verifier.check(&users, &header("u", "wrong")).await, denied);
+        assert_eq!(
+            verifier.check(&users, &header("nobody", "pw")).await,
+            denied
+        );
+        assert_eq!(verifier.check(&users, &HeaderMap::new()).await, denied);
         assert!(
             lock(&verifier.verified).is_empty(),
             "failures are not cached"
         );
-        assert!(verifier.check(&users, &header("u", "pw")).await);
+        assert_eq!(
+            verifier.check(&users, &header("u", "pw")).await,
+            Verdict::Allowed
+        );
         assert_eq!(lock(&verifier.verified).len(), 1);
         // The same password against another hash (a reload changed it) is
         // verified again, and fails.
         let changed = BTreeMap::from([("u".to_owned(), bcrypt::hash("new", 4).unwrap())]);
-        assert!(!verifier.check(&changed, &header("u", "pw")).await);
-        assert!(verifier.check(&changed, &header("u", "new")).await);
+        assert_eq!(verifier.check(&changed, &header("u", "pw")).await, denied);
+        assert_eq!(
+            verifier.check(&changed, &header("u", "new")).await,
+            Verdict::Allowed
+        );
+        // While the bcrypt slot is taken, uncached credentials get no
+        // answer but "busy" once the wait is over; cached ones pass.
+        let verifier = Verifier {
+            wait: Duration::from_millis(50),
+            ..Verifier::default()
+        };
+        assert_eq!(
+            verifier.check(&changed, &header("u", "new")).await,
+            Verdict::Allowed
+        );
+        let held = verifier.bcrypt.acquire().await.unwrap();
+        assert_eq!(
+            verifier.check(&changed, &header("u", "other")).await,
+            Verdict::Busy
+        );
+        assert_eq!(
+            verifier.check(&changed, &header("u", "new")).await,
+            Verdict::Allowed
+        );
+        drop(held);
+        assert_eq!(
+            verifier.check(&changed, &header("u", "other")).await,
+            denied
+        );
     }
 }
