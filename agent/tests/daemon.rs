@@ -11,7 +11,10 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Agent, agent_bin, http_get, raw_response, require_root, sample, scenario_env, stop};
+use support::{
+    Agent, Log, agent_bin, eventually, http_get, raw_response, require_root, sample, scenario_env,
+    stop,
+};
 
 fn promtool_check_metrics(exposition: &str) {
     let mut child = Command::new("promtool")
@@ -293,4 +296,87 @@ fn bad_input_fails_clearly_before_attaching() {
     let out = sockerr(&["run", "--retention", "0"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be more than 0"));
+}
+
+/// A kernel without the send and receive hooks (Debian 12's 6.1 where
+/// neither fentry nor kprobes load): the agent runs with the rest, says
+/// what is lost, and still finds masked reads. Without any SO_ERROR hook it
+/// refuses to start.
+#[test]
+fn runs_without_an_optional_probe_and_refuses_without_a_required_one() {
+    if !require_root() {
+        return;
+    }
+    let no_io = [
+        "--kernel.disable-hook",
+        "tp_btf/sock_send_length",
+        "--kernel.disable-hook",
+        "tp_btf/sock_recv_length",
+    ];
+    let check = sockerr(&[&["check"][..], &no_io].concat());
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{text}");
+    for probe in ["send", "recv"] {
+        assert!(text.contains(&format!("absent   probe {probe} ")), "{text}");
+    }
+    assert!(!text.contains("MISSING"), "{text}");
+
+    let agent = Agent::spawn(&agent_bin(), &no_io, Log::Capture);
+    let metrics = agent.metrics();
+    for (probe, hook, value) in [
+        ("send", "none", 0.0),
+        ("recv", "none", 0.0),
+        ("so_error", "cgroup/getsockopt", 1.0),
+    ] {
+        let series = format!(r#"sockerr_probe_attached{{hook="{hook}",probe="{probe}"}}"#);
+        assert_eq!(
+            sample(&metrics, &series),
+            Some(value),
+            "{series}\n{metrics}"
+        );
+    }
+    eventually(
+        Duration::from_secs(5),
+        "a warning for each absent probe",
+        || {
+            let log = agent.log();
+            let warned = |probe: &str| {
+                log.iter()
+                    .any(|l| l.contains("not observed on this kernel") && l.contains(probe))
+            };
+            (warned("probe=send") && warned("probe=recv")).then_some(())
+        },
+    );
+    // The libevent bug's scenario reads twice, then writes and reads: the
+    // masked read is found, the I/O cannot be.
+    let (pid, out) = scenario_env(&["masked"], &[("SCENARIO_LINGER_MS", "1500")]);
+    assert!(out.status.success());
+    let found = agent.wait_findings_of(pid, 1);
+    let kinds: Vec<&Value> = found.iter().map(|f| &f["kind"]).collect();
+    assert_eq!(kinds, ["so_error_masked"], "{found:#?}");
+    drop(agent);
+
+    let no_reads = [
+        "--kernel.disable-hook",
+        "cgroup/getsockopt",
+        "--kernel.disable-hook",
+        "cgroup/getsockopt-compat",
+    ];
+    let check = sockerr(&[&["check"][..], &no_reads].concat());
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(!check.status.success(), "{text}");
+    assert!(text.contains("MISSING  probe so_error "), "{text}");
+    let run = sockerr(
+        &[
+            &["run", "--web.listen-address", "127.0.0.1:0"][..],
+            &no_reads,
+        ]
+        .concat(),
+    );
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        err.contains("cannot observe what sockerr needs on this kernel: so_error:"),
+        "{err}"
+    );
 }
