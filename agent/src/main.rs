@@ -99,6 +99,11 @@ struct RunArgs {
     /// labels; the rest are reported as "other".
     #[arg(long = "metrics.max-pods", default_value_t = 200)]
     max_pods: usize,
+    /// With --metrics.kubernetes-labels: a pod that counted nothing for this
+    /// long gives up its labels (its series are removed), freeing its place
+    /// for new pods.
+    #[arg(long = "metrics.pod-idle", default_value = "15m", value_parser = parse::positive_duration)]
+    pod_idle: Duration,
     /// How often a process that goes on producing findings of a kind is
     /// summarised in the log (its first finding is logged in full at once).
     #[arg(long = "log.summary-interval", default_value = "1m", value_parser = parse::positive_duration)]
@@ -234,7 +239,10 @@ async fn run(args: RunArgs) -> Result<()> {
     let metrics = metrics::Metrics::new(
         args.max_comms,
         args.max_remotes,
-        args.pod_labels.then_some(args.max_pods),
+        args.pod_labels.then_some(metrics::PodCap {
+            max: args.max_pods,
+            idle: args.pod_idle,
+        }),
     );
     for collector in server.collectors() {
         metrics.register(collector);

@@ -3,7 +3,11 @@
 //! pipeline, the kernel sampler and the HTTP handlers share one instance
 //! without a lock around it; only the label caps have their own.
 
-use std::{collections::HashSet, sync::Mutex};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use sockerr_common::FindingKind;
@@ -35,6 +39,49 @@ impl Cap {
             return value;
         }
         "other".to_owned()
+    }
+}
+
+/// Bounds the pod labels (`--metrics.max-pods`) on a node where pods come
+/// and go: a pod that counted nothing for `idle` gives its slot up and its
+/// series are removed, so new pods are named again rather than all becoming
+/// `other` once the cap has seen that many pods.
+pub struct PodCap {
+    pub max: usize,
+    pub idle: Duration,
+}
+
+/// The pods holding a slot, by (namespace, pod), with when each last counted.
+struct Pods {
+    cap: PodCap,
+    seen: HashMap<(String, String), Instant>,
+}
+
+impl Pods {
+    /// Whether the pod keeps its labels, taking a free slot if it has none.
+    fn admit(&mut self, key: (String, String), now: Instant) -> bool {
+        let free = self.seen.len() < self.cap.max;
+        match self.seen.get_mut(&key) {
+            Some(seen) => *seen = now,
+            None if free => drop(self.seen.insert(key, now)),
+            None => return false,
+        }
+        true
+    }
+
+    /// Frees the slots of pods idle since before `now - idle`; returns them.
+    fn expire(&mut self, now: Instant) -> Vec<(String, String)> {
+        let idle = self.cap.idle;
+        let gone: Vec<_> = self
+            .seen
+            .iter()
+            .filter(|(_, seen)| now.saturating_duration_since(**seen) > idle)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &gone {
+            self.seen.remove(key);
+        }
+        gone
     }
 }
 
@@ -76,7 +123,7 @@ pub struct Metrics {
     probe_attached: IntGaugeVec,
     comms: Mutex<Cap>,
     remotes: Mutex<Cap>,
-    pods: Mutex<Cap>,
+    pods: Mutex<Pods>,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -116,10 +163,11 @@ pub enum CommCount {
 impl Metrics {
     /// `max_pods`: with pod labels on the per-process series, how many
     /// distinct pods keep theirs (the rest are `other`).
-    pub fn new(max_comms: usize, max_remotes: usize, max_pods: Option<usize>) -> Self {
+    pub fn new(max_comms: usize, max_remotes: usize, pod_cap: Option<PodCap>) -> Self {
+        let pod_labels = pod_cap.is_some();
         let r = Registry::new();
         let per_process = |labels: &[&'static str]| -> Vec<&'static str> {
-            let pods = max_pods.map_or(&[][..], |_| &POD_LABELS[..]);
+            let pods = if pod_labels { &POD_LABELS[..] } else { &[] };
             labels.iter().chain(pods).copied().collect()
         };
         let build_info = gauge_vec(
@@ -222,10 +270,16 @@ impl Metrics {
                 &["probe", "hook"],
             ),
             registry: r,
-            pod_labels: max_pods.is_some(),
+            pod_labels,
             comms: Mutex::new(Cap::new(max_comms)),
             remotes: Mutex::new(Cap::new(max_remotes)),
-            pods: Mutex::new(Cap::new(max_pods.unwrap_or(0))),
+            pods: Mutex::new(Pods {
+                cap: pod_cap.unwrap_or(PodCap {
+                    max: 0,
+                    idle: Duration::MAX,
+                }),
+                seen: HashMap::new(),
+            }),
         };
         for kind in FindingKind::iter() {
             m.flagged.with_label_values(&[<&str>::from(kind)]).set(0);
@@ -245,18 +299,41 @@ impl Metrics {
         lock(&self.remotes).label(remote)
     }
 
-    /// Pod labels of a process, the pod capped: past `--metrics.max-pods`
-    /// distinct pods, the rest are `other` (all three labels).
-    pub fn pod_label(&self, pod: PodLabels) -> PodLabels {
-        if pod[1].is_empty() {
-            return pod;
-        }
-        let key = format!("{}/{}", pod[0], pod[1]);
-        let admitted = lock(&self.pods).label(key);
-        if admitted == "other" {
-            ["other", "other", "other"].map(String::from)
-        } else {
+    /// Pod labels of a process counting at `now`, the pod capped: while
+    /// `--metrics.max-pods` pods hold a slot, others are `other` (all three
+    /// labels).
+    pub fn pod_label(&self, pod: PodLabels, now: Instant) -> PodLabels {
+        if pod[1].is_empty() || lock(&self.pods).admit((pod[0].clone(), pod[1].clone()), now) {
             pod
+        } else {
+            ["other", "other", "other"].map(String::from)
+        }
+    }
+
+    /// Removes the series of pods that counted nothing for the idle time,
+    /// freeing their slots.
+    pub fn expire_pods(&self, now: Instant) {
+        let gone = lock(&self.pods).expire(now);
+        if gone.is_empty() {
+            return;
+        }
+        for vec in [&self.findings, &self.attempts, &self.failures, &self.reads] {
+            for family in prometheus::core::Collector::collect(vec) {
+                for metric in family.get_metric() {
+                    let labels: HashMap<&str, &str> = metric
+                        .get_label()
+                        .iter()
+                        .map(|l| (l.name(), l.value()))
+                        .collect();
+                    let of_pod = |(ns, pod): &(String, String)| {
+                        labels.get("namespace") == Some(&ns.as_str())
+                            && labels.get("pod") == Some(&pod.as_str())
+                    };
+                    if gone.iter().any(of_pod) {
+                        let _ = vec.remove(&labels);
+                    }
+                }
+            }
         }
     }
 
@@ -432,8 +509,14 @@ mod tests {
 
     #[test]
     fn pod_labels_are_capped_by_pod() {
-        let m = Metrics::new(10, 10, Some(2));
+        let idle = Duration::from_secs(60);
+        let m = Metrics::new(10, 10, Some(PodCap { max: 2, idle }));
         let pod = |ns: &str, name: &str, c: &str| [ns, name, c].map(String::from);
+        let start = Instant::now();
+        let count = |p, at| {
+            let labels = m.pod_label(p, at);
+            m.comm_count("c", Some(&labels), &CommCount::Aborted, 1);
+        };
         for p in [
             pod("shop", "web-0", "nginx"),
             pod("shop", "web-0", "sidecar"),
@@ -441,8 +524,7 @@ mod tests {
             pod("shop", "web-2", "nginx"),
             pod("", "", ""),
         ] {
-            let labels = m.pod_label(p);
-            m.comm_count("c", Some(&labels), &CommCount::Aborted, 1);
+            count(p, start);
         }
         m.comm_count("c", None, &CommCount::Aborted, 1);
         let text = m.render();
@@ -455,6 +537,24 @@ mod tests {
         ] {
             assert!(text.contains(expected), "missing {expected}\n{text}");
         }
+        // web-1 goes on counting; web-0 is idle past the limit: its series
+        // go and its slot is web-2's, which then keeps its name.
+        let later = start + idle + Duration::from_secs(1);
+        count(pod("shop", "web-1", "nginx"), later);
+        m.expire_pods(later);
+        count(pod("shop", "web-2", "nginx"), later);
+        let text = m.render();
+        assert!(!text.contains(r#"pod="web-0""#), "{text}");
+        for expected in [
+            r#"{comm="c",container="nginx",namespace="shop",pod="web-1",result="aborted"} 2"#,
+            r#"{comm="c",container="nginx",namespace="shop",pod="web-2",result="aborted"} 1"#,
+            r#"{comm="c",container="other",namespace="other",pod="other",result="aborted"} 1"#,
+        ] {
+            assert!(text.contains(expected), "missing {expected}\n{text}");
+        }
+        // Nothing idle: nothing removed.
+        m.expire_pods(later);
+        assert_eq!(m.render(), text);
     }
 
     #[test]

@@ -177,11 +177,12 @@ impl Sampler {
                 let comm = metrics.comm_label(decode::label_value(&key.comm));
                 let pod = pods
                     .as_ref()
-                    .map(|pods| metrics.pod_label(pods.labels(key.cgroup_id, now)));
+                    .map(|pods| metrics.pod_label(pods.labels(key.cgroup_id, now), now));
                 metrics.comm_count(&comm, pod.as_ref(), &what, n);
             }
         })?;
         metrics.map_usage("counters", counters, self.counters.totals.capacity);
+        metrics.expire_pods(now);
         let remotes = self.remotes.sample(now, |key, n| {
             let remote =
                 decode::endpoint(&key.remote).map_or_else(|| "unknown".into(), |a| a.to_string());
