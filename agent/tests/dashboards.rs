@@ -4,15 +4,14 @@
 
 mod support;
 
-use std::{
-    collections::HashSet,
-    process::Command,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, process::Command, thread, time::Duration};
 
 use serde_json::Value;
-use support::{Agent, Prometheus, repo, require_root, scenario};
+use support::{
+    Agent, Prometheus, closed_port,
+    container::{CgroupDriver, Container, HostRoot, Pod, Runtime, Spec, so_error_client},
+    eventually, repo, require_root, scenario,
+};
 
 fn dashboard() -> Value {
     let path = repo().join("dashboards/sockerr-overview.json");
@@ -129,17 +128,39 @@ fn alert_rules_pass_promtool() {
     }
 }
 
+/// Two agents scraped by one Prometheus, one with pod labels and a pod's
+/// process flagged, one without: every variable and panel query must work
+/// for both, and the namespace and pod variables list the pod.
 #[test]
 fn every_panel_query_works_against_a_scraped_agent() {
     if !require_root() {
         return;
     }
-    // Pod labels on: the queries must work with and without them.
-    let agent = Agent::with(&["--metrics.kubernetes-labels"]);
-    let prom = Prometheus::start(&format!(
-        "  - job_name: sockerr\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-        agent.port
-    ));
+    let host = HostRoot::new("dashboards");
+    let labelled = Agent::with(&["--metrics.kubernetes-labels", &host.flag()]);
+    let plain = Agent::start();
+    let job = |name: &str, agent: &Agent| {
+        format!(
+            "  - job_name: {name}\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            agent.port
+        )
+    };
+    let prom = Prometheus::start(&(job("pods", &labelled) + &job("plain", &plain)));
+    let pod = Pod::new("shop", "web-0");
+    let container = Container::new(
+        &host,
+        &Spec {
+            runtime: Runtime::Containerd,
+            driver: CgroupDriver::Systemd,
+            pod: &pod,
+            name: "nginx",
+            image: "docker.io/library/nginx:1.22",
+            program: so_error_client(),
+            args: vec![closed_port().to_string(), "masked".into(), "0".into()],
+        },
+    );
+    let out = container.run();
+    assert!(out.status.success(), "runc run: {out:?}");
     for args in [
         &["masked"][..],
         &["success-reread"],
@@ -148,59 +169,79 @@ fn every_panel_query_works_against_a_scraped_agent() {
     ] {
         assert!(scenario(args).1.status.success());
     }
-    // Wait for the findings to be scraped, then for two more scrapes.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while prom
-        .query(r#"sockerr_findings_total{kind="so_error_masked"}"#)
-        .is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "findings never reached Prometheus"
-        );
-        thread::sleep(Duration::from_millis(250));
-    }
+    eventually(
+        Duration::from_secs(30),
+        "both jobs' findings scraped",
+        || {
+            let scraped = |q: &str| !prom.query(q).is_empty();
+            (scraped(r#"sockerr_findings_total{job="pods",namespace="shop",pod="web-0"}"#)
+                && scraped(r#"sockerr_findings_total{job="plain",kind="so_error_masked"}"#))
+            .then_some(())
+        },
+    );
+    // Two more scrapes, so that rates have two points.
     thread::sleep(Duration::from_millis(2500));
 
-    let exposition = agent.get("/metrics").1;
-    let instance = format!("127.0.0.1:{}", agent.port);
-    let substitute = |expr: &str| {
-        expr.replace("$__rate_interval", "30s")
-            .replace("$__range", "5m")
-            .replace("$instance", &instance)
-            .replace("$job", "sockerr")
-            .replace("$comm", ".*")
-            .replace("$namespace", ".*")
-            .replace("$pod", ".*")
-    };
     let d = dashboard();
-    for var in d["templating"]["list"].as_array().unwrap() {
-        let Some(q) = var["query"]
-            .as_str()
-            .and_then(|q| q.strip_prefix("label_values("))
-        else {
-            continue;
+    for (job, agent) in [("pods", &labelled), ("plain", &plain)] {
+        let exposition = agent.get("/metrics").1;
+        let instance = format!("127.0.0.1:{}", agent.port);
+        let substitute = |expr: &str| {
+            expr.replace("$__rate_interval", "30s")
+                .replace("$__range", "5m")
+                .replace("$instance", &instance)
+                .replace("$job", job)
+                .replace("$comm", ".*")
+                .replace("$namespace", ".*")
+                .replace("$pod", ".*")
         };
-        let (selector, label) = q.trim_end_matches(')').rsplit_once(',').unwrap();
-        let expr = format!("count by ({}) ({})", label.trim(), substitute(selector));
-        assert!(
-            !prom.query(&expr).is_empty(),
-            "variable {} has no values",
-            var["name"]
-        );
-    }
-    for (title, expr) in targets(&d) {
-        for name in sockerr_metric_names(&expr) {
+        for var in d["templating"]["list"].as_array().unwrap() {
+            let Some(q) = var["query"]
+                .as_str()
+                .and_then(|q| q.strip_prefix("label_values("))
+            else {
+                continue;
+            };
+            assert_eq!(var["definition"], var["query"], "{}", var["name"]);
+            let (selector, label) = q.trim_end_matches(')').rsplit_once(',').unwrap();
+            let label = label.trim();
+            let expr = format!("count by ({label}) ({})", substitute(selector));
+            let values: Vec<String> = prom
+                .query(&expr)
+                .iter()
+                .filter_map(|r| r["metric"][label].as_str().map(str::to_owned))
+                .collect();
+            let expected = match (label, job) {
+                ("namespace", "pods") => Some("shop"),
+                ("pod", "pods") => Some("web-0"),
+                // No such labels without --metrics.kubernetes-labels.
+                ("namespace" | "pod", _) => None,
+                _ => Some(""),
+            };
+            match expected {
+                Some(value) => assert!(
+                    values.iter().any(|v| !v.is_empty() && v.contains(value)),
+                    "{job}: variable {label} lacks {value:?}: {values:?}"
+                ),
+                None => assert!(values.is_empty(), "{job}: {label}: {values:?}"),
+            }
+        }
+        for (title, expr) in targets(&d) {
+            for name in sockerr_metric_names(&expr) {
+                assert!(
+                    exposition.contains(&format!("# TYPE {name} ")),
+                    "{title}: {name} is not exported"
+                );
+            }
+            let expr = substitute(&expr);
             assert!(
-                exposition.contains(&format!("# TYPE {name} ")),
-                "{title}: {name} is not exported"
+                !expr.contains('$'),
+                "{title}: unsubstituted variable in {expr}"
+            );
+            assert!(
+                !prom.query(&expr).is_empty(),
+                "{job}: {title}: no data for {expr}"
             );
         }
-        let expr = substitute(&expr);
-        assert!(
-            !expr.contains('$'),
-            "{title}: unsubstituted variable in {expr}"
-        );
-        assert!(!prom.query(&expr).is_empty(), "{title}: no data for {expr}");
     }
 }
