@@ -97,6 +97,12 @@ fn attempts_given_up_by_the_application_count_as_aborted() {
     let (aborter, out) =
         run_program(Command::new(scenario_bin()).args(["abort", &hole.port.to_string()]));
     assert!(out.status.success(), "{out:?}");
+    let (shutter, out) = run_program(
+        Command::new(scenario_bin())
+            .args(["abort", &hole.port.to_string(), "shutdown"])
+            .env("SCENARIO_COMM", "shutter"),
+    );
+    assert!(out.status.success(), "{out:?}");
     settles("curl's aborted attempt", 1.0, || {
         agent.attempts("curl", "aborted")
     });
@@ -106,12 +112,15 @@ fn attempts_given_up_by_the_application_count_as_aborted() {
     settles("the scenario's aborted attempt", 1.0, || {
         agent.attempts("sockerr-scenari", "aborted")
     });
-    assert_eq!(by_remote(&agent, &remote, "aborted"), 3.0);
-    for comm in ["curl", "python3"] {
+    settles("the attempt shut down while pending", 1.0, || {
+        agent.attempts("shutter", "aborted")
+    });
+    assert_eq!(by_remote(&agent, &remote, "aborted"), 4.0);
+    for comm in ["curl", "python3", "shutter"] {
         assert_eq!(agent.attempts(comm, "failed"), 0.0, "{comm}");
     }
     let findings = agent.findings();
-    for pid in [curl, python, aborter] {
+    for pid in [curl, python, aborter, shutter] {
         assert!(
             findings.iter().all(|f| f["pid"] != pid),
             "closing a pending socket is no finding: {findings:?}"
@@ -239,10 +248,25 @@ fn remote_endpoints_are_capped() {
         .collect();
     assert!(series.len() <= 101, "{} series", series.len());
     assert!(series.iter().any(|l| l.contains(r#"remote="other""#)));
-    let total: f64 = series
-        .iter()
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    // Other tests' failures may add to the by-remote counter, never less.
-    assert!(total >= 1000.0, "{total}");
+    // Every failed or aborted attempt once by remote, whoever made it (the
+    // host's other processes count too): the by-remote total equals the
+    // per-errno failures plus the aborted attempts, once both are sampled.
+    let sum = |metrics: &str, prefix: &str, filter: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    eventually(
+        Duration::from_secs(10),
+        "by-remote total = failures + aborted",
+        || {
+            let m = agent.metrics();
+            let by_remote = sum(&m, "sockerr_connect_failures_by_remote_total{", "");
+            let failed = sum(&m, "sockerr_connect_failures_total{", "");
+            let aborted = sum(&m, "sockerr_connect_attempts_total{", r#"result="aborted""#);
+            (by_remote >= 1000.0 && by_remote == failed + aborted).then_some(())
+        },
+    );
 }

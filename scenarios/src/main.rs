@@ -86,7 +86,11 @@ fn run(name: &str, v6: bool, rest: &[&str]) -> Result<()> {
         }
         "comms" => comms(v6, rest.first().context("comms <n>")?.parse()?),
         "blackhole" => blackhole(v6),
-        "abort" => abort(v6, rest.first().context("abort <port>")?.parse()?),
+        "abort" => abort(
+            v6,
+            rest.first().context("abort <port> [shutdown]")?.parse()?,
+            rest.get(1) == Some(&"shutdown"),
+        ),
         "exhaust" => exhaust(
             rest.first().context("exhaust <addr> <n>")?.parse()?,
             rest.get(1).context("exhaust <addr> <n>")?.parse()?,
@@ -324,8 +328,9 @@ fn blackhole(v6: bool) -> Result<()> {
 }
 
 /// An application-level connect timeout: a non-blocking connect to a port
-/// that never answers, given up after 200 ms by closing the socket.
-fn abort(v6: bool, port: u16) -> Result<()> {
+/// that never answers, given up after 200 ms by closing the socket, or by
+/// shutting it down (then closed a moment later).
+fn abort(v6: bool, port: u16, shutdown: bool) -> Result<()> {
     let s = Sock::tcp(v6, true)?;
     let ip = if v6 { "[::1]" } else { "127.0.0.1" };
     s.connect(format!("{ip}:{port}").parse()?);
@@ -334,6 +339,11 @@ fn abort(v6: bool, port: u16) -> Result<()> {
         "the connect was answered"
     );
     anyhow::ensure!(s.state_is_syn_sent(), "the connect is not pending");
+    if shutdown {
+        anyhow::ensure!(s.shutdown() == 0, "shutdown failed");
+        anyhow::ensure!(!s.state_is_syn_sent(), "still pending after shutdown");
+        thread::sleep(Duration::from_millis(100));
+    }
     drop(s);
     println!("aborted");
     Ok(())

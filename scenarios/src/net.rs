@@ -169,6 +169,13 @@ impl Sock {
         if ret < 0 { -(errno() as isize) } else { ret }
     }
 
+    /// shutdown(SHUT_RDWR); returns 0 or -errno.
+    pub fn shutdown(&self) -> i32 {
+        // SAFETY: shutdown on an owned fd.
+        let ret = unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
+        if ret < 0 { -errno() } else { ret }
+    }
+
     pub fn state_is_syn_sent(&self) -> bool {
         // SAFETY: tcp_info is plain data; len bounds the kernel's write.
         let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
