@@ -69,9 +69,14 @@ fn decide(sk: *mut c_void, errno: i32) {
 
 /// SYN_SENT → CLOSE with no error: in the task that did it. Still inside
 /// connect() (the socket not yet `SS_CONNECTING`), the kernel gave up
-/// before sending the SYN: with no local port, inet_hash_connect() found
-/// none (`EADDRNOTAVAIL`: ephemeral ports exhausted); otherwise the errno
-/// went back to the process only. After connect() returned, the process
+/// before sending the SYN and the errno went back to the process only: with
+/// no local port it is counted as `EADDRNOTAVAIL` (inet_hash_connect() found
+/// none: ephemeral ports exhausted), otherwise with errno 0 (`unknown`). The
+/// port is a weak witness (docs/design.md §4): tcp_set_state(TCP_CLOSE) gives
+/// it back (inet_put_port() zeroes inet_num) before this tracepoint fires
+/// unless the process bound a port of its own, so any failure here of a
+/// socket that did not bind() a port reads 0, and rarer ones (e.g. `ENOBUFS`)
+/// are counted as `EADDRNOTAVAIL` too. After connect() returned, the process
 /// closed or shut the socket down while the outcome was pending: usually an
 /// application-level connect timeout, counted as aborted, never a finding.
 fn closed_while_pending(sk: *mut c_void) {
