@@ -19,7 +19,7 @@ use support::{
 const MASKED: &str = "so_error_masked";
 const IO: &str = "io_after_failed_connect";
 
-/// The client's arguments: the seed's mistake (`masked`) or one read
+/// The client's arguments: libevent's double read (`masked`) or one read
 /// (`clean`) against `port`, then linger.
 fn client(port: u16, mode: &str, linger_ms: u32) -> Vec<String> {
     vec![port.to_string(), mode.into(), linger_ms.to_string()]
@@ -161,10 +161,11 @@ fn a_crio_pod_is_named_in_sockerr_trace() {
     );
 }
 
-/// Issue 19: containerized clients that make the seed's mistake and exit
-/// at once are named all the same, from the cgroup id and executable name
-/// the kernel recorded with the finding: one job after another, as a
-/// CronJob's pods come, each is named for itself.
+/// Containerized clients that read SO_ERROR twice (libevent's mistake,
+/// docs/design.md §1) and exit at once are named all the same, from the
+/// cgroup id and executable name the kernel recorded with the finding
+/// (docs/design.md §4): one job after another, as a CronJob's pods come,
+/// each is named for itself.
 #[test]
 fn containers_that_exit_at_once_are_named() {
     if !require_root() {

@@ -1,6 +1,6 @@
 //! Detection on real sockets with the real programs loaded (root): the
-//! scenario table of the detection issue, each detection with a clean twin,
-//! then real third-party clients.
+//! scenario table (`scenarios/src/table.rs`: the rules of docs/design.md §3),
+//! each detection with a clean twin, then real third-party clients.
 
 mod support;
 

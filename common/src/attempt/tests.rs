@@ -1,6 +1,7 @@
-//! The state machine as a specification: the scenarios of the detection issue
-//! as a table, then every interleaving of events up to a small length checked
-//! against an independent, whole-history statement of the rules.
+//! The state machine as a specification: the findings and not-findings of
+//! docs/design.md §3 as a table, then every interleaving of events up to a
+//! small length checked against an independent, whole-history statement of
+//! the rules.
 
 use super::*;
 use FindingKind::*;
