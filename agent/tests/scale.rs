@@ -9,7 +9,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
     sync::Mutex,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use support::{Agent, eventually, require_root, scenario_bin};
@@ -62,6 +62,65 @@ fn a_burst_of_findings_is_counted_exactly() {
         });
         assert_eq!(count, 100_000);
     }
+}
+
+/// A process flagged on every connect for a few seconds: one finding record
+/// at its first finding, then at most one per --findings.detail-interval,
+/// none lost; its /findings entry spans the whole run.
+#[test]
+fn finding_records_are_rate_limited_per_process_and_kind() {
+    if !require_root() {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let agent = Agent::with(&["--call-sites=off", "--findings.detail-interval=1s"]);
+    let records = || agent.metric("sockerr_finding_records_total");
+    let before = records();
+    let started = Instant::now();
+    let status = Command::new(scenario_bin())
+        .args(["bench", "masked", "100000"])
+        .env("SCENARIO_COMM", "limited")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    let took = started.elapsed().as_secs_f64();
+    assert!(status.success());
+    assert!(
+        took > 1.5,
+        "the run is too short to test the interval: {took} s"
+    );
+    eventually(Duration::from_secs(10), "100,000 findings", || {
+        (masked(&agent, "limited") == 100_000.0).then_some(())
+    });
+    // The sampler folds the record counters every 5 s: wait for a change.
+    let sent = eventually(Duration::from_secs(10), "records counted", || {
+        let sent = records() - before;
+        (sent > 0.0).then_some(sent)
+    });
+    // The first, then one per second at most (at least one more once the
+    // run outlasted the interval).
+    let least = if took > 1.2 { 2.0 } else { 1.0 };
+    let most = took.ceil() + 1.0;
+    assert!(
+        (least..=most).contains(&sent),
+        "{sent} records for {took:.1} s (from {least} to {most})"
+    );
+    assert_eq!(agent.metric("sockerr_events_lost_total"), 0.0);
+    // The entry's count and last_seen come from the kernel's tally.
+    let entry = eventually(Duration::from_secs(10), "the entry's tally", || {
+        agent
+            .findings()
+            .into_iter()
+            .find(|f| f["comm"] == "limited" && f["count"] == 100_000)
+    });
+    let time = |k: &str| humantime::parse_rfc3339(entry[k].as_str().unwrap()).unwrap();
+    let span = time("last_seen")
+        .duration_since(time("first_seen"))
+        .unwrap();
+    assert!(
+        span.as_secs_f64() > took - 1.0 && span.as_secs_f64() <= took + 0.5,
+        "first_seen to last_seen {span:?} for a {took:.1} s run: {entry:#}"
+    );
 }
 
 /// More attempts alive at once than the attempts map holds: every masked
