@@ -87,7 +87,8 @@ pub fn error(sk: *const c_void) -> i32 {
     }
 }
 
-/// The local port; 0 when connect() could not find one (inet_hash_connect()).
+/// The local port; 0 when connect() found none, or gave it back on failing
+/// (docs/design.md §4).
 pub fn local_port(sk: *const c_void) -> u16 {
     sock_field(sk, offset!(skc_num))
 }
