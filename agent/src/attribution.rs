@@ -38,6 +38,8 @@ pub struct Process {
     pub exe_error: Option<String>,
     /// cgroup v2 path.
     pub cgroup: Option<String>,
+    /// Why `cgroup` is missing.
+    pub cgroup_error: Option<String>,
     pub container: Arc<Container>,
 }
 
@@ -102,6 +104,13 @@ impl Attributor {
             }
             None => self.cgroups.name(record.cgroup_id, now),
         };
+        // The id is every record's; only its path can be missing.
+        let cgroup_error = cgroup.is_none().then(|| {
+            format!(
+                "cgroup {} was removed before it could be named",
+                record.cgroup_id
+            )
+        });
         let container = cgroup
             .as_deref()
             .map(|path| self.containers.resolve(path))
@@ -111,6 +120,7 @@ impl Attributor {
             exe_source,
             exe_error,
             cgroup,
+            cgroup_error,
             container,
         }
     }

@@ -29,6 +29,9 @@ pub struct Finding {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exe_error: Option<String>,
     pub cgroup: Option<String>,
+    /// Why `cgroup` (and so the container and pod) is unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_error: Option<String>,
     pub container_id: Option<String>,
     pub pod_uid: Option<String>,
     /// The container's name (in its pod, for Kubernetes) and image, and the
@@ -74,6 +77,7 @@ impl Finding {
             exe_source: process.exe_source,
             exe_error: process.exe_error.clone(),
             cgroup: process.cgroup.clone(),
+            cgroup_error: process.cgroup_error.clone(),
             container_id: process.container.id.clone(),
             pod_uid: process.container.pod_uid.clone(),
             container: process.container.name.clone(),

@@ -44,6 +44,7 @@ pub fn finding(f: &Finding) {
         exe = f.exe.as_deref().unwrap_or_default(),
         exe_error = f.exe_error.as_deref().unwrap_or_default(),
         cgroup = f.cgroup.as_deref().unwrap_or(""),
+        cgroup_error = f.cgroup_error.as_deref().unwrap_or(""),
         container_id = f.container_id.as_deref().unwrap_or(""),
         pod_uid = f.pod_uid.as_deref().unwrap_or(""),
         container = f.container.as_deref().unwrap_or(""),

@@ -4,10 +4,10 @@
 
 mod support;
 
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
 use nix::{sys::signal, unistd::Pid};
-use support::{Agent, eventually, require_root, scenario};
+use support::{Agent, eventually, require_root, run_program, scenario, scenario_bin};
 
 fn own_cgroup() -> String {
     procfs::process::Process::myself()
@@ -46,6 +46,7 @@ fn a_burst_of_short_lived_processes_is_attributed() {
         assert!(exe.ends_with("sockerr-scenario"), "{f}");
         assert_eq!(f["cgroup"], cgroup.as_str(), "{f}");
         assert!(f.get("exe_error").is_none(), "{f}");
+        assert!(f.get("cgroup_error").is_none(), "{f}");
     }
 }
 
@@ -74,6 +75,50 @@ fn processes_gone_before_the_agent_looks_are_named_by_the_kernel() {
         assert!(
             note.contains("the process exited") && !note.contains("static"),
             "{f}"
+        );
+    }
+}
+
+/// A process in a cgroup that is removed before the agent could name it
+/// (a short-lived container): its finding says why it has no cgroup.
+#[test]
+fn a_cgroup_gone_before_the_agent_looks_is_reported_as_such() {
+    if !require_root() {
+        return;
+    }
+    let mount = procfs::process::Process::myself()
+        .and_then(|me| me.mountinfo())
+        .unwrap()
+        .into_iter()
+        .find(|m| m.fs_type == "cgroup2")
+        .expect("a cgroup v2 mount")
+        .mount_point;
+    let agent = Agent::start();
+    let paused = Pid::from_raw(agent.child.id() as i32);
+    signal::kill(paused, signal::Signal::SIGSTOP).unwrap();
+    // Made once the agent cannot look: it never sees this cgroup.
+    let dir = mount.join(format!("sockerr-gone-{}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap();
+    let (pid, out) = run_program(Command::new("sh").args([
+        "-c",
+        &format!(
+            "echo $$ > {}/cgroup.procs && exec {} masked",
+            dir.display(),
+            scenario_bin().display()
+        ),
+    ]));
+    let removed = std::fs::remove_dir(&dir);
+    signal::kill(paused, signal::Signal::SIGCONT).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    removed.unwrap();
+    for f in findings_of(&agent, &[pid]) {
+        assert!(f["cgroup"].is_null(), "{f}");
+        assert!(f["container_id"].is_null(), "{f}");
+        let why = f["cgroup_error"].as_str().unwrap_or_default();
+        assert!(why.contains("was removed before it could be named"), "{f}");
+        assert_eq!(
+            f["exe"], "sockerr-scenario",
+            "still named by the kernel: {f}"
         );
     }
 }
