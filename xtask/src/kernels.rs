@@ -22,23 +22,37 @@ pub struct Series {
     pub name: &'static str,
     pub suites: &'static [&'static str],
     pub from: &'static str,
+    /// The hooks the agent must pick there for the probes whose hook
+    /// depends on the kernel: (so_error, send, recv), as `sockerr check`
+    /// names them (the README's tested-kernels table).
+    pub hooks: [&'static str; 3],
 }
+
+/// fentry on the TCP send/receive functions: before 6.3's tracepoints.
+const FENTRY_IO: [&str; 2] = ["fentry/tcp_sendmsg", "fentry/tcp_recvmsg"];
 
 pub const SERIES: &[Series] = &[
     Series {
         name: "5.10",
         suites: &["bullseye", "bullseye-security"],
         from: "Debian 11 bullseye",
+        hooks: ["cgroup/getsockopt-compat", FENTRY_IO[0], FENTRY_IO[1]],
     },
     Series {
         name: "6.1",
         suites: &["bookworm", "bookworm-security"],
         from: "Debian 12 bookworm",
+        hooks: ["cgroup/getsockopt", FENTRY_IO[0], FENTRY_IO[1]],
     },
     Series {
         name: "6.12",
         suites: &["bookworm-backports"],
         from: "Debian 12 bookworm-backports",
+        hooks: [
+            "cgroup/getsockopt",
+            "tp_btf/sock_send_length",
+            "tp_btf/sock_recv_length",
+        ],
     },
 ];
 

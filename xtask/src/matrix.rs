@@ -72,12 +72,15 @@ struct Variant {
     name: &'static str,
     /// Extra arguments for `sockerr check` and `sockerr trace`.
     agent_args: &'static [&'static str],
+    /// Hooks it forces, by probe, over the kernel's own choice.
+    forces: &'static [(&'static str, &'static str)],
 }
 
 const VARIANTS: [Variant; 2] = [
     Variant {
         name: "",
         agent_args: &[],
+        forces: &[],
     },
     // sends and receives through kprobes, the last hook of their probes
     // (tp_btf on ≥ 6.3 and fentry elsewhere come first).
@@ -88,6 +91,10 @@ const VARIANTS: [Variant; 2] = [
             "--kernel.disable-hook=tp_btf/sock_recv_length",
             "--kernel.disable-hook=fentry/tcp_sendmsg",
             "--kernel.disable-hook=fentry/tcp_recvmsg",
+        ],
+        forces: &[
+            ("send", "kprobe/tcp_sendmsg"),
+            ("recv", "kprobe/tcp_recvmsg"),
         ],
     },
 ];
@@ -137,14 +144,64 @@ struct Row {
     note: Option<String>,
     lines: Vec<Line>,
     log: Option<PathBuf>,
+    /// Probes that did not get the hook expected on this kernel.
+    wrong_hooks: Vec<String>,
 }
 
 impl Row {
     fn passed(&self) -> bool {
-        self.summary
-            .as_ref()
-            .is_some_and(|s| s.check && s.trace && s.failed.is_empty())
+        self.wrong_hooks.is_empty()
+            && self
+                .summary
+                .as_ref()
+                .is_some_and(|s| s.check && s.trace && s.failed.is_empty())
     }
+}
+
+/// The hook each probe must have: the same everywhere for connect and
+/// release, the series' own for the rest, unless the variant forces one.
+fn expected_hooks(
+    series: &kernels::Series,
+    variant: &Variant,
+) -> Vec<(&'static str, &'static str)> {
+    let [so_error, send, recv] = series.hooks;
+    [
+        ("connect", "tp_btf/inet_sock_set_state"),
+        ("so_error", so_error),
+        ("send", send),
+        ("recv", recv),
+        ("release", "cgroup/sock_release"),
+    ]
+    .into_iter()
+    .map(|(probe, hook)| {
+        let forced = variant.forces.iter().find(|(p, _)| *p == probe);
+        (probe, forced.map_or(hook, |(_, h)| *h))
+    })
+    .collect()
+}
+
+/// Where `sockerr check`'s lines (`check| ok       probe send   fentry/tcp_sendmsg: …`)
+/// disagree with `expected`, e.g. `send: kprobe/tcp_sendmsg, expected fentry/tcp_sendmsg`.
+fn wrong_hooks(lines: &[Line], expected: &[(&str, &str)]) -> Vec<String> {
+    let used = |probe: &str| {
+        lines.iter().find_map(|l| {
+            let rest = l.text.split_once("check| ")?.1;
+            let (status, rest) = rest.split_once(' ')?;
+            let rest = rest.trim_start().strip_prefix("probe ")?;
+            let (name, rest) = rest.split_once(' ')?;
+            (name == probe).then(|| match status {
+                "ok" => rest.trim_start().split(':').next().unwrap_or("").to_owned(),
+                other => other.to_owned(),
+            })
+        })
+    };
+    expected
+        .iter()
+        .filter_map(|(probe, hook)| {
+            let got = used(probe).unwrap_or_else(|| "not in check's output".into());
+            (got != *hook).then(|| format!("{probe}: {got}, expected {hook}"))
+        })
+        .collect()
 }
 
 /// Counts of the result table, for `cargo xtask test`'s closing line.
@@ -557,15 +614,22 @@ fn boot(
         secs(table),
         secs(lines.last().map(|l| l.at))
     );
+    let summary = summary_line.and_then(|(_, text)| Summary::parse(text));
+    let wrong_hooks = if summary.is_some() {
+        wrong_hooks(&lines, &expected_hooks(kernel.series, variant))
+    } else {
+        Vec::new()
+    };
     Ok(Row {
         series: series.into(),
         kernel: kernel.release().into(),
         boot,
         table,
-        summary: summary_line.and_then(|(_, text)| Summary::parse(text)),
+        summary,
         note,
         lines,
         log: Some(log),
+        wrong_hooks,
     })
 }
 
@@ -583,6 +647,7 @@ fn host(agent: &Path, scenario: &Path, out: &Path) -> Result<Row> {
         note: None,
         lines: Vec::new(),
         log: None,
+        wrong_hooks: Vec::new(),
     };
     if !cmd::is_root() {
         anyhow::ensure!(
@@ -645,6 +710,8 @@ fn print_table(rows: &[Row], fetch: Duration, initramfs: Option<Duration>, total
                 format!("{}/{}", s.pass, s.rows),
                 if r.passed() {
                     "PASS".to_owned()
+                } else if !r.wrong_hooks.is_empty() {
+                    format!("FAIL: hooks ({})", r.wrong_hooks.join("; "))
                 } else if !s.trace {
                     "FAIL: agent did not start; no row ran".to_owned()
                 } else if s.failed.is_empty() {
@@ -789,6 +856,40 @@ mod tests {
         let (_, text) = find(&lines, "MATRIX-INIT").unwrap();
         assert_eq!(text, "MATRIX-INIT uptime=3.79 cpus=2");
         assert!(find(&lines, "MATRIX ").is_none());
+    }
+
+    #[test]
+    fn hooks_are_checked_against_the_series() {
+        let line = |text: &str| Line {
+            at: Duration::ZERO,
+            text: text.to_owned(),
+        };
+        let lines = [
+            line(
+                "check| ok       probe connect                tp_btf/inet_sock_set_state: connect attempts",
+            ),
+            line(
+                "check| ok       probe so_error               cgroup/getsockopt: the SO_ERROR values",
+            ),
+            line(
+                "check| ok       probe send                   kprobe/tcp_sendmsg: sends on sockets",
+            ),
+            line(
+                "Booting from ROM..check| absent   probe recv                   no hook works here (…)",
+            ),
+        ];
+        let six_one = kernels::SERIES.iter().find(|s| s.name == "6.1").unwrap();
+        assert_eq!(
+            wrong_hooks(&lines, &expected_hooks(six_one, &VARIANTS[0])),
+            [
+                "send: kprobe/tcp_sendmsg, expected fentry/tcp_sendmsg",
+                "recv: absent, expected fentry/tcp_recvmsg",
+                "release: not in check's output, expected cgroup/sock_release",
+            ]
+        );
+        let kprobes = expected_hooks(six_one, &VARIANTS[1]);
+        assert!(kprobes.contains(&("send", "kprobe/tcp_sendmsg")));
+        assert!(kprobes.contains(&("so_error", "cgroup/getsockopt")));
     }
 
     #[test]
