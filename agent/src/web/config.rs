@@ -624,6 +624,26 @@ mod tests {
             message.contains("tls_server_config.cert_file: reading /nonexistent/c"),
             "{message}"
         );
+        // A verified client certificate is authentication enough; one that
+        // is only checked when given is not.
+        let certificates = |client_auth: &str| {
+            parse(
+                &format!(
+                    "tls_server_config:\n  cert_file: /nonexistent/c\n  key_file: k\n  \
+                     client_auth_type: {client_auth}\n  client_ca_file: ca\n"
+                ),
+                Path::new("/"),
+            )
+            .unwrap()
+        };
+        let required = certificates("RequireAndVerifyClientCert");
+        assert!(required.authenticates());
+        let message = format!("{:#}", activate(required, exposed).err().unwrap());
+        assert!(message.contains("reading /nonexistent/c"), "{message}");
+        let optional = certificates("VerifyClientCertIfGiven");
+        assert!(!optional.authenticates());
+        let message = format!("{:#}", activate(optional, exposed).err().unwrap());
+        assert!(message.contains("refusing"), "{message}");
     }
 
     #[test]

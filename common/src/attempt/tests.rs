@@ -157,9 +157,15 @@ fn scenarios() {
             &[],
         ),
     ];
-    for (name, events, expected) in table {
-        assert_eq!(run(events), *expected, "{name}");
-    }
+    // Every row checked before failing, so one failure hides no other.
+    let wrong: Vec<String> = table
+        .iter()
+        .filter_map(|(name, events, expected)| {
+            let got = run(events);
+            (got != *expected).then(|| format!("{name}: expected {expected:?}, got {got:?}"))
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 #[test]
