@@ -147,12 +147,22 @@ fn real_clients() {
              s.on('error', e => console.log(e.code === 'ECONNREFUSED' ? 'refused' : e.code));"
         );
         let node = run_program(Command::new("node").args(["-e", &js]));
+        // IO::Socket with a timeout: a non-blocking connect, select(), then
+        // a second connect() that returns the error (or EISCONN).
+        let pl = format!(
+            "use IO::Socket::INET; my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', \
+             PeerPort => {port}, Timeout => 5); if ($s) {{ print \"connected\\n\"; \
+             print $s \"GET / HTTP/1.0\\r\\n\\r\\n\"; while (<$s>) {{}} }} \
+             else {{ print $!{{ECONNREFUSED}} ? \"refused\\n\" : \"$!\\n\" }}"
+        );
+        let perl = run_program(Command::new("perl").args(["-e", &pl]));
         // curl's own report: the HTTP status, or 000 when it could not connect.
         let curl_said = if outcome == "connected" { "200" } else { "000" };
         for (name, (pid, out), said) in [
             ("curl", curl, curl_said),
             ("python asyncio", python, outcome),
             ("node net", node, outcome),
+            ("perl IO::Socket", perl, outcome),
         ] {
             assert_eq!(
                 String::from_utf8_lossy(&out.stdout).trim(),
