@@ -4,8 +4,9 @@
 //! once counted, so the maps hold what is active and never stay full: after
 //! [`IDLE`], or after one quiet sample while a map is half full.
 //!
-//! Deleting a key races with the kernel only for an increment that lands
-//! between its last read and its deletion, after it was quiet all that time.
+//! A key is taken (read and deleted in one step) where the kernel can
+//! (Linux ≥ 5.14), so an increment landing since its last read is counted
+//! too; on older kernels it would be lost (docs/design.md §5).
 
 use std::{
     collections::HashMap,
@@ -16,7 +17,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::{
     Pod,
-    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    maps::{MapData, PerCpuArray},
 };
 use sockerr_common::{
     COUNTER_ENTRIES, Counter, CounterKey, FindingKind, HEALTH_SLOTS, Health, REMOTE_ENTRIES,
@@ -28,6 +29,7 @@ use crate::{
     cgroups::CgroupNames,
     containers::Containers,
     decode,
+    loader::{CounterMap, Taken},
     metrics::{ABORTED, CommCount, Metrics, PodLabels},
 };
 
@@ -82,44 +84,49 @@ impl<K: Copy + Eq + Hash> Totals<K> {
         (grew, quiet)
     }
 
-    /// `key` was deleted from the map: it starts again from 0.
-    fn deleted(&mut self, key: &K) {
-        self.seen.remove(key);
+    /// `key` was deleted from the map: it starts again from 0. Returns the
+    /// total counted for it.
+    fn deleted(&mut self, key: &K) -> u64 {
+        self.seen.remove(key).map_or(0, |s| s.total)
     }
 }
 
 /// A per-CPU counter map and its totals.
 struct Tracked<K: Pod> {
-    map: PerCpuHashMap<MapData, K, u64>,
+    map: CounterMap<K>,
     totals: Totals<K>,
 }
 
 impl<K: Pod + Eq + Hash> Tracked<K> {
-    fn new(map: PerCpuHashMap<MapData, K, u64>, capacity: u32) -> Self {
+    fn new(map: CounterMap<K>, capacity: u32) -> Self {
         Self {
             map,
             totals: Totals::new(capacity),
         }
     }
 
-    /// Calls `grew(key, by)` for each key that grew; deletes the quiet ones
-    /// (counted already, so nothing is lost). Returns the keys left.
+    /// Calls `grew(key, by)` for each key that grew; takes the quiet ones
+    /// out, counting what they grew by since they were read. Returns the
+    /// keys left.
     fn sample(&mut self, now: Instant, mut grew: impl FnMut(&K, u64)) -> Result<usize> {
-        let mut read = Vec::new();
-        for entry in self.map.iter() {
-            let (key, per_cpu) = entry.context("reading a counter map")?;
-            read.push((key, per_cpu.iter().sum::<u64>()));
-        }
+        let read = self.map.totals()?;
         let (growth, quiet) = self.totals.update(&read, now);
         for (key, by) in &growth {
             grew(key, *by);
         }
         let mut left = read.len();
         for key in quiet {
-            if self.map.remove(&key).is_ok() {
-                self.totals.deleted(&key);
-                left -= 1;
+            let taken = self.map.take(&key)?;
+            if taken == Taken::Gone {
+                continue;
             }
+            let counted = self.totals.deleted(&key);
+            if let Taken::Total(total) = taken
+                && total > counted
+            {
+                grew(&key, total - counted);
+            }
+            left -= 1;
         }
         Ok(left)
     }
@@ -155,8 +162,8 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(
-        counters: PerCpuHashMap<MapData, CounterKey, u64>,
-        remotes: PerCpuHashMap<MapData, RemoteKey, u64>,
+        counters: CounterMap<CounterKey>,
+        remotes: CounterMap<RemoteKey>,
         health: PerCpuArray<MapData, u64>,
         pods: Option<Pods>,
     ) -> Self {

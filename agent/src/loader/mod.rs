@@ -3,14 +3,17 @@
 //! its hooks this kernel accepts. [`Kernel`] owns the object: dropping it
 //! detaches and unloads every program and link.
 
+mod counter_map;
 pub mod probes;
+
+pub use counter_map::{CounterMap, Taken};
 
 use std::{fs::File, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader, Endianness,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockopt, FEntry, KProbe, Program, UProbe,
     },
@@ -91,8 +94,8 @@ impl Attached {
 /// The maps the agent reads, taken out of the object.
 pub struct Maps {
     pub findings: RingBuf<MapData>,
-    pub counters: PerCpuHashMap<MapData, CounterKey, u64>,
-    pub remotes: PerCpuHashMap<MapData, RemoteKey, u64>,
+    pub counters: CounterMap<CounterKey>,
+    pub remotes: CounterMap<RemoteKey>,
     pub health: PerCpuArray<MapData, u64>,
     pub tallies: HashMap<MapData, TallyKey, Tally>,
     /// User stacks of call sites.
@@ -202,8 +205,8 @@ impl Kernel {
         };
         Ok(Maps {
             findings: RingBuf::try_from(map(names::FINDINGS)?)?,
-            counters: PerCpuHashMap::try_from(map(names::COUNTERS)?)?,
-            remotes: PerCpuHashMap::try_from(map(names::REMOTES)?)?,
+            counters: CounterMap::new(map(names::COUNTERS)?)?,
+            remotes: CounterMap::new(map(names::REMOTES)?)?,
             health: PerCpuArray::try_from(map(names::HEALTH)?)?,
             tallies: HashMap::try_from(map(names::TALLIES)?)?,
             stacks: StackTraceMap::try_from(map(names::STACKS)?)?,
