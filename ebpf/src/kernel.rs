@@ -9,6 +9,7 @@ use aya_ebpf::helpers::{
 };
 use sockerr_common::{Endpoint, FindingRecord, KernelOffsets};
 
+pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u32 = 6;
 pub const TCP_ESTABLISHED: i32 = 1;
@@ -109,6 +110,27 @@ pub fn remote(sk: *const c_void) -> Endpoint {
         family,
         _pad: 0,
     }
+}
+
+/// The endpoint a `struct sockaddr` names (connect()'s argument, copied
+/// into the kernel); None for a family other than IPv4 and IPv6.
+pub fn sockaddr_endpoint(uaddr: *const c_void) -> Option<Endpoint> {
+    // sockaddr_in: family, port, address at 4; sockaddr_in6: family, port,
+    // flowinfo, address at 8.
+    let raw: [u8; 24] = read(uaddr as u64, 0);
+    let family = u16::from_ne_bytes([raw[0], raw[1]]);
+    let mut addr = [0u8; 16];
+    match family {
+        AF_INET => addr[..4].copy_from_slice(&raw[4..8]),
+        AF_INET6 => addr.copy_from_slice(&raw[8..24]),
+        _ => return None,
+    }
+    Some(Endpoint {
+        addr,
+        port: u16::from_be_bytes([raw[2], raw[3]]),
+        family,
+        _pad: 0,
+    })
 }
 
 /// The `struct socket` of a socket's file; 0 once the process closed it.

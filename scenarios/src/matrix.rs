@@ -4,7 +4,10 @@
 //! waits for the findings (a barrier scenario), and prints one line per row
 //! and a closing summary line that `cargo xtask matrix` reads:
 //!
-//! `MATRIX kernel=<release> check=ok|fail trace=ok|fail rows=N pass=N fail=N failed=<row numbers>|-`
+//! `MATRIX kernel=<release> check=ok|fail trace=ok|fail rows=N pass=N fail=N failed=<row numbers>|- unreach=ok|fail|absent|skipped`
+//!
+//! `unreach`: whether `sockerr run` counts a connect() that fails before the
+//! handshake (no route), where the kernel offers the hook for it.
 //!
 //! Runs on the host (root) and as the payload of the kernel-matrix VMs.
 //! Exits 0 only when every row passed.
@@ -21,7 +24,7 @@ use sockerr_scenarios::{
     bpf_stats,
     table::{BARRIER, Case, TABLE},
 };
-use sockerr_testkit::{Tracer, wait_timeout};
+use sockerr_testkit::{Agent, Log, Tracer, closed_port, sample, wait_timeout};
 
 struct Options {
     agent: PathBuf,
@@ -118,6 +121,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         }
     };
 
+    let unreach = unreachable(&options);
     let pass = outcomes.iter().filter(|o| **o == Some(true)).count();
     let failed: Vec<String> = outcomes
         .iter()
@@ -126,7 +130,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         .map(|(i, _)| (i + 1).to_string())
         .collect();
     println!(
-        "MATRIX kernel={kernel} check={} trace={} rows={} pass={pass} fail={} failed={} secs={:.1}",
+        "MATRIX kernel={kernel} check={} trace={} rows={} pass={pass} fail={} failed={} unreach={unreach} secs={:.1}",
         if check { "ok" } else { "fail" },
         if trace_ok { "ok" } else { "fail" },
         TABLE.len(),
@@ -138,10 +142,77 @@ pub fn run(args: &[&str]) -> Result<()> {
         },
         started.elapsed().as_secs_f64(),
     );
-    if !check || !failed.is_empty() {
+    if !check || !failed.is_empty() || unreach == "fail" {
         bail!("the matrix failed on {kernel}");
     }
     Ok(())
+}
+
+/// A connect() to an address with no route, under `sockerr run`: `ok` when
+/// it is counted once as a failure with `ENETUNREACH` (by comm and by
+/// remote) and a refused blocking connect() still once, not also by the
+/// return-value hook; `absent` when this kernel offers no hook for it,
+/// `skipped` when the address is routable here.
+fn unreachable(options: &Options) -> &'static str {
+    let args: Vec<&str> = options.agent_args.iter().map(String::as_str).collect();
+    let agent = match Agent::try_spawn(&options.agent, &args, Log::Discard, options.attach_timeout)
+    {
+        Ok(agent) => agent,
+        Err(e) => {
+            println!("matrix: unreach: {e}");
+            return "fail";
+        }
+    };
+    let metrics = || agent.get("/metrics").1;
+    let absent = r#"sockerr_probe_attached{hook="none",probe="connect_errors"}"#;
+    if sample(&metrics(), absent) == Some(0.0) {
+        return "absent";
+    }
+    let connect = |comm: &str, addr: &str| {
+        std::env::current_exe()
+            .and_then(|me| {
+                Command::new(me)
+                    .args(["connect", addr])
+                    .env("SCENARIO_COMM", comm)
+                    .output()
+            })
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_else(|e| e.to_string())
+    };
+    // TEST-NET-1: the VMs have no route but loopback's.
+    let said = connect("unreachable", "192.0.2.1:9");
+    if said != format!("connect={}", libc::ENETUNREACH) {
+        println!("matrix: unreach: 192.0.2.1 is reachable here ({said}): nothing to count");
+        return "skipped";
+    }
+    let refused = connect("refusedonce", &format!("127.0.0.1:{}", closed_port()));
+    if refused != format!("connect={}", libc::ECONNREFUSED) {
+        println!("matrix: unreach: a connect to a closed port said {refused}");
+        return "fail";
+    }
+    let expected = [
+        r#"sockerr_connect_failures_total{comm="unreachable",errno="ENETUNREACH"}"#,
+        r#"sockerr_connect_failures_by_remote_total{reason="ENETUNREACH",remote="192.0.2.1:9"}"#,
+        r#"sockerr_connect_failures_total{comm="refusedonce",errno="ECONNREFUSED"}"#,
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = metrics();
+        let got: Vec<Option<f64>> = expected.iter().map(|s| sample(&text, s)).collect();
+        if got.iter().all(|v| *v == Some(1.0)) {
+            // Settled, and still once each a moment later.
+            std::thread::sleep(Duration::from_millis(500));
+            let text = metrics();
+            if expected.iter().all(|s| sample(&text, s) == Some(1.0)) {
+                return "ok";
+            }
+        }
+        if Instant::now() >= deadline {
+            println!("matrix: unreach: expected 1 each of {expected:?}, got {got:?}");
+            return "fail";
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// `sockerr check`, its output prefixed with `check| `; true when it exits 0.

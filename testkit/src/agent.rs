@@ -54,6 +54,17 @@ impl Agent {
 
     /// `bin run` with extra flags; returns once it serves /healthz.
     pub fn spawn(bin: &Path, args: &[&str], log: Log) -> Self {
+        Self::try_spawn(bin, args, log, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Agent::spawn`], an error when it does not serve within `timeout`
+    /// (the kernel matrix's emulated CPUs attach slowly).
+    pub fn try_spawn(
+        bin: &Path,
+        args: &[&str],
+        log: Log,
+        timeout: Duration,
+    ) -> Result<Self, String> {
         let port = closed_port();
         let mut child = Command::new(bin)
             .args(["run", "--web.listen-address", &format!("127.0.0.1:{port}")])
@@ -65,7 +76,7 @@ impl Agent {
                 Log::Discard => Stdio::null(),
             })
             .spawn()
-            .expect("starting sockerr run");
+            .map_err(|e| format!("starting sockerr run: {e}"))?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         if let Some(stderr) = child.stderr.take() {
             let sink = lines.clone();
@@ -75,24 +86,23 @@ impl Agent {
                 }
             });
         }
+        // Dropped on every return below: stops it.
         let agent = Self { child, port, lines };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + timeout;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "sockerr run did not start listening"
-            );
+            if Instant::now() >= deadline {
+                return Err("sockerr run did not start listening".into());
+            }
             thread::sleep(Duration::from_millis(50));
         }
         // It listens before attaching; /healthz answers once it serves.
         while http_get(port, "/healthz").0 != 200 {
-            assert!(
-                Instant::now() < deadline,
-                "sockerr run did not become healthy"
-            );
+            if Instant::now() >= deadline {
+                return Err("sockerr run did not become healthy".into());
+            }
             thread::sleep(Duration::from_millis(50));
         }
-        agent
+        Ok(agent)
     }
 
     /// A `sockerr run` started otherwise (e.g. under setpriv), serving on

@@ -15,7 +15,8 @@ use aya::{
     Ebpf, EbpfLoader, Endianness,
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockopt, FEntry, KProbe, Program, UProbe,
+        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockopt, FEntry, FExit, KProbe, Program,
+        UProbe,
     },
 };
 use sockerr_common::{CounterKey, RemoteKey, Tally, TallyKey, names};
@@ -233,6 +234,11 @@ fn attach_program(
         }
         Attach::FEntry(function) => {
             let p: &mut FEntry = program.try_into()?;
+            p.load(function, btf).context("verifier")?;
+            p.attach()?;
+        }
+        Attach::FExit(function) => {
+            let p: &mut FExit = program.try_into()?;
             p.load(function, btf).context("verifier")?;
             p.attach()?;
         }

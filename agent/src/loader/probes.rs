@@ -11,6 +11,8 @@ pub enum Attach {
     TpBtf(&'static str),
     /// fentry on a kernel function (needs BPF trampolines).
     FEntry(&'static str),
+    /// fexit on a kernel function (its return value; BPF trampolines).
+    FExit(&'static str),
     /// A kprobe on a kernel function (needs CONFIG_KPROBES).
     KProbe(&'static str),
     /// `cgroup/getsockopt` on the cgroup v2 root.
@@ -28,6 +30,7 @@ impl std::fmt::Display for Attach {
         match self {
             Attach::TpBtf(tp) => write!(f, "tp_btf/{tp}"),
             Attach::FEntry(func) => write!(f, "fentry/{func}"),
+            Attach::FExit(func) => write!(f, "fexit/{func}"),
             Attach::KProbe(func) => write!(f, "kprobe/{func}"),
             Attach::CgroupGetsockopt => f.write_str("cgroup/getsockopt"),
             Attach::CgroupGetsockoptCompat => f.write_str("cgroup/getsockopt-compat"),
@@ -78,6 +81,16 @@ pub const PROBES: &[Probe] = &[
             hook("so_error", Attach::CgroupGetsockopt),
             hook("so_error_compat", Attach::CgroupGetsockoptCompat),
         ],
+    },
+    Probe {
+        name: "connect_errors",
+        observes: "connect() calls that fail before the handshake starts (no route: \
+                   ENETUNREACH, EHOSTUNREACH; a policy: EPERM, EACCES), counted as failed attempts",
+        required: false,
+        hooks: &[hook(
+            "inet_stream_connect",
+            Attach::FExit("inet_stream_connect"),
+        )],
     },
     Probe {
         name: "send",

@@ -2,6 +2,7 @@
 //! machine in `sockerr-common`.
 
 pub mod call_site;
+pub mod connect;
 pub mod io;
 pub mod release;
 pub mod so_error;

@@ -1,0 +1,46 @@
+//! connect() calls that fail before the attempt enters SYN_SENT: no route
+//! (`ENETUNREACH`, `EHOSTUNREACH`), a policy (`EPERM`, `EACCES`). They
+//! change no TCP state, so only the call's return value shows them; fexit
+//! sees it where the kernel allows BPF trampolines (docs/design.md §7).
+
+use core::ffi::c_void;
+
+use aya_ebpf::{macros::fexit, programs::FExitContext};
+use sockerr_common::Counter;
+
+use crate::{
+    kernel,
+    maps::{Caller, attempt, count, count_remote},
+};
+
+/// Errors that are no failed attempt: still going (`EINPROGRESS`,
+/// `EALREADY`), done already (`EISCONN`), interrupted or would block
+/// (`EINTR`, `EAGAIN`), or bad arguments (`EFAULT`, `EINVAL`,
+/// `EAFNOSUPPORT`).
+const NOT_FAILURES: [i32; 8] = [115, 114, 106, 4, 11, 14, 22, 97];
+
+/// `inet_stream_connect(struct socket *, struct sockaddr *, int, int)`: its
+/// return value follows the four arguments.
+#[fexit(function = "inet_stream_connect")]
+pub fn inet_stream_connect(ctx: FExitContext) -> i32 {
+    // An int: the upper half of the saved register means nothing.
+    let ret: i32 = ctx.arg(4);
+    let errno = ret.wrapping_neg();
+    // Kernel-internal codes (≥ 512, e.g. ERESTARTSYS) never reach the
+    // process as such.
+    if ret >= 0 || errno >= 512 || NOT_FAILURES.contains(&errno) {
+        return 0;
+    }
+    let sock: *const c_void = ctx.arg(0);
+    // An attempt that reached SYN_SENT is counted by the state changes.
+    if attempt(kernel::inode(sock as u64)).is_some() {
+        return 0;
+    }
+    let Some(remote) = kernel::sockaddr_endpoint(ctx.arg(1)) else {
+        return 0;
+    };
+    let caller = Caller::current();
+    count(caller.comm, caller.cgroup_id, Counter::Failed, errno as u16);
+    count_remote(remote, errno, false);
+    0
+}
