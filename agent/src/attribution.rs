@@ -104,12 +104,11 @@ impl Attributor {
             }
             None => self.cgroups.name(record.cgroup_id, now),
         };
-        // The id is every record's; only its path can be missing.
-        let cgroup_error = cgroup.is_none().then(|| {
-            format!(
-                "cgroup {} was removed before it could be named",
-                record.cgroup_id
-            )
+        let cgroup_error = cgroup.is_none().then(|| match record.cgroup_id {
+            0 => "the kernel took no cgroup id".to_owned(),
+            id => format!(
+                "cgroup {id} is not in the cgroup v2 tree: removed before it could be named"
+            ),
         });
         let container = cgroup
             .as_deref()

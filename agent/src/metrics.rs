@@ -52,12 +52,12 @@ pub struct PodCap {
 }
 
 /// The pods holding a slot, by (namespace, pod), with when each last counted.
-struct Pods {
+struct PodSlots {
     cap: PodCap,
     seen: HashMap<(String, String), Instant>,
 }
 
-impl Pods {
+impl PodSlots {
     /// Whether the pod keeps its labels, taking a free slot if it has none.
     fn admit(&mut self, key: (String, String), now: Instant) -> bool {
         let free = self.seen.len() < self.cap.max;
@@ -123,7 +123,7 @@ pub struct Metrics {
     probe_attached: IntGaugeVec,
     comms: Mutex<Cap>,
     remotes: Mutex<Cap>,
-    pods: Mutex<Pods>,
+    pods: Mutex<PodSlots>,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -161,8 +161,8 @@ pub enum CommCount {
 }
 
 impl Metrics {
-    /// `max_pods`: with pod labels on the per-process series, how many
-    /// distinct pods keep theirs (the rest are `other`).
+    /// `pod_cap`: with pod labels on the per-process series, how many pods
+    /// keep theirs at once (the rest are `other`), and for how long idle.
     pub fn new(max_comms: usize, max_remotes: usize, pod_cap: Option<PodCap>) -> Self {
         let pod_labels = pod_cap.is_some();
         let r = Registry::new();
@@ -198,8 +198,10 @@ impl Metrics {
             failures: counter_vec(
                 &r,
                 "sockerr_connect_failures_total",
-                "Failed TCP connect attempts by errno (unknown: a failure inside connect() \
-                 whose errno the kernel keeps nowhere).",
+                "Failed TCP connect attempts by errno. A failure inside connect() after the SYN \
+                 was due keeps no errno: EADDRNOTAVAIL when the socket's local port reads 0 \
+                 (ports exhausted, or given back by any failure of a socket that did not bind), \
+                 else unknown.",
                 &per_process(&["comm", "errno"]),
             ),
             by_remote: counter_vec(
@@ -273,7 +275,7 @@ impl Metrics {
             pod_labels,
             comms: Mutex::new(Cap::new(max_comms)),
             remotes: Mutex::new(Cap::new(max_remotes)),
-            pods: Mutex::new(Pods {
+            pods: Mutex::new(PodSlots {
                 cap: pod_cap.unwrap_or(PodCap {
                     max: 0,
                     idle: Duration::MAX,

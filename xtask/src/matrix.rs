@@ -167,8 +167,9 @@ impl Row {
     }
 }
 
-/// The hook each probe must have: the same everywhere for connect and
-/// release, the series' own for the rest, unless the variant forces one.
+/// The hook each probe must have: the same on every kernel of the matrix
+/// for connect, release and connect_errors, the series' own for the rest,
+/// unless the variant forces one.
 fn expected_hooks(
     series: &kernels::Series,
     variant: &Variant,
@@ -724,7 +725,7 @@ fn print_table(rows: &[Row], fetch: Duration, initramfs: Option<Duration>, total
                 } else if !r.wrong_hooks.is_empty() {
                     format!("FAIL: hooks ({})", r.wrong_hooks.join("; "))
                 } else if s.check && s.trace && s.failed.is_empty() {
-                    "FAIL: a connect() with no route not counted once".to_owned()
+                    format!("FAIL: a connect() with no route: {}", s.unreach)
                 } else if !s.trace {
                     "FAIL: agent did not start; no row ran".to_owned()
                 } else if s.failed.is_empty() {

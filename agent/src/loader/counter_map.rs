@@ -1,8 +1,8 @@
 //! A per-CPU counter map that the agent drains. aya reads and iterates it;
-//! taking a key — its value read and the key deleted in one step, so no
-//! increment can fall between the two — is the kernel's
-//! `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which aya offers for queues and stacks
-//! only (docs/design.md §5, "Kernel counters").
+//! taking a key — its value read and the key deleted in one step, so an
+//! increment can no longer fall between a read and a later deletion — is
+//! the kernel's `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which aya offers for
+//! queues and stacks only (docs/design.md §5, "Kernel counters").
 
 use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 
@@ -21,6 +21,8 @@ pub enum Taken {
     Deleted,
     /// Not in the map.
     Gone,
+    /// Not deleted (an error, logged): still counted from its next read.
+    Kept,
 }
 
 pub struct CounterMap<K: Pod> {
@@ -61,12 +63,12 @@ impl<K: Pod> CounterMap<K> {
 
     /// Deletes `key`, with its total at that instant where the kernel can
     /// tell it.
-    pub fn take(&mut self, key: &K) -> Result<Taken> {
+    pub fn take(&mut self, key: &K) -> Taken {
         if self.atomic {
             let mut values = vec![0u64; self.cpus];
             match lookup_and_delete(&self.fd, key, &mut values) {
-                Ok(()) => return Ok(Taken::Total(values.iter().sum())),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Taken::Gone),
+                Ok(()) => return Taken::Total(values.iter().sum()),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Taken::Gone,
                 // ENOTSUPP (524, kernel-internal) or EINVAL: not for hash maps here.
                 Err(e) if matches!(e.raw_os_error(), Some(524 | libc::EINVAL)) => {
                     tracing::info!(
@@ -75,13 +77,17 @@ impl<K: Pod> CounterMap<K> {
                     );
                     self.atomic = false;
                 }
-                Err(e) => return Err(e).context("taking a counter"),
+                // Left in place: counted from its next read.
+                Err(e) => {
+                    tracing::warn!("taking a counter: {e}");
+                    return Taken::Kept;
+                }
             }
         }
-        Ok(match self.map.remove(key) {
+        match self.map.remove(key) {
             Ok(()) => Taken::Deleted,
-            Err(_) => Taken::Gone,
-        })
+            Err(_) => Taken::Kept,
+        }
     }
 }
 

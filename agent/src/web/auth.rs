@@ -4,7 +4,10 @@
 use std::{
     collections::{BTreeMap, HashSet},
     io::BufRead,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -41,6 +44,10 @@ const COST: u32 = 10;
 /// it can keep the queue full.
 const BCRYPT_WAIT: Duration = Duration::from_secs(1);
 
+/// Requests waiting for the bcrypt slot at once; more are answered 503 at
+/// once, so a flood holds at most this many connections waiting.
+const BCRYPT_QUEUE: usize = 16;
+
 /// The kubelet's probes carry no credentials, and "ok" tells nothing.
 const UNAUTHENTICATED_PATH: &str = "/healthz";
 
@@ -53,6 +60,8 @@ pub struct Verifier {
     /// clients whose credentials are cached.
     bcrypt: Semaphore,
     wait: Duration,
+    /// Requests waiting for `bcrypt` now.
+    waiting: AtomicUsize,
 }
 
 /// What a request's credentials earned.
@@ -60,7 +69,8 @@ pub struct Verifier {
 enum Verdict {
     Allowed,
     Denied,
-    /// Not verified: the bcrypt slot stayed busy for [`BCRYPT_WAIT`].
+    /// Not verified: [`BCRYPT_QUEUE`] requests were waiting already, or the
+    /// bcrypt slot stayed busy for [`BCRYPT_WAIT`].
     Busy,
 }
 
@@ -70,6 +80,7 @@ impl Default for Verifier {
             verified: Mutex::default(),
             bcrypt: Semaphore::new(1),
             wait: BCRYPT_WAIT,
+            waiting: AtomicUsize::new(0),
         }
     }
 }
@@ -91,7 +102,13 @@ impl Verifier {
         if stored.is_some() && self.cached(&key) {
             return Verdict::Allowed;
         }
-        let Ok(Ok(_permit)) = tokio::time::timeout(self.wait, self.bcrypt.acquire()).await else {
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= BCRYPT_QUEUE {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Verdict::Busy;
+        }
+        let permit = tokio::time::timeout(self.wait, self.bcrypt.acquire()).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let Ok(Ok(_permit)) = permit else {
             return Verdict::Busy;
         };
         // Concurrent requests with the same credentials (a scrape and a
@@ -305,6 +322,15 @@ mod tests {
             verifier.check(&changed, &header("u", "new")).await,
             Verdict::Allowed
         );
+        // With the queue full, no wait at all.
+        verifier.waiting.store(BCRYPT_QUEUE, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        assert_eq!(
+            verifier.check(&changed, &header("u", "other")).await,
+            Verdict::Busy
+        );
+        assert!(started.elapsed() < Duration::from_millis(40), "no wait");
+        verifier.waiting.store(0, Ordering::Relaxed);
         drop(held);
         assert_eq!(
             verifier.check(&changed, &header("u", "other")).await,

@@ -13,11 +13,13 @@ use crate::{
     maps::{Caller, attempt, count, count_remote},
 };
 
-/// Errors that are no failed attempt: still going (`EINPROGRESS`,
-/// `EALREADY`), done already (`EISCONN`), interrupted or would block
-/// (`EINTR`, `EAGAIN`), or bad arguments (`EFAULT`, `EINVAL`,
-/// `EAFNOSUPPORT`).
-const NOT_FAILURES: [i32; 8] = [115, 114, 106, 4, 11, 14, 22, 97];
+/// What a connect() can fail with before the handshake starts: no route
+/// or network (`ENETUNREACH`, `EHOSTUNREACH`, `ENETDOWN`), a policy
+/// (`EPERM`, `EACCES`), no source address (`EADDRNOTAVAIL`), no memory
+/// (`ENOBUFS`, `ENOMEM`). An allow-list: anything else (`EINPROGRESS`, an
+/// interrupted or aborted call, bad arguments, an error the state changes
+/// already counted) is left alone.
+const BEFORE_HANDSHAKE: [i32; 8] = [101, 113, 100, 1, 13, 99, 105, 12];
 
 /// `inet_stream_connect(struct socket *, struct sockaddr *, int, int)`: its
 /// return value follows the four arguments.
@@ -26,9 +28,7 @@ pub fn inet_stream_connect(ctx: FExitContext) -> i32 {
     // An int: the upper half of the saved register means nothing.
     let ret: i32 = ctx.arg(4);
     let errno = ret.wrapping_neg();
-    // Kernel-internal codes (≥ 512, e.g. ERESTARTSYS) never reach the
-    // process as such.
-    if ret >= 0 || errno >= 512 || NOT_FAILURES.contains(&errno) {
+    if !BEFORE_HANDSHAKE.contains(&errno) {
         return 0;
     }
     let sock: *const c_void = ctx.arg(0);
