@@ -231,8 +231,6 @@ impl Sampler {
             match slot {
                 Health::RecordsSent => metrics.records(grew, 0),
                 Health::RecordsLost => metrics.records(0, grew),
-                // Counted by kind and comm in COUNTERS.
-                Health::FindingsProduced => {}
                 drop => metrics.kernel_drops(drop.into(), grew),
             }
         }

@@ -337,25 +337,24 @@ pub struct Tally {
     strum(serialize_all = "snake_case")
 )]
 pub enum Health {
-    /// Findings decided.
-    FindingsProduced = 0,
-    /// Finding records sent to the agent.
-    RecordsSent = 1,
+    /// Finding records sent to the agent (the findings themselves are
+    /// counted by kind and comm in `COUNTERS`).
+    RecordsSent = 0,
     /// Finding records dropped because the ring buffer was full (the
     /// findings themselves are still counted).
-    RecordsLost = 2,
+    RecordsLost = 1,
     /// An attempt could not be recorded in `SOCKETS`.
-    StorageUnavailable = 3,
+    StorageUnavailable = 2,
     /// Counter updates dropped because `COUNTERS` was full.
-    CountersFull = 4,
+    CountersFull = 3,
     /// An outcome, `SO_ERROR` read or I/O on a connecting or failed socket
     /// whose attempt is no longer in `SOCKETS` (evicted): not judged.
-    AttemptUntracked = 5,
+    AttemptUntracked = 4,
     /// Remote endpoint counts dropped because `REMOTES` was full.
-    RemotesFull = 6,
+    RemotesFull = 5,
 }
 
-pub const HEALTH_SLOTS: u32 = 7;
+pub const HEALTH_SLOTS: u32 = 6;
 
 /// Offsets of the kernel struct fields the probes read, resolved from
 /// /sys/kernel/btf/vmlinux by the agent (Rust eBPF has no CO-RE relocations)

@@ -332,7 +332,6 @@ pub fn finding(
     trigger: Trigger,
     caller: &Caller,
 ) {
-    health(Health::FindingsProduced);
     let comm = caller.comm;
     count(comm, caller.cgroup_id, Counter::Finding, kind as u16);
     let pid_tgid = caller.pid_tgid;
