@@ -201,11 +201,11 @@ pub fn put_site(site: &CallSite) {
     let _ = PENDING.insert(bpf_get_current_pid_tgid(), site, 0);
 }
 
-/// Takes the call site a uprobe left for the current system call; the
-/// default (not captured) when the process is not instrumented or made the
-/// call without the C library.
-pub fn take_site(op: SiteOp) -> CallSite {
-    let key = bpf_get_current_pid_tgid();
+/// Takes the call site a uprobe left for the current system call of the
+/// thread `pid_tgid`; the default (not captured) when the process is not
+/// instrumented or made the call without the C library.
+pub fn take_site(op: SiteOp, pid_tgid: u64) -> CallSite {
+    let key = pid_tgid;
     // SAFETY: the value is copied out before the entry is removed.
     let Some(site) = (unsafe { PENDING.get(key) }).copied() else {
         return CallSite::default();
@@ -280,15 +280,15 @@ pub fn decided(state: &mut SocketState, errno: i32) {
             count(state.comm, state.cgroup_id, Counter::Established, 0);
         }
     } else if state.attempt.failed(errno) {
-        failed(state, errno);
+        failed(state.comm, state.cgroup_id, state.remote, errno);
     }
 }
 
-/// Counts a failure whose errno the attempt already holds, or that has
-/// none (`errno` 0: a failure inside connect() the kernel keeps no errno of).
-pub fn failed(state: &SocketState, errno: i32) {
-    count(state.comm, state.cgroup_id, Counter::Failed, errno as u16);
-    count_remote(state.remote, errno, false);
+/// Counts a failed attempt by comm and errno, and by remote: `errno` 0 for
+/// a failure inside connect() the kernel keeps no errno of.
+pub fn failed(comm: [u8; TASK_COMM_LEN], cgroup_id: u64, remote: Endpoint, errno: i32) {
+    count(comm, cgroup_id, Counter::Failed, errno as u16);
+    count_remote(remote, errno, false);
 }
 
 /// Who made a call: the current task where the hook may ask, else the task
@@ -303,9 +303,10 @@ pub struct Caller {
 }
 
 impl Caller {
-    pub fn current() -> Self {
+    /// The current task, `pid_tgid` already asked for.
+    pub fn current(pid_tgid: u64) -> Self {
         Self {
-            pid_tgid: bpf_get_current_pid_tgid(),
+            pid_tgid,
             comm: current_comm(),
             cgroup_id: counted_cgroup(),
             current: true,
@@ -348,19 +349,17 @@ pub fn finding(
     // SAFETY: reading read-only globals.
     let interval = unsafe { ptr::read_volatile(&DETAIL_INTERVAL_NS) };
     let previous = tally.record_ns;
+    let due = first || now.wrapping_sub(previous) >= interval;
+    // Within the interval, a record only to carry the call sites of a
+    // process whose sites the agent is collecting.
     // SAFETY: a u8 value, only tested for presence.
-    let collecting = || unsafe { WANT_SITES.get(key.tgid) }.is_some();
-    let sites = if first || now.wrapping_sub(previous) >= interval {
-        call_sites(inode, state)
-    } else if collecting() {
-        // Within the interval: a record only to carry call sites.
-        match call_sites(inode, state) {
-            Some(sites) => Some(sites),
-            None => return,
-        }
-    } else {
+    if !due && unsafe { WANT_SITES.get(key.tgid) }.is_none() {
         return;
-    };
+    }
+    let sites = call_sites(inode, state);
+    if !due && sites.is_none() {
+        return;
+    }
     tally.record_ns = now;
     let Some(mut entry) = FINDINGS.reserve::<FindingRecord>(0) else {
         // The next finding of this tally tries again.

@@ -6,11 +6,10 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{macros::fexit, programs::FExitContext};
-use sockerr_common::Counter;
 
 use crate::{
     kernel,
-    maps::{Caller, attempt, count, count_remote},
+    maps::{attempt, counted_cgroup, current_comm, failed},
 };
 
 /// What a connect() can fail with before the handshake starts: no route
@@ -39,8 +38,6 @@ pub fn inet_stream_connect(ctx: FExitContext) -> i32 {
     let Some(remote) = kernel::sockaddr_endpoint(ctx.arg(1)) else {
         return 0;
     };
-    let caller = Caller::current();
-    count(caller.comm, caller.cgroup_id, Counter::Failed, errno as u16);
-    count_remote(remote, errno, false);
+    failed(current_comm(), counted_cgroup(), remote, errno);
     0
 }

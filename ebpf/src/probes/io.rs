@@ -6,6 +6,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
     macros::{btf_tracepoint, fentry, kprobe},
     programs::{BtfTracePointContext, FEntryContext, ProbeContext},
 };
@@ -74,7 +75,13 @@ fn io(sk: *const c_void, trigger: Trigger) {
     match attempt(inode) {
         Some(state) => {
             if let Some(kind) = state.attempt.io() {
-                finding(inode, state, kind, trigger, &Caller::current());
+                finding(
+                    inode,
+                    state,
+                    kind,
+                    trigger,
+                    &Caller::current(bpf_get_current_pid_tgid()),
+                );
             }
         }
         // Still SS_CONNECTING: a client whose attempt failed, evicted.

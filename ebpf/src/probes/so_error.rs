@@ -5,7 +5,9 @@
 //! `bpf_get_current_pid_tgid` there) and attributes the read to the process
 //! that made the connect, without call sites for reads.
 
-use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::cgroup_sockopt, programs::SockoptContext,
+};
 use sockerr_common::{CallSite, Counter, Health, ReadClass, SS_CONNECTING, SiteOp, Trigger};
 
 use crate::{
@@ -44,9 +46,11 @@ fn observe(ctx: &SockoptContext, ask: bool) {
             opt.__bindgen_anon_3.optval_end,
         )
     };
+    // Asked once, only by the build that may.
+    let pid_tgid = if ask { bpf_get_current_pid_tgid() } else { 0 };
     // Taken before any early return, so it cannot be left for a later call.
     let site = if ask {
-        take_site(SiteOp::Getsockopt)
+        take_site(SiteOp::Getsockopt, pid_tgid)
     } else {
         CallSite::default()
     };
@@ -79,7 +83,7 @@ fn observe(ctx: &SockoptContext, ask: bool) {
         keep_read_site(inode, state, slot, site);
     }
     let caller = if ask {
-        Caller::current()
+        Caller::current(pid_tgid)
     } else {
         Caller::connecting(state)
     };

@@ -37,14 +37,15 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 }
 
 fn start(ctx: &BtfTracePointContext, sk: *mut c_void) {
-    let site = take_site(SiteOp::Connect);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let site = take_site(SiteOp::Connect, pid_tgid);
     let inode = kernel::inode(kernel::socket(sk));
     if inode == 0 {
         return;
     }
     let state = SocketState {
         attempt: Attempt::new(),
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        tgid: (pid_tgid >> 32) as u32,
         remote: kernel::remote(sk),
         started_ns: now_ns(),
         cgroup_id: counted_cgroup(),
@@ -97,7 +98,7 @@ fn closed_while_pending(sk: *mut c_void) {
         };
         // The process may still do I/O on it: the attempt stays, failed.
         state.attempt.failed(errno);
-        failed(state, errno);
+        failed(state.comm, state.cgroup_id, state.remote, errno);
     } else {
         count(state.comm, state.cgroup_id, Counter::Aborted, 0);
         count_remote(state.remote, 0, true);
