@@ -4,10 +4,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     io::BufRead,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -57,11 +54,13 @@ pub struct Verifier {
     verified: Mutex<HashSet<[u8; 32]>>,
     /// One bcrypt verification at a time: a flood of wrong passwords can
     /// take one core, never every core, and /metrics keeps answering
-    /// clients whose credentials are cached.
-    bcrypt: Semaphore,
+    /// clients whose credentials are cached. The permit goes with the
+    /// verification, so a client hanging up cannot start another meanwhile.
+    bcrypt: Arc<Semaphore>,
     wait: Duration,
-    /// Requests waiting for `bcrypt` now.
-    waiting: AtomicUsize,
+    /// Places to wait for `bcrypt` ([`BCRYPT_QUEUE`]); a permit, not a
+    /// count, so a request dropped while waiting gives its place back.
+    queue: Semaphore,
 }
 
 /// What a request's credentials earned.
@@ -78,9 +77,9 @@ impl Default for Verifier {
     fn default() -> Self {
         Self {
             verified: Mutex::default(),
-            bcrypt: Semaphore::new(1),
+            bcrypt: Arc::new(Semaphore::new(1)),
             wait: BCRYPT_WAIT,
-            waiting: AtomicUsize::new(0),
+            queue: Semaphore::new(BCRYPT_QUEUE),
         }
     }
 }
@@ -102,13 +101,12 @@ impl Verifier {
         if stored.is_some() && self.cached(&key) {
             return Verdict::Allowed;
         }
-        if self.waiting.fetch_add(1, Ordering::Relaxed) >= BCRYPT_QUEUE {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let Ok(place) = self.queue.try_acquire() else {
             return Verdict::Busy;
-        }
-        let permit = tokio::time::timeout(self.wait, self.bcrypt.acquire()).await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        let Ok(Ok(_permit)) = permit else {
+        };
+        let permit = tokio::time::timeout(self.wait, self.bcrypt.clone().acquire_owned()).await;
+        drop(place);
+        let Ok(Ok(permit)) = permit else {
             return Verdict::Busy;
         };
         // Concurrent requests with the same credentials (a scrape and a
@@ -118,9 +116,12 @@ impl Verifier {
         }
         // Slow on purpose (tens of milliseconds): off the runtime thread.
         let hash = hash.to_owned();
-        let matched = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
-            .await
-            .is_ok_and(|r| r.unwrap_or(false));
+        let matched = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            bcrypt::verify(password, &hash)
+        })
+        .await
+        .is_ok_and(|r| r.unwrap_or(false));
         if !(matched && stored.is_some()) {
             return Verdict::Denied;
         }
@@ -330,7 +331,7 @@ mod tests {
             ..Verifier::default()
         };
         let _slot = patient.bcrypt.acquire().await.unwrap();
-        patient.waiting.store(BCRYPT_QUEUE, Ordering::Relaxed);
+        let _full = patient.queue.try_acquire_many(BCRYPT_QUEUE as u32).unwrap();
         let answer = tokio::time::timeout(
             Duration::from_secs(10),
             patient.check(&changed, &header("u", "other")),
