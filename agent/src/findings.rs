@@ -225,7 +225,7 @@ impl Findings {
     }
 
     /// Forgets every process past its retention.
-    pub fn expire(&mut self, now: Instant) {
+    fn expire(&mut self, now: Instant) {
         let retention = self.retention;
         self.procs
             .retain(|_, p| now.duration_since(p.last_seen) < retention);

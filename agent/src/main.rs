@@ -182,12 +182,12 @@ struct TraceArgs {
 }
 
 impl KernelArgs {
-    fn options(&self, detail_default: Duration) -> loader::Options {
+    fn options(&self, detail_default: Duration, by_cgroup: bool) -> loader::Options {
         loader::Options {
             max_attempts: self.max_attempts,
             detail_interval: self.detail_interval.unwrap_or(detail_default),
             disabled_hooks: self.disable_hooks.clone(),
-            by_cgroup: false,
+            by_cgroup,
         }
     }
 }
@@ -198,7 +198,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => Ok(check::report(&check::requirements(
             &check::kernel_btf(),
-            Some(&args.kernel.options(Duration::ZERO)),
+            Some(&args.kernel.options(Duration::ZERO, false)),
         ))),
         Command::HashPassword => web::hash_password(std::io::stdin().lock()).map(|hash| {
             println!("{hash}");
@@ -233,8 +233,10 @@ async fn run(args: RunArgs) -> Result<()> {
     // Before attaching anything, so a bad web config or a busy port fails
     // fast and clean.
     let server = web::Server::bind(&args.web).await?;
-    let mut options = args.probes.kernel.options(Duration::from_secs(10));
-    options.by_cgroup = args.pod_labels;
+    let options = args
+        .probes
+        .kernel
+        .options(Duration::from_secs(10), args.pod_labels);
     let started = start(&options, &args.probes)?;
     let metrics = metrics::Metrics::new(
         args.max_comms,
@@ -290,7 +292,10 @@ async fn periodic(state: state::State, summaries: Duration) {
 }
 
 async fn trace(args: TraceArgs) -> Result<()> {
-    let started = start(&args.probes.kernel.options(Duration::ZERO), &args.probes)?;
+    let started = start(
+        &args.probes.kernel.options(Duration::ZERO, false),
+        &args.probes,
+    )?;
     eprintln!("sockerr: tracing; Ctrl-C to stop");
     let mut pipeline = pipeline::Running::spawn(started.pipeline, move |output| {
         let pipeline::Output::Finding { finding: f, .. } = output else {

@@ -108,7 +108,7 @@ impl Proc {
     }
 
     /// When the process started, in clock ticks since boot (`stat` field 22).
-    pub fn start_ticks(&self) -> Result<u64> {
+    fn start_ticks(&self) -> Result<u64> {
         Ok(self.0.stat()?.starttime)
     }
 
@@ -177,7 +177,7 @@ pub fn alive(pid: u32) -> bool {
 }
 
 /// Clock ticks per second, the unit of [`Proc::start_ticks`].
-pub fn ticks_per_second() -> u64 {
+fn ticks_per_second() -> u64 {
     procfs::ticks_per_second()
 }
 

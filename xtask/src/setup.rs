@@ -44,7 +44,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "runc",
         "tests run clients in real OCI containers (cgroups, namespaces)",
     ),
-    ("pkg-config", "tests locate libevent"),
+    (
+        "binutils",
+        "the kernel matrix strips debug info from its binaries (objcopy)",
+    ),
     (
         "nodejs",
         "tests run Node's net.connect as a well-behaved client",

@@ -200,7 +200,9 @@ impl Instrumenter {
             return;
         };
         *captured += 1;
-        if self.keep > 0 && *captured >= self.keep {
+        // Once: a process under the host-wide probes stays instrumented and
+        // goes on counting.
+        if self.keep > 0 && *captured == self.keep {
             // Host-wide probes ([`Mode::All`]) stay; only their records stop.
             if !links.is_empty() {
                 self.procs.insert(pid, Entry::Detached);
@@ -339,10 +341,12 @@ impl Instrumenter {
             .copied()
             .filter(|pid| !proc::alive(*pid))
             .collect();
-        for pid in &gone {
-            self.procs.remove(pid);
+        if !gone.is_empty() {
+            for pid in &gone {
+                self.procs.remove(pid);
+            }
+            self.sync();
         }
-        self.sync();
         gone
     }
 }

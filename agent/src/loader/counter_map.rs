@@ -29,8 +29,8 @@ pub struct CounterMap<K: Pod> {
     map: PerCpuHashMap<MapData, K, u64>,
     /// The same map, for the one command aya does not wrap.
     fd: OwnedFd,
-    /// Possible CPUs: one value each in what the kernel copies out.
-    cpus: usize,
+    /// One value per possible CPU: what the kernel copies out.
+    values: Vec<u64>,
     /// Whether the kernel takes keys in one step (hash maps: Linux ≥ 5.14).
     atomic: bool,
 }
@@ -45,7 +45,7 @@ impl<K: Pod> CounterMap<K> {
         Ok(Self {
             map: PerCpuHashMap::try_from(map)?,
             fd,
-            cpus,
+            values: vec![0; cpus],
             atomic: true,
         })
     }
@@ -65,9 +65,8 @@ impl<K: Pod> CounterMap<K> {
     /// tell it.
     pub fn take(&mut self, key: &K) -> Taken {
         if self.atomic {
-            let mut values = vec![0u64; self.cpus];
-            match lookup_and_delete(&self.fd, key, &mut values) {
-                Ok(()) => return Taken::Total(values.iter().sum()),
+            match lookup_and_delete(&self.fd, key, &mut self.values) {
+                Ok(()) => return Taken::Total(self.values.iter().sum()),
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Taken::Gone,
                 // ENOTSUPP (524, kernel-internal) or EINVAL: not for hash maps here.
                 Err(e) if matches!(e.raw_os_error(), Some(524 | libc::EINVAL)) => {

@@ -40,17 +40,6 @@ pub struct Options {
     pub by_cgroup: bool,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            max_attempts: sockerr_common::DEFAULT_MAX_ATTEMPTS,
-            detail_interval: Duration::ZERO,
-            disabled_hooks: Vec::new(),
-            by_cgroup: false,
-        }
-    }
-}
-
 /// The kernel's BTF, read once and parsed by both readers that need it:
 /// ours (struct offsets, which aya does not expose) and aya's (program
 /// attach points). One read per process: `check` and loading share it.
