@@ -196,13 +196,18 @@ impl Sampler {
     /// Adds what the kernel counted since the last call to `metrics`.
     pub fn sample(&mut self, metrics: &Metrics, now: Instant) -> Result<()> {
         let pods = &self.pods;
+        // Many keys share a cgroup (one per comm, counter and errno): its
+        // labels are looked up once per sample.
+        let mut labelled: HashMap<u64, PodLabels> = HashMap::new();
         let counters = self.counters.sample(now, |key, n| {
             if let Some(what) = comm_count(key) {
                 let comm = metrics.comm_label(decode::label_value(&key.comm));
-                let pod = pods
-                    .as_ref()
-                    .map(|pods| metrics.pod_label(pods.labels(key.cgroup_id, now), now));
-                metrics.comm_count(&comm, pod.as_ref(), &what, n);
+                let pod = pods.as_ref().map(|pods| {
+                    labelled
+                        .entry(key.cgroup_id)
+                        .or_insert_with(|| metrics.pod_label(pods.labels(key.cgroup_id, now), now))
+                });
+                metrics.comm_count(&comm, pod.map(|p| &*p), &what, n);
             }
         })?;
         metrics.map_usage("counters", counters, self.counters.totals.capacity);
