@@ -6,7 +6,6 @@ mod support;
 
 use std::{process::Command, time::Duration};
 
-use nix::{sys::signal, unistd::Pid};
 use support::{Agent, eventually, require_root, run_program, scenario, scenario_bin};
 
 fn own_cgroup() -> String {
@@ -58,10 +57,9 @@ fn processes_gone_before_the_agent_looks_are_named_by_the_kernel() {
         return;
     }
     let agent = Agent::start();
-    let paused = Pid::from_raw(agent.child.id() as i32);
-    signal::kill(paused, signal::Signal::SIGSTOP).unwrap();
+    agent.pause();
     let pids: Vec<u32> = (0..10).map(|_| scenario(&["masked"]).0).collect();
-    signal::kill(paused, signal::Signal::SIGCONT).unwrap();
+    agent.resume();
     let cgroup = own_cgroup();
     for f in findings_of(&agent, &pids) {
         assert_eq!(f["exe"], "sockerr-scenario", "{f}");
@@ -94,8 +92,7 @@ fn a_cgroup_gone_before_the_agent_looks_is_reported_as_such() {
         .expect("a cgroup v2 mount")
         .mount_point;
     let agent = Agent::start();
-    let paused = Pid::from_raw(agent.child.id() as i32);
-    signal::kill(paused, signal::Signal::SIGSTOP).unwrap();
+    agent.pause();
     // Made once the agent cannot look: it never sees this cgroup.
     let dir = mount.join(format!("sockerr-gone-{}", std::process::id()));
     std::fs::create_dir(&dir).unwrap();
@@ -108,7 +105,7 @@ fn a_cgroup_gone_before_the_agent_looks_is_reported_as_such() {
         ),
     ]));
     let removed = std::fs::remove_dir(&dir);
-    signal::kill(paused, signal::Signal::SIGCONT).unwrap();
+    agent.resume();
     assert!(out.status.success(), "{out:?}");
     removed.unwrap();
     for f in findings_of(&agent, &[pid]) {

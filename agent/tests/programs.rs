@@ -68,14 +68,6 @@ fn kinds_of(agent: &Agent, comm: &str) -> Vec<String> {
     kinds
 }
 
-/// Settles: the agent has seen what happened before (a finding of a
-/// process run afterwards arrives after every earlier one).
-fn barrier(agent: &Agent) {
-    let (pid, _) = support::scenario(&["masked"]);
-    let seen = agent.wait_findings_of(pid, 2);
-    assert_eq!(seen.len(), 2, "the barrier scenario was flagged");
-}
-
 #[test]
 fn squid_told_of_a_refused_upstream_is_not_flagged() {
     if !require_root() {
@@ -111,7 +103,7 @@ fn squid_told_of_a_refused_upstream_is_not_flagged() {
     eventually(Duration::from_secs(10), "squid's refused connects", || {
         (agent.attempts("squid", "failed") >= 3.0).then_some(())
     });
-    barrier(&agent);
+    agent.barrier();
     assert_eq!(kinds_of(&agent, "squid"), Vec::<String>::new());
 }
 
@@ -146,7 +138,7 @@ fn php_writing_to_a_refused_async_stream_is_flagged_and_a_blocking_one_is_not() 
         String::from_utf8_lossy(&out.stdout).contains("200 OK"),
         "{out:?}"
     );
-    barrier(&agent);
+    agent.barrier();
     let flagged: Vec<Value> = agent
         .findings()
         .into_iter()
@@ -175,35 +167,24 @@ fn nginx_rereads_with_an_https_upstream_only() {
             (plain_port, format!("http://127.0.0.1:{plain}")),
         ],
     );
-    for _ in 0..5 {
-        assert_eq!(
-            status(&format!("http://127.0.0.1:{https_port}/"), None),
-            200
-        );
-    }
-    eventually(
-        Duration::from_secs(10),
-        "nginx's https upstream connects",
-        || (agent.attempts("nginx", "established") >= 5.0).then_some(()),
-    );
-    barrier(&agent);
+    // Five requests through `port`, and nginx's upstream connects counted
+    // (up to `established` in all), then settled.
+    let proxy_five = |port: u16, established: f64| {
+        for _ in 0..5 {
+            assert_eq!(status(&format!("http://127.0.0.1:{port}/"), None), 200);
+        }
+        eventually(Duration::from_secs(10), "nginx's upstream connects", || {
+            (agent.attempts("nginx", "established") >= established).then_some(())
+        });
+        agent.barrier();
+    };
+    proxy_five(https_port, 5.0);
     assert_eq!(kinds_of(&agent, "nginx"), ["so_error_reread"]);
     let reread = r#"sockerr_findings_total{comm="nginx",kind="so_error_reread"}"#;
     assert!(agent.metric(reread) >= 5.0, "one per upstream connect");
     // The plain upstream: one read per connect, nothing new.
     let before = agent.metric(reread);
-    for _ in 0..5 {
-        assert_eq!(
-            status(&format!("http://127.0.0.1:{plain_port}/"), None),
-            200
-        );
-    }
-    eventually(
-        Duration::from_secs(10),
-        "nginx's plain upstream connects",
-        || (agent.attempts("nginx", "established") >= 10.0).then_some(()),
-    );
-    barrier(&agent);
+    proxy_five(plain_port, 10.0);
     assert_eq!(agent.metric(reread), before);
     assert_eq!(kinds_of(&agent, "nginx"), ["so_error_reread"]);
 }
@@ -237,6 +218,6 @@ fn haproxy_with_a_refused_backend_is_not_flagged() {
         "haproxy's refused connects",
         || (agent.attempts("haproxy", "failed") >= 3.0).then_some(()),
     );
-    barrier(&agent);
+    agent.barrier();
     assert_eq!(kinds_of(&agent, "haproxy"), Vec::<String>::new());
 }

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::{
     net::{closed_port, http_get},
-    programs::{agent_bin, signal, stop},
+    programs::{agent_bin, scenario, signal, stop},
     sample,
 };
 
@@ -141,6 +141,14 @@ impl Agent {
 
     pub fn findings(&self) -> Vec<Value> {
         serde_json::from_str(&self.get("/findings").1).expect("/findings is JSON")
+    }
+
+    /// Settles: the agent has seen what happened before (one ring buffer:
+    /// a finding of a process run afterwards arrives after every earlier one).
+    pub fn barrier(&self) {
+        let (pid, _) = scenario(&["masked"]);
+        let seen = self.wait_findings_of(pid, 2);
+        assert_eq!(seen.len(), 2, "the barrier scenario was flagged");
     }
 
     pub fn wait_findings_of(&self, pid: u32, n: usize) -> Vec<Value> {
