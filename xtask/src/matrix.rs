@@ -268,7 +268,7 @@ pub fn matrix(options: &Options) -> Result<Outcome> {
         }
     }
     if !options.no_host {
-        rows.push(host(&agent, &scenario, &out)?);
+        rows.push(host(&agent, &scenario, &out, options.timeout)?);
     }
 
     print_table(&rows, fetch_time, initramfs_time, started.elapsed());
@@ -645,7 +645,8 @@ fn boot(
 }
 
 /// The runner on this host (root: it loads the programs here).
-fn host(agent: &Path, scenario: &Path, out: &Path) -> Result<Row> {
+/// `timeout`: seconds the runner may take, as for each VM.
+fn host(agent: &Path, scenario: &Path, out: &Path, timeout: u64) -> Result<Row> {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")?
         .trim()
         .to_owned();
@@ -679,14 +680,14 @@ fn host(agent: &Path, scenario: &Path, out: &Path) -> Result<Row> {
             .arg("--agent")
             .arg(agent),
         "host",
-        Duration::from_secs(300),
+        Duration::from_secs(timeout),
         &log,
     )?;
     let summary = find(&lines, "MATRIX ");
     row.table = summary.map(|(l, _)| l.at);
     row.summary = summary.and_then(|(_, text)| Summary::parse(text));
     if timed_out {
-        row.note = Some("killed after 300 s".into());
+        row.note = Some(format!("killed after {timeout} s"));
     } else if row.summary.is_none() {
         row.note = Some("the runner printed no summary".into());
     }
