@@ -2,12 +2,10 @@
 //! agent on the running kernel. Runs `sockerr check`, starts
 //! `sockerr trace --json`, runs every row of the table as its own process,
 //! waits for the findings (a barrier scenario), and prints one line per row
-//! and a closing summary line that `cargo xtask matrix` reads:
-//!
-//! `MATRIX kernel=<release> check=ok|fail trace=ok|fail rows=N pass=N fail=N failed=<row numbers>|- unreach=ok|fail|absent|skipped`
-//!
-//! `unreach`: whether `sockerr run` counts a connect() that fails before the
-//! handshake (no route), where the kernel offers the hook for it.
+//! and a closing summary line that `cargo xtask matrix` reads
+//! (`sockerr_scenarios::summary`), with `unreach`: whether `sockerr run`
+//! counts a connect() that fails before the handshake (no route), where the
+//! kernel offers the hook for it.
 //!
 //! Runs on the host (root) and as the payload of the kernel-matrix VMs.
 //! Exits 0 only when every row passed.
@@ -22,6 +20,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use sockerr_scenarios::{
     bpf_stats,
+    summary::Summary,
     table::{BARRIER, Case, TABLE},
 };
 use sockerr_testkit::{Agent, Log, Tracer, closed_port, sample, wait_timeout};
@@ -122,28 +121,21 @@ pub fn run(args: &[&str]) -> Result<()> {
     };
 
     let unreach = no_route_counted(&options);
-    let pass = outcomes.iter().filter(|o| **o == Some(true)).count();
-    let failed: Vec<String> = outcomes
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| **o != Some(true))
-        .map(|(i, _)| (i + 1).to_string())
-        .collect();
-    println!(
-        "MATRIX kernel={kernel} check={} trace={} rows={} pass={pass} fail={} failed={} unreach={unreach} secs={:.1}",
-        if check { "ok" } else { "fail" },
-        if trace_ok { "ok" } else { "fail" },
-        TABLE.len(),
-        failed.len(),
-        if failed.is_empty() {
-            "-".to_owned()
-        } else {
-            failed.join(",")
-        },
-        started.elapsed().as_secs_f64(),
-    );
-    if !check || !failed.is_empty() || unreach == "fail" {
-        bail!("the matrix failed on {kernel}");
+    let summary = Summary {
+        kernel,
+        check,
+        trace: trace_ok,
+        rows: TABLE.len(),
+        pass: outcomes.iter().filter(|o| **o == Some(true)).count(),
+        failed: (1..=TABLE.len())
+            .filter(|n| outcomes[n - 1] != Some(true))
+            .collect(),
+        unreach: unreach.to_owned(),
+        secs: started.elapsed().as_secs_f64(),
+    };
+    println!("{summary}");
+    if !check || !summary.failed.is_empty() || unreach == "fail" {
+        bail!("the matrix failed on {}", summary.kernel);
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use cpio::{NewcBuilder, newc};
-use sockerr_scenarios::table::TABLE;
+use sockerr_scenarios::{summary::Summary, table::TABLE};
 
 use crate::{build, cmd, kernels, kernels::Kernel};
 
@@ -98,42 +98,6 @@ const VARIANTS: [Variant; 2] = [
         ],
     },
 ];
-
-/// The runner's closing line: `MATRIX kernel=… check=ok trace=ok rows=13 pass=13 fail=0 failed=- unreach=ok secs=…`.
-#[derive(Debug)]
-struct Summary {
-    kernel: String,
-    check: bool,
-    trace: bool,
-    rows: usize,
-    pass: usize,
-    failed: Vec<usize>,
-    /// A connect() with no route counted: ok, fail, absent (no hook for it
-    /// on this kernel) or skipped (the address was routable).
-    unreach: String,
-}
-
-impl Summary {
-    fn parse(line: &str) -> Option<Self> {
-        let rest = line.strip_prefix("MATRIX ")?;
-        let field = |key: &str| {
-            rest.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        };
-        Some(Self {
-            kernel: field("kernel")?.to_owned(),
-            check: field("check")? == "ok",
-            trace: field("trace")? == "ok",
-            rows: field("rows")?.parse().ok()?,
-            pass: field("pass")?.parse().ok()?,
-            failed: field("failed")?
-                .split(',')
-                .filter_map(|n| n.parse().ok())
-                .collect(),
-            unreach: field("unreach")?.to_owned(),
-        })
-    }
-}
 
 /// One line of the result table.
 struct Row {
