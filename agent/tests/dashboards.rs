@@ -10,7 +10,7 @@ use serde_json::Value;
 use support::{
     Agent, Prometheus, closed_port,
     container::{CgroupDriver, Container, HostRoot, Pod, Runtime, Spec, so_error_client},
-    eventually, repo, require_root, scenario,
+    eventually, repo, require_root, run_ok, scenario,
 };
 
 fn dashboard() -> Value {
@@ -114,16 +114,9 @@ fn alert_rules_pass_promtool() {
         &["test", "rules", "sockerr-alerts.test.yml"],
         &["check", "config", "prometheus.yml"],
     ] {
-        let out = Command::new("promtool")
-            .args(args)
-            .current_dir(&dir)
-            .output()
-            .expect("promtool (cargo xtask setup installs prometheus)");
-        assert!(
-            out.status.success(),
-            "promtool {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new("promtool").args(args).current_dir(&dir),
+            &format!("promtool {args:?} (cargo xtask setup installs prometheus)"),
         );
     }
 }

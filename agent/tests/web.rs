@@ -21,7 +21,7 @@ use std::{
 };
 
 use support::{
-    Prometheus, agent_bin, eventually, http_get, raw_response, require_root, sample, stop,
+    Prometheus, agent_bin, eventually, http_get, raw_response, require_root, run_ok, sample, stop,
 };
 
 /// A scratch directory of this test binary.
@@ -42,15 +42,9 @@ fn pki() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = scratch("pki");
         let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .output()
-                .expect("running openssl (cargo xtask setup installs it)");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
+            run_ok(
+                Command::new("openssl").args(args).current_dir(&dir),
+                &format!("openssl {args:?} (cargo xtask setup installs it)"),
             );
         };
         let key = |name: &str| {

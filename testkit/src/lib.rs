@@ -29,8 +29,8 @@ pub use net::{
 };
 pub use nix::sys::signal::Signal;
 pub use programs::{
-    agent_bin, require_root, run_program, scenario, scenario_bin, scenario_env, scenario_exe,
-    signal, stop, wait_timeout,
+    agent_bin, require_root, run_ok, run_program, scenario, scenario_bin, scenario_env,
+    scenario_exe, signal, stop, wait_timeout,
 };
 pub use prometheus::Prometheus;
 pub use tracer::Tracer;

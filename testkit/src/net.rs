@@ -11,7 +11,10 @@ use std::{
     time::Duration,
 };
 
-use crate::{eventually, programs::stop};
+use crate::{
+    eventually,
+    programs::{run_ok, stop},
+};
 
 /// A loopback port nothing listens on.
 pub fn closed_port() -> u16 {
@@ -201,8 +204,10 @@ impl Netns {
 
     /// Runs a command inside the namespace; it must succeed.
     pub fn run(&self, args: &[&str]) {
-        let out = self.command(args[0]).args(&args[1..]).output().unwrap();
-        assert!(out.status.success(), "{args:?} in {}: {out:?}", self.0);
+        run_ok(
+            self.command(args[0]).args(&args[1..]),
+            &format!("{args:?} in {}", self.0),
+        );
     }
 }
 

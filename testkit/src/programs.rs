@@ -92,6 +92,21 @@ pub fn run_program(cmd: &mut Command) -> (u32, Output) {
     (pid, output)
 }
 
+/// Runs a program that must succeed (`what` names it in the panic,
+/// with its output); returns its output.
+pub fn run_ok(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Sends `sig` to a child (SIGSTOP pauses an agent: its findings wait in
 /// the ring buffer; SIGCONT resumes it).
 pub fn signal(child: &Child, sig: signal::Signal) {
