@@ -106,8 +106,6 @@ const POD_LABELS: [&str; 3] = ["namespace", "pod", "container"];
 
 pub struct Metrics {
     registry: Registry,
-    /// Whether the per-process series carry [`POD_LABELS`].
-    pod_labels: bool,
     findings: IntCounterVec,
     attempts: IntCounterVec,
     failures: IntCounterVec,
@@ -123,7 +121,8 @@ pub struct Metrics {
     probe_attached: IntGaugeVec,
     comms: Mutex<Cap>,
     remotes: Mutex<Cap>,
-    pods: Mutex<PodSlots>,
+    /// With [`POD_LABELS`] on the per-process series: the pods holding them.
+    pods: Option<Mutex<PodSlots>>,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -272,15 +271,13 @@ impl Metrics {
                 &["probe", "hook"],
             ),
             registry: r,
-            pod_labels,
             comms: Mutex::new(Cap::new(max_comms)),
             remotes: Mutex::new(Cap::new(max_remotes)),
-            pods: Mutex::new(PodSlots {
-                cap: pod_cap.unwrap_or(PodCap {
-                    max: 0,
-                    idle: Duration::MAX,
-                }),
-                seen: HashMap::new(),
+            pods: pod_cap.map(|cap| {
+                Mutex::new(PodSlots {
+                    cap,
+                    seen: HashMap::new(),
+                })
             }),
         };
         for kind in FindingKind::iter() {
@@ -305,7 +302,10 @@ impl Metrics {
     /// `--metrics.max-pods` pods hold a slot, others are `other` (all three
     /// labels).
     pub fn pod_label(&self, pod: PodLabels, now: Instant) -> PodLabels {
-        if pod[1].is_empty() || lock(&self.pods).admit((pod[0].clone(), pod[1].clone()), now) {
+        let Some(pods) = &self.pods else {
+            return pod;
+        };
+        if pod[1].is_empty() || lock(pods).admit((pod[0].clone(), pod[1].clone()), now) {
             pod
         } else {
             ["other", "other", "other"].map(String::from)
@@ -315,7 +315,10 @@ impl Metrics {
     /// Removes the series of pods that counted nothing for the idle time,
     /// freeing their slots.
     pub fn expire_pods(&self, now: Instant) {
-        let gone = lock(&self.pods).expire(now);
+        let Some(pods) = &self.pods else {
+            return;
+        };
+        let gone = lock(pods).expire(now);
         if gone.is_empty() {
             return;
         }
@@ -342,10 +345,10 @@ impl Metrics {
     /// Adds `n` to what the kernel counted for `comm` (a capped label) in
     /// `pod` (when the series carry pod labels).
     pub fn comm_count(&self, comm: &str, pod: Option<&PodLabels>, what: &CommCount, n: u64) {
-        let pod: Vec<&str> = match (self.pod_labels, pod) {
-            (true, Some(p)) => p.iter().map(String::as_str).collect(),
-            (true, None) => vec![""; 3],
-            (false, _) => Vec::new(),
+        let pod: Vec<&str> = match (&self.pods, pod) {
+            (Some(_), Some(p)) => p.iter().map(String::as_str).collect(),
+            (Some(_), None) => vec![""; 3],
+            (None, _) => Vec::new(),
         };
         fn labels<'a>(base: &[&'a str], pod: &[&'a str]) -> Vec<&'a str> {
             base.iter().chain(pod).copied().collect()
