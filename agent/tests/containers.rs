@@ -195,9 +195,11 @@ fn containers_that_exit_at_once_are_named() {
         tracer.pause();
         run(&buggy);
         tracer.resume();
-        // Its findings, named or not (the comm is the program's).
+        // Its findings, named or not: the program's, to this test's port
+        // (the other tests run the same program in containers meanwhile).
+        let remote = format!("127.0.0.1:{port}");
         let mut found = tracer.wait_matching(
-            |f| f["comm"] == "program",
+            |f| f["comm"] == "program" && f["remote"] == remote.as_str(),
             2 * (n + 1),
             Duration::from_secs(10),
         );
