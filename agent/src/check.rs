@@ -6,7 +6,7 @@ use std::path::Path;
 use caps::{CapSet, Capability};
 
 use crate::{
-    loader::{self, Kernel, KernelBtf},
+    kernel::{self, Kernel, KernelBtf},
     proc,
 };
 
@@ -75,7 +75,7 @@ pub fn kernel_btf() -> Result<KernelBtf, String> {
 /// (detached again at once).
 pub fn requirements(
     btf: &Result<KernelBtf, String>,
-    options: Option<&loader::Options>,
+    options: Option<&kernel::Options>,
 ) -> Vec<Requirement> {
     let mut reqs = vec![req("privileges", privileges())];
     reqs.push(req(
@@ -84,7 +84,7 @@ pub fn requirements(
             .map(|_| {
                 format!(
                     "{} describes the structs the probes read",
-                    crate::btf::VMLINUX
+                    kernel::btf::VMLINUX
                 )
             })
             .map_err(Clone::clone),

@@ -2,7 +2,6 @@
 //! carry on with I/O after a failed connect, seen from the kernel.
 
 mod attribution;
-mod btf;
 mod callsites;
 mod cgroups;
 mod check;
@@ -11,7 +10,7 @@ mod decode;
 mod finding;
 mod findings;
 mod http;
-mod loader;
+mod kernel;
 mod locks;
 mod logging;
 mod metrics;
@@ -182,8 +181,8 @@ struct TraceArgs {
 }
 
 impl KernelArgs {
-    fn options(&self, detail_default: Duration, by_cgroup: bool) -> loader::Options {
-        loader::Options {
+    fn options(&self, detail_default: Duration, by_cgroup: bool) -> kernel::Options {
+        kernel::Options {
             max_attempts: self.max_attempts,
             detail_interval: self.detail_interval.unwrap_or(detail_default),
             disabled_hooks: self.disable_hooks.clone(),
@@ -326,18 +325,18 @@ async fn trace(args: TraceArgs) -> Result<()> {
 struct Started {
     pipeline: pipeline::Pipeline,
     sampler: sampler::Sampler,
-    attached: loader::Attached,
+    attached: kernel::Attached,
 }
 
 /// Checks the host, loads and attaches the probes, and drops the
 /// capabilities that needed (keeping those of per-process uprobes).
-fn start(options: &loader::Options, args: &ProbeArgs) -> Result<Started> {
+fn start(options: &kernel::Options, args: &ProbeArgs) -> Result<Started> {
     let (call_sites, containers) = (&args.call_sites, &args.containers);
     // Read once: checking, loading and attaching all use it.
     let btf = check::kernel_btf();
     check::require(&btf)?;
     let btf = btf.map_err(anyhow::Error::msg)?;
-    let mut kernel = loader::Kernel::load(&btf, options)?;
+    let mut kernel = kernel::Kernel::load(&btf, options)?;
     let attached = kernel.attach(&btf, options)?;
     log_attached(&attached);
     match kernel.logger() {
@@ -387,7 +386,7 @@ fn start(options: &loader::Options, args: &ProbeArgs) -> Result<Started> {
 }
 
 /// One line naming the hook of each probe, and what this kernel cannot offer.
-fn log_attached(attached: &loader::Attached) {
+fn log_attached(attached: &kernel::Attached) {
     let hooks: Vec<String> = attached
         .iter()
         .filter_map(|(p, r)| r.as_ref().ok().map(|h| format!("{}={}", p.name, h.attach)))

@@ -20,7 +20,7 @@ use crate::{
     decode,
     finding::Finding,
     findings::TallyRead,
-    loader::Kernel,
+    kernel::Kernel,
     proc::{self, Proc},
     record::Record,
 };

@@ -29,7 +29,7 @@ use crate::{
     cgroups::CgroupNames,
     containers::Containers,
     decode,
-    loader::{CounterMap, Taken},
+    kernel::{CounterMap, Taken},
     metrics::{ABORTED, CommCount, Metrics, PodLabels},
 };
 

@@ -1,5 +1,5 @@
 //! sockerr's kernel programs: the hooks of the probe table (the agent's
-//! `loader/probes.rs`), each a thin adapter in `probes/` that hands events
+//! `kernel/probes.rs`), each a thin adapter in `probes/` that hands events
 //! to the state machine in `sockerr-common`, and the maps they share
 //! (`maps.rs`). Why these hooks and not syscall tracepoints, what each map
 //! holds and how findings are counted rather than sent: docs/design.md §2

@@ -27,7 +27,7 @@ use blazesym::inspect::{
 use sockerr_common::names;
 
 use super::procmaps::{Mapping, ProcMaps};
-use crate::{loader::Kernel, proc};
+use crate::{kernel::Kernel, proc};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {

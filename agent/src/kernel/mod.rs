@@ -1,8 +1,12 @@
-//! Loading the eBPF object into the kernel and attaching its programs as the
+//! The eBPF object and the kernel's BTF in; attached programs and the agent's maps out.
+//!
+//! Loading the object into the kernel and attaching its programs as the
 //! probe table ([`probes::PROBES`]) says, each probe through the first of
-//! its hooks this kernel accepts. [`Kernel`] owns the object: dropping it
-//! detaches and unloads every program and link.
+//! its hooks this kernel accepts, with struct offsets read from the
+//! kernel's BTF ([`btf`]). [`Kernel`] owns the object: dropping it detaches
+//! and unloads every program and link.
 
+pub mod btf;
 mod counter_map;
 pub mod probes;
 
@@ -22,7 +26,7 @@ use aya::{
 use sockerr_common::{CounterKey, RemoteKey, Tally, TallyKey, names};
 
 use self::probes::{Attach, Hook, PROBES, Probe};
-use crate::{btf, proc};
+use crate::proc;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockerr"));
 
