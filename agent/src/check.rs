@@ -105,7 +105,7 @@ pub fn requirements(
     ));
     reqs.push(req(
         "call sites (optional)",
-        Ok(match crate::callsites::uprobes::unavailable() {
+        Ok(match crate::pipeline::callsites::uprobes::unavailable() {
             None => "uprobes can be attached to flagged processes".into(),
             Some(why) => format!("findings will carry no call sites: {why}"),
         }),

@@ -6,7 +6,10 @@ use clap::ValueEnum;
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::{decode, finding::Finding, findings::Summary};
+use crate::{
+    decode,
+    pipeline::{report::Finding, table::Summary},
+};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Format {

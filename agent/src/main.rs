@@ -1,14 +1,8 @@
 //! sockerr: flags processes that read SO_ERROR twice for one connection or
 //! carry on with I/O after a failed connect, seen from the kernel.
 
-mod attribution;
-mod callsites;
-mod cgroups;
 mod check;
-mod containers;
 mod decode;
-mod finding;
-mod findings;
 mod http;
 mod kernel;
 mod locks;
@@ -18,7 +12,6 @@ mod parse;
 mod pipeline;
 mod privileges;
 mod proc;
-mod record;
 mod sampler;
 mod state;
 mod web;
@@ -27,6 +20,8 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
+
+use crate::pipeline::{attribution, callsites, cgroups, containers, table};
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -252,7 +247,7 @@ async fn run(args: RunArgs) -> Result<()> {
         let hook = hook.as_ref().ok().map(|h| h.attach.to_string());
         metrics.probe(probe.name, hook.as_deref());
     }
-    let findings = findings::Findings::new(args.max_processes as usize, args.retention);
+    let findings = table::Findings::new(args.max_processes as usize, args.retention);
     let usage = started.pipeline.locator.usage();
     let state = state::State::new(findings, started.sampler, metrics, usage);
     let sink = state.clone();

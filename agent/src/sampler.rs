@@ -26,11 +26,10 @@ use sockerr_common::{
 use strum::IntoEnumIterator as _;
 
 use crate::{
-    cgroups::CgroupNames,
-    containers::Containers,
     decode,
     kernel::{CounterMap, Taken},
     metrics::{ABORTED, CommCount, Metrics, PodLabels},
+    pipeline::{cgroups::CgroupNames, containers::Containers},
 };
 
 /// A key that has not grown for this long is counted and deleted.

@@ -9,12 +9,14 @@ use std::{
 };
 
 use crate::{
-    callsites::uprobes::Usage,
-    findings::{FindingView, Findings},
     locks::lock,
     logging,
     metrics::Metrics,
-    pipeline::Output,
+    pipeline::{
+        Output,
+        callsites::uprobes::Usage,
+        table::{FindingView, Findings},
+    },
     sampler::Sampler,
 };
 

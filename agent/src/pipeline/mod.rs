@@ -1,7 +1,19 @@
-//! The event pipeline: finding records from the kernel's ring buffer,
-//! decoded, attributed, given their call sites and handed to a sink; and the
-//! kernel's per-(process, kind) tallies, read periodically so that counts
-//! stay exact between records.
+//! Finding records from the kernel's ring buffer in; findings as users see them out, to a sink.
+//!
+//! The event pipeline, on a thread of its own: each record decoded
+//! ([`record`]), attributed to its process ([`attribution`]), given its call
+//! sites ([`callsites`]) and made a finding ([`report`]) handed to a sink,
+//! which keeps it in the findings table ([`table`]); and the kernel's
+//! per-(process, kind) tallies, read periodically so that counts stay exact
+//! between records.
+
+pub mod attribution;
+pub mod callsites;
+pub mod cgroups;
+pub mod containers;
+pub mod record;
+pub mod report;
+pub mod table;
 
 use std::{
     collections::HashMap,
@@ -14,15 +26,17 @@ use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
 use sockerr_common::{FindingKind, Tally, TallyKey};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::{
+use self::{
     attribution::{Attributor, Process},
     callsites::Locator,
+    record::Record,
+    report::Finding,
+    table::TallyRead,
+};
+use crate::{
     decode,
-    finding::Finding,
-    findings::TallyRead,
     kernel::Kernel,
     proc::{self, Proc},
-    record::Record,
 };
 
 /// The kernel wakes the agent only for the first record of a (process,
@@ -244,7 +258,7 @@ impl<S: FnMut(Output)> Stages<S> {
 
 /// Socket fds of a process that was found running.
 fn socket_fds(process: &Arc<Process>, pid: u32) -> HashMap<u64, i32> {
-    if process.exe_source == Some(crate::attribution::ExeSource::Kernel) {
+    if process.exe_source == Some(attribution::ExeSource::Kernel) {
         return HashMap::new();
     }
     Proc::open(pid).map(|p| p.socket_fds()).unwrap_or_default()

@@ -17,7 +17,8 @@ use serde::Serialize;
 use sockerr_common::FindingKind;
 use strum::{EnumCount as _, IntoEnumIterator as _};
 
-use crate::{decode, finding::Finding};
+use super::report::Finding;
+use crate::decode;
 
 const KINDS: usize = FindingKind::COUNT;
 
@@ -314,7 +315,7 @@ fn account(known: &mut TallyRead, read: TallyRead) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::finding::tests::finding;
+    use crate::pipeline::report::tests::finding;
 
     fn tally(total: u64) -> TallyRead {
         TallyRead { since_ns: 1, total }

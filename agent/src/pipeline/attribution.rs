@@ -11,9 +11,11 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 use serde::Serialize;
 use sockerr_common::FindingRecord;
 
-use crate::{
+use super::{
     cgroups::CgroupNames,
     containers::{self, Container, Containers},
+};
+use crate::{
     decode,
     proc::{Proc, Unreadable},
 };

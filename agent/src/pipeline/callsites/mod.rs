@@ -20,7 +20,8 @@ use self::{
     symbolize::Symbolizer,
     uprobes::{Coverage, Instrumenter, Mode, Usage},
 };
-use crate::{decode, kernel::Kernel, record::Record};
+use super::record::Record;
+use crate::{decode, kernel::Kernel};
 
 /// The call sites of findings: instruments a process from its first
 /// finding (per `--call-sites`), resolves what its uprobes captured, and

@@ -6,12 +6,12 @@ use std::{sync::Arc, time::SystemTime};
 use serde::Serialize;
 use sockerr_common::FindingKind;
 
-use crate::{
+use super::{
     attribution::{ExeSource, Process},
     callsites::CallSites,
-    decode,
     record::Record,
 };
+use crate::decode;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
@@ -150,7 +150,7 @@ pub(crate) mod tests {
     use sockerr_common::{FindingRecord, Trigger};
 
     use super::*;
-    use crate::containers::Container;
+    use crate::pipeline::containers::Container;
 
     /// A record as the kernel sends it.
     pub fn record(pid: u32, kind: FindingKind) -> Record {
