@@ -3,25 +3,23 @@
 
 mod check;
 mod decode;
-mod http;
+mod export;
 mod kernel;
 mod locks;
-mod logging;
-mod metrics;
 mod parse;
 mod pipeline;
 mod privileges;
 mod proc;
-mod sampler;
-mod state;
-mod web;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::pipeline::{attribution, callsites, cgroups, containers, table};
+use crate::{
+    export::{logging, metrics, sampler, state, web},
+    pipeline::{attribution, callsites, cgroups, containers, table},
+};
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -256,7 +254,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let periodic = periodic(state.clone(), args.summary_interval);
     let address = server.local_addr()?;
     tracing::info!(%address, path = args.web.telemetry_path, "sockerr running");
-    let app = http::router(state, &args.web.telemetry_path);
+    let app = web::router(state, &args.web.telemetry_path);
     tokio::select! {
         result = server.serve(app, shutdown()) => result?,
         result = pipeline.ended() => result.context("event pipeline")?,

@@ -1,10 +1,13 @@
+//! The daemon's state and the `--web.*` flags in; HTTP responses out.
+//!
 //! How the HTTP endpoints are served: the `--web.*` flags, the
 //! exporter-toolkit web configuration (TLS, basic auth, response headers)
-//! and an accept loop with timeouts and a connection cap. The routes
-//! themselves are in `http.rs`.
+//! and an accept loop with timeouts and a connection cap. The endpoints
+//! themselves are in [`routes`].
 
 mod auth;
 mod config;
+mod routes;
 mod server;
 mod tls;
 
@@ -15,6 +18,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 pub use auth::hash_password;
+pub use routes::router;
 
 #[derive(clap::Args)]
 pub struct WebArgs {

@@ -25,10 +25,10 @@ use sockerr_common::{
 };
 use strum::IntoEnumIterator as _;
 
+use super::metrics::{ABORTED, CommCount, Metrics, PodLabels};
 use crate::{
     decode,
     kernel::{CounterMap, Taken},
-    metrics::{ABORTED, CommCount, Metrics, PodLabels},
     pipeline::{cgroups::CgroupNames, containers::Containers},
 };
 

@@ -8,16 +8,14 @@ use std::{
     time::Instant,
 };
 
+use super::{logging, metrics::Metrics, sampler::Sampler};
 use crate::{
     locks::lock,
-    logging,
-    metrics::Metrics,
     pipeline::{
         Output,
         callsites::uprobes::Usage,
         table::{FindingView, Findings},
     },
-    sampler::Sampler,
 };
 
 #[derive(Clone)]

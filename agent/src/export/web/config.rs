@@ -485,7 +485,7 @@ mod tests {
 
     #[test]
     fn the_example_file_is_valid_once_its_placeholder_is_replaced() {
-        let example = include_str!("../../../deploy/web-config.example.yml");
+        let example = include_str!("../../../../deploy/web-config.example.yml");
         let message = format!(
             "{:#}",
             parse(example, Path::new("/etc/sockerr")).unwrap_err()

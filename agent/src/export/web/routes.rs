@@ -10,7 +10,7 @@ use axum::{
 use serde::Deserialize;
 use sockerr_common::FindingKind;
 
-use crate::state::State;
+use crate::export::state::State;
 
 const LIMIT_DEFAULT: usize = 1000;
 
