@@ -7,6 +7,7 @@
 
 mod auth;
 mod config;
+mod reload;
 mod routes;
 mod server;
 mod tls;
@@ -65,7 +66,7 @@ fn telemetry_path(s: &str) -> Result<String, String> {
 
 /// What every connection and request reads.
 struct Shared {
-    config: config::WebConfig,
+    config: reload::WebConfig,
     verifier: auth::Verifier,
     limits: server::Limits,
     metrics: server::ConnectionMetrics,
@@ -85,7 +86,7 @@ impl Server {
             .config_file
             .clone()
             .filter(|f| !f.as_os_str().is_empty());
-        let config = config::WebConfig::load(file, args.listen, args.allow_remote)?;
+        let config = reload::WebConfig::load(file, args.listen, args.allow_remote)?;
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
