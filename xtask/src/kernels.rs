@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cmd, setup};
+use crate::{cache, cmd};
 
 /// A kernel series the matrix boots: the cloud flavour (no modules needed,
 /// BTF built in) of the newest Debian package in `suites`.
@@ -84,12 +84,8 @@ fn release_of(package: &str) -> &str {
     package.strip_prefix("linux-image-").unwrap_or(package)
 }
 
-pub fn dir() -> Result<PathBuf> {
-    Ok(setup::cache_dir()?.join("kernels"))
-}
-
 fn apt_dir() -> Result<PathBuf> {
-    Ok(dir()?.join("apt"))
+    Ok(cache::kernels()?.join("apt"))
 }
 
 /// apt's configuration for the private view, read after the system's (`-c`).
@@ -419,7 +415,7 @@ fn resolve(series: &Series) -> Result<(String, String)> {
 /// What a series' cache directory holds: vmlinuz, config, and `package`
 /// ("name version").
 fn cached(series: &'static Series) -> Option<Kernel> {
-    let d = dir().ok()?.join(series.name);
+    let d = cache::kernels().ok()?.join(series.name);
     let text = fs::read_to_string(d.join("package")).ok()?;
     let (package, version) = text.trim().split_once(' ')?;
     let vmlinuz = d.join("vmlinuz");
@@ -433,8 +429,8 @@ fn cached(series: &'static Series) -> Option<Kernel> {
 
 /// Downloads the package and keeps only its vmlinuz and config.
 fn download(series: &'static Series, package: &str, version: &str) -> Result<Kernel> {
-    let d = dir()?.join(series.name);
-    let tmp = dir()?.join(format!("{}.download", series.name));
+    let d = cache::kernels()?.join(series.name);
+    let tmp = cache::kernels()?.join(format!("{}.download", series.name));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
     println!(

@@ -3,6 +3,7 @@
 
 mod bench;
 mod build;
+mod cache;
 mod cmd;
 mod install;
 mod kernels;

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cmd, kernels};
+use crate::{cache, cmd, kernels};
 
 /// Debian packages the build, tests and benchmarks use, with the reason.
 const PACKAGES: &[(&str, &str)] = &[
@@ -195,16 +195,7 @@ fn nightly_llvm() -> Result<PathBuf> {
 fn linker_dir() -> Result<PathBuf> {
     let llvm = nightly_llvm()?;
     let name = llvm.file_name().unwrap().to_string_lossy().into_owned();
-    Ok(cache_dir()?.join("bpf-linker").join(name))
-}
-
-/// Where setup keeps what it builds: $XDG_CACHE_HOME/sockerr or ~/.cache/sockerr.
-pub fn cache_dir() -> Result<PathBuf> {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .context("neither XDG_CACHE_HOME nor HOME is set")?;
-    Ok(cache.join("sockerr"))
+    Ok(cache::dir()?.join("bpf-linker").join(name))
 }
 
 fn bpf_linker() -> Result<PathBuf> {
@@ -293,7 +284,7 @@ fn tracefs() -> Result<()> {
 const PYTHON_TOOLS: &[&str] = &["kubernetes-validate==1.37.0"];
 
 pub fn venv() -> Result<PathBuf> {
-    Ok(cache_dir()?.join("venv"))
+    Ok(cache::dir()?.join("venv"))
 }
 
 fn python_tools() -> Result<()> {
