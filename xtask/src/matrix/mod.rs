@@ -1,0 +1,289 @@
+//! Kernel series and options in; the detection table's result on each kernel out.
+//!
+//! `cargo xtask matrix`: the detection scenario table on other kernels.
+//! Boots Debian's cloud kernels (see `kernels/`) under QEMU with TCG
+//! (KVM fails or hangs on these machines) with an initramfs carrying the
+//! release agent, the scenario program, their C libraries and busybox; init
+//! runs `sockerr-scenario matrix` (check, trace, the table) and powers off.
+//! The same runner runs on this host; then one table, a row per kernel.
+//!
+//! The pieces: the initramfs ([`initramfs`]), the consoles ([`console`]), a
+//! row of the table and what passing means ([`row`]), the table printed
+//! ([`report`]).
+
+mod console;
+mod initramfs;
+mod report;
+mod row;
+
+use std::{
+    fs,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use sockerr_scenarios::summary::Summary;
+
+use self::{
+    console::{find, stream},
+    initramfs::initramfs,
+    report::{print_table, secs},
+    row::{Row, VARIANTS, Variant, expected_hooks, skipped, wrong_hooks},
+};
+use crate::{build, cmd, kernels, kernels::Kernel};
+
+const DEFAULT_TIMEOUT: u64 = 300;
+const DEFAULT_MEMORY: u32 = 1024;
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Kernel series to boot (5.10, 6.1, 6.12); repeat for several. Default: all.
+    #[arg(long = "kernel", value_name = "SERIES")]
+    pub kernels: Vec<String>,
+    /// Boot no VM, run the table on this host only.
+    #[arg(long, conflicts_with = "kernels")]
+    pub host_only: bool,
+    /// Leave out the row for this host.
+    #[arg(long)]
+    pub no_host: bool,
+    /// Refresh the package lists (and kernels) even when fetched less than a week ago.
+    #[arg(long)]
+    pub refresh: bool,
+    /// Seconds one VM may take (boot and table) before it is killed.
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT)]
+    pub timeout: u64,
+    /// Memory of each VM, MiB.
+    #[arg(long, default_value_t = DEFAULT_MEMORY)]
+    pub memory: u32,
+    /// Also print, inside each VM, how often each eBPF program ran and for how
+    /// long (kernel.bpf_stats_enabled=1). Emulated CPU: the times are not
+    /// those of real hardware.
+    #[arg(long)]
+    pub bpf_stats: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            kernels: Vec::new(),
+            host_only: false,
+            no_host: false,
+            refresh: false,
+            timeout: DEFAULT_TIMEOUT,
+            memory: DEFAULT_MEMORY,
+            bpf_stats: false,
+        }
+    }
+}
+
+/// Counts of the result table, for `cargo xtask test`'s closing line.
+pub struct Outcome {
+    pub passed: usize,
+    pub failed: usize,
+}
+
+/// The verb: builds, boots, prints the table; fails when any kernel failed.
+pub fn run(options: &Options) -> Result<()> {
+    let outcome = matrix(options)?;
+    if outcome.failed > 0 {
+        bail!(
+            "the kernel matrix failed on {} of {} kernels",
+            outcome.failed,
+            outcome.passed + outcome.failed
+        );
+    }
+    Ok(())
+}
+
+/// Everything but the final verdict: `cargo xtask test` adds it to its own.
+pub fn matrix(options: &Options) -> Result<Outcome> {
+    let started = Instant::now();
+    let series = if options.host_only {
+        Vec::new()
+    } else {
+        kernels::select(&options.kernels)?
+    };
+    if !series.is_empty() {
+        kernels::qemu()?;
+    }
+
+    let t = Instant::now();
+    let kernels = kernels::ensure(&series, options.refresh)?;
+    let fetch_time = t.elapsed();
+
+    let agent = build::release()?;
+    let scenario = agent.with_file_name("sockerr-scenario");
+    let out = cmd::workspace_root().join("target/matrix");
+    fs::create_dir_all(&out)?;
+
+    let mut rows = Vec::new();
+    let mut initramfs_time = None;
+    if !kernels.is_empty() {
+        let t = Instant::now();
+        let image = initramfs(&agent, &scenario, options.bpf_stats, &out)?;
+        initramfs_time = Some(t.elapsed());
+        for kernel in &kernels {
+            for variant in &VARIANTS {
+                rows.push(boot(kernel, variant, &image, options, &out)?);
+            }
+        }
+    }
+    if !options.no_host {
+        rows.push(host(&agent, &scenario, &out, options.timeout)?);
+    }
+
+    print_table(&rows, fetch_time, initramfs_time, started.elapsed());
+    let failed = rows.iter().filter(|r| !r.passed() && !skipped(r)).count();
+    Ok(Outcome {
+        passed: rows.iter().filter(|r| r.passed()).count(),
+        failed,
+    })
+}
+
+fn boot(
+    kernel: &Kernel,
+    variant: &Variant,
+    image: &Path,
+    options: &Options,
+    out: &Path,
+) -> Result<Row> {
+    let series = if variant.name.is_empty() {
+        kernel.series.name.to_owned()
+    } else {
+        format!("{}/{}", kernel.series.name, variant.name)
+    };
+    let series = series.as_str();
+    let log = out.join(format!("{}.console.log", series.replace('/', "-")));
+    println!(
+        "xtask matrix: booting {} ({} {}, {}) under QEMU TCG, {} MiB; at most {} s{}",
+        kernel.release(),
+        kernel.package,
+        kernel.version,
+        kernel.series.from,
+        options.memory,
+        options.timeout,
+        if variant.name.is_empty() {
+            String::new()
+        } else {
+            format!("; agent {}", variant.agent_args.join(" "))
+        }
+    );
+    let cmdline: String = std::iter::once("console=ttyS0 panic=-1 quiet".to_owned())
+        .chain(
+            variant
+                .agent_args
+                .iter()
+                .map(|a| format!("sockerr.arg={a}")),
+        )
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut qemu = Command::new(kernels::QEMU);
+    qemu.args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
+        .args(["-m", &options.memory.to_string()])
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(image)
+        .args(["-append", &cmdline]);
+    let (lines, timed_out) = stream(
+        &mut qemu,
+        series,
+        Duration::from_secs(options.timeout),
+        &log,
+    )?;
+    let init = find(&lines, "MATRIX-INIT").map(|(l, _)| l.at);
+    let summary_line = find(&lines, "MATRIX ");
+    let end = find(&lines, "MATRIX-END").map(|(l, _)| l.at);
+    let note = if timed_out {
+        Some(format!("killed after {} s", options.timeout))
+    } else if init.is_none() {
+        Some("init never ran (boot failed)".into())
+    } else if summary_line.is_none() {
+        Some("the runner printed no summary".into())
+    } else {
+        None
+    };
+    let boot = init;
+    let table = match (init, summary_line.map(|(l, _)| l.at).or(end)) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    println!(
+        "xtask matrix: {series}: boot {}, table {}, VM total {}",
+        secs(boot),
+        secs(table),
+        secs(lines.last().map(|l| l.at))
+    );
+    let summary = summary_line.and_then(|(_, text)| Summary::parse(text));
+    let wrong_hooks = if summary.is_some() {
+        wrong_hooks(&lines, &expected_hooks(kernel.series, variant))
+    } else {
+        Vec::new()
+    };
+    Ok(Row {
+        series: series.into(),
+        kernel: kernel.release().into(),
+        boot,
+        table,
+        summary,
+        note,
+        lines,
+        log: Some(log),
+        wrong_hooks,
+    })
+}
+
+/// The runner on this host (root: it loads the programs here).
+/// `timeout`: seconds the runner may take, as for each VM.
+fn host(agent: &Path, scenario: &Path, out: &Path, timeout: u64) -> Result<Row> {
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")?
+        .trim()
+        .to_owned();
+    let mut row = Row {
+        series: "host".into(),
+        kernel,
+        boot: None,
+        table: None,
+        summary: None,
+        note: None,
+        lines: Vec::new(),
+        log: None,
+        wrong_hooks: Vec::new(),
+    };
+    if !cmd::is_root() {
+        anyhow::ensure!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the host row of the kernel matrix needs root, and CI=true"
+        );
+        row.note = Some("skipped: needs root".into());
+        return Ok(row);
+    }
+    println!(
+        "xtask matrix: running the table on this host ({})",
+        row.kernel
+    );
+    let log = out.join("host.log");
+    let (lines, timed_out) = stream(
+        Command::new(scenario)
+            .arg("matrix")
+            .arg("--agent")
+            .arg(agent),
+        "host",
+        Duration::from_secs(timeout),
+        &log,
+    )?;
+    let summary = find(&lines, "MATRIX ");
+    row.table = summary.map(|(l, _)| l.at);
+    row.summary = summary.and_then(|(_, text)| Summary::parse(text));
+    if timed_out {
+        row.note = Some(format!("killed after {timeout} s"));
+    } else if row.summary.is_none() {
+        row.note = Some("the runner printed no summary".into());
+    }
+    row.lines = lines;
+    row.log = Some(log);
+    Ok(row)
+}
