@@ -20,7 +20,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockopt, FEntry, FExit, KProbe, Program,
-        UProbe,
+        ProgramError, UProbe,
     },
 };
 use sockerr_common::{CounterKey, RemoteKey, Tally, TallyKey, names};
@@ -160,12 +160,7 @@ impl Kernel {
             .ebpf
             .program_mut(hook.program)
             .with_context(|| format!("program {} is not in the object", hook.program))?;
-        let result = attach_program(program, &btf.aya, cgroup_root, hook.attach);
-        if result.is_err() {
-            // Loaded but not attached (e.g. fentry refused at attach): free it.
-            let _ = program_unload(program);
-        }
-        result
+        attach_program(program, &btf.aya, cgroup_root, hook.attach)
     }
 
     /// Loads the call-site uprobes (verified now; attached per process later).
@@ -209,6 +204,8 @@ impl Kernel {
     }
 }
 
+/// Loads and attaches `program` as `attach` says; one that fails to is
+/// unloaded again (see [`attach_as`]).
 fn attach_program(
     program: &mut Program,
     btf: &aya::Btf,
@@ -220,48 +217,58 @@ fn attach_program(
             .with_context(|| format!("opening cgroup v2 root {}", cgroup_root.display()))
     };
     match attach {
-        Attach::TpBtf(tracepoint) => {
-            let p: &mut BtfTracePoint = program.try_into()?;
+        Attach::TpBtf(tracepoint) => attach_as(program, BtfTracePoint::unload, |p| {
             p.load(tracepoint, btf).context("verifier")?;
             p.attach()?;
-        }
-        Attach::FEntry(function) => {
-            let p: &mut FEntry = program.try_into()?;
+            Ok(())
+        }),
+        Attach::FEntry(function) => attach_as(program, FEntry::unload, |p| {
             p.load(function, btf).context("verifier")?;
             p.attach()?;
-        }
-        Attach::FExit(function) => {
-            let p: &mut FExit = program.try_into()?;
+            Ok(())
+        }),
+        Attach::FExit(function) => attach_as(program, FExit::unload, |p| {
             p.load(function, btf).context("verifier")?;
             p.attach()?;
-        }
-        Attach::KProbe(function) => {
-            let p: &mut KProbe = program.try_into()?;
+            Ok(())
+        }),
+        Attach::KProbe(function) => attach_as(program, KProbe::unload, |p| {
             p.load().context("verifier")?;
             p.attach(function, 0)?;
-        }
+            Ok(())
+        }),
         Attach::CgroupGetsockopt | Attach::CgroupGetsockoptCompat => {
-            let p: &mut CgroupSockopt = program.try_into()?;
+            attach_as(program, CgroupSockopt::unload, |p| {
+                p.load().context("verifier")?;
+                p.attach(cgroup()?, CgroupAttachMode::Single)?;
+                Ok(())
+            })
+        }
+        Attach::CgroupSockRelease => attach_as(program, CgroupSock::unload, |p| {
             p.load().context("verifier")?;
             p.attach(cgroup()?, CgroupAttachMode::Single)?;
-        }
-        Attach::CgroupSockRelease => {
-            let p: &mut CgroupSock = program.try_into()?;
-            p.load().context("verifier")?;
-            p.attach(cgroup()?, CgroupAttachMode::Single)?;
-        }
+            Ok(())
+        }),
     }
-    Ok(())
 }
 
-fn program_unload(program: &mut Program) -> Result<()> {
-    match program {
-        Program::BtfTracePoint(p) => p.unload()?,
-        Program::FEntry(p) => p.unload()?,
-        Program::KProbe(p) => p.unload()?,
-        Program::CgroupSockopt(p) => p.unload()?,
-        Program::CgroupSock(p) => p.unload()?,
-        _ => {}
+/// Runs `load_and_attach` on `program` as the kind `P`, and when it fails
+/// (e.g. an fentry loaded but refused at attach) frees the program with
+/// `unload`: aya unloads per kind, not through `&mut Program`. Every kind
+/// attaches through here and must name its `unload`, so none can be left
+/// out of the cleanup.
+fn attach_as<P>(
+    program: &mut Program,
+    unload: fn(&mut P) -> Result<(), ProgramError>,
+    load_and_attach: impl FnOnce(&mut P) -> Result<()>,
+) -> Result<()>
+where
+    for<'p> &'p mut P: TryFrom<&'p mut Program, Error = ProgramError>,
+{
+    let program: &mut P = program.try_into()?;
+    let result = load_and_attach(program);
+    if result.is_err() {
+        let _ = unload(program);
     }
-    Ok(())
+    result
 }
