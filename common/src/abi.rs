@@ -7,8 +7,12 @@ pub const TASK_COMM_LEN: usize = 16;
 /// Bytes of an executable's file name kept in a finding record.
 pub const EXE_NAME_LEN: usize = 64;
 
-/// Map, global and program names, shared so the agent and the probes cannot
-/// disagree.
+/// Map, global and program names as the agent loads, sizes, takes and sets
+/// them. The eBPF crate cannot use these constants: aya-ebpf's macros name a
+/// program or map after its item (or a string literal), and `no_mangle`
+/// names a global after its item. What keeps the two sides in step is the
+/// agent's unit test of the embedded object (`agent/src/kernel/tests.rs`),
+/// which fails on a name one side has and the other lacks.
 pub mod names {
     pub const SOCKETS: &str = "SOCKETS";
     pub const FINDINGS: &str = "FINDINGS";

@@ -9,6 +9,8 @@
 pub mod btf;
 mod counter_map;
 pub mod probes;
+#[cfg(test)]
+mod tests;
 
 pub use counter_map::{CounterMap, Taken};
 
@@ -29,6 +31,9 @@ use self::probes::{Attach, Hook, PROBES, Probe};
 use crate::proc;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockerr"));
+
+/// The call-site uprobes: loaded with the probes, attached per process later.
+const UPROBES: [&str; 2] = [names::CONNECT_SITE, names::GETSOCKOPT_SITE];
 
 /// What the kernel side is told at load.
 #[derive(Clone, Debug)]
@@ -165,7 +170,7 @@ impl Kernel {
 
     /// Loads the call-site uprobes (verified now; attached per process later).
     pub fn load_uprobes(&mut self) -> Result<()> {
-        for name in [names::CONNECT_SITE, names::GETSOCKOPT_SITE] {
+        for name in UPROBES {
             self.uprobe(name)?
                 .load()
                 .with_context(|| format!("loading program {name} (verifier)"))?;
