@@ -1,5 +1,6 @@
-//! Turning raw kernel values into what users read, one decoder per file:
-//! none of them knows the model that uses it.
+//! Raw kernel values in (errno, endpoint, comm, time); what users read out.
+//!
+//! One decoder per file: none of them knows the model that uses it.
 
 mod comm;
 mod endpoint;

@@ -2,10 +2,10 @@
 //!
 //! The event pipeline, on a thread of its own: each record decoded
 //! ([`record`]), attributed to its process ([`attribution`]), given its call
-//! sites ([`callsites`]) and made a finding ([`report`]) handed to a sink,
-//! which keeps it in the findings table ([`table`]); and the kernel's
-//! per-(process, kind) tallies, read periodically so that counts stay exact
-//! between records.
+//! sites ([`callsites`]) and made a finding ([`report`]) handed to a sink
+//! (the daemon's keeps it in the findings table, [`table`]); and the
+//! kernel's per-(process, kind) tallies, read periodically so that counts
+//! stay exact between records.
 
 pub mod attribution;
 pub mod callsites;

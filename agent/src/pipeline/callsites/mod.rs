@@ -1,3 +1,5 @@
+//! Finding records and what the uprobes captured in; the code locations of their calls out.
+//!
 //! Where in the process each connect() and SO_ERROR read of a finding was
 //! made: the uprobes that capture it ([`uprobes`]), and turning the captured
 //! addresses and stacks into code locations ([`procmaps`], [`symbolize`]).

@@ -1,3 +1,5 @@
+//! A process's cgroup path in; its container and pod, named from the runtime's state, out.
+//!
 //! The container, and for Kubernetes the pod, a process runs in: ids from
 //! its cgroup path ([`cgroup`]), then names from the state the container
 //! runtime keeps on the node, read-only and without cluster credentials:
