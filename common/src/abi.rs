@@ -4,8 +4,9 @@
 use crate::attempt::{Attempt, FindingKind, MAX_READS};
 
 pub const TASK_COMM_LEN: usize = 16;
-/// Bytes of an executable's file name kept in a finding record.
-pub const EXE_NAME_LEN: usize = 64;
+/// Bytes of an executable's path kept in a finding record (a power of two:
+/// the kernel builds the path back to front with masked offsets).
+pub const EXE_PATH_LEN: usize = 256;
 
 /// Map, global and program names as the agent loads, sizes, takes and sets
 /// them. The eBPF crate cannot use these constants: aya-ebpf's macros name a
@@ -183,9 +184,15 @@ pub struct FindingRecord {
     pub first: u8,
     pub remote: Endpoint,
     pub comm: [u8; TASK_COMM_LEN],
-    /// File name of the executable (NUL-terminated unless full); empty for
-    /// a kernel thread or when it could not be read.
-    pub exe: [u8; EXE_NAME_LEN],
+    /// The executable's full path, walked in the kernel (`exe_len` bytes
+    /// from the start); empty for a kernel thread, or when the hook cannot
+    /// read the task.
+    pub exe: [u8; EXE_PATH_LEN],
+    pub exe_len: u16,
+    /// 1 when the path did not fit or was deeper than the walk goes: `exe`
+    /// holds its end only.
+    pub exe_truncated: u8,
+    pub _pad: [u8; 5],
     /// Zeroed unless the process was instrumented for call sites.
     pub sites: CallSites,
 }
@@ -214,7 +221,10 @@ impl FindingRecord {
                 _pad: 0,
             },
             comm: [0; TASK_COMM_LEN],
-            exe: [0; EXE_NAME_LEN],
+            exe: [0; EXE_PATH_LEN],
+            exe_len: 0,
+            exe_truncated: 0,
+            _pad: [0; 5],
             sites: CallSites {
                 started_ns: 0,
                 connect: CallSite {
@@ -374,7 +384,10 @@ pub struct KernelOffsets {
     /// The local port; 0 until connect() found one.
     pub skc_num: u32,
     pub skc_v6_daddr: u32,
-    /// `struct sock`.
+    /// `struct sock`: `sk_type` and `sk_protocol` (u16 each since Linux
+    /// 5.6) tell a TCP socket from every other kind.
+    pub sk_type: u32,
+    pub sk_protocol: u32,
     pub sk_err: u32,
     pub sk_err_soft: u32,
     pub sk_socket: u32,
@@ -390,10 +403,20 @@ pub struct KernelOffsets {
     pub task_mm: u32,
     /// `struct mm_struct.exe_file`.
     pub mm_exe_file: u32,
-    /// `struct file.f_path.dentry`.
+    /// `struct file.f_path`: its `mnt` and `dentry`.
+    pub file_mnt: u32,
     pub file_dentry: u32,
-    /// `struct dentry.d_name.name`.
+    /// `struct dentry`: `d_name.name`, `d_name.len`, `d_parent`.
     pub dentry_name: u32,
+    pub dentry_name_len: u32,
+    pub dentry_parent: u32,
+    /// `struct vfsmount.mnt_root`.
+    pub vfsmount_root: u32,
+    /// `struct mount` (fs/mount.h): the `struct vfsmount` it embeds, the
+    /// mount it is mounted on and the dentry it is mounted at.
+    pub mount_mnt: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
     pub _pad: u32,
 }
 
@@ -429,6 +452,6 @@ mod tests {
         assert_eq!(size_of::<CounterKey>(), 32);
         assert_eq!(size_of::<RemoteKey>(), 32);
         assert_eq!(size_of::<TallyKey>(), 8);
-        assert_eq!(size_of::<KernelOffsets>(), 72);
+        assert_eq!(size_of::<KernelOffsets>(), 104);
     }
 }

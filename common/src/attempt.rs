@@ -12,10 +12,13 @@
 //! - `so_error_reread`: a second read of the decided attempt that does not
 //!   mask an error (harmless today, one refactor away from the bug);
 //! - `io_after_failed_connect`: send/recv/read/write on a socket whose latest
-//!   attempt failed, while the process had not been told the error: it made
-//!   no decided read, or its latest decided read returned 0. I/O after a read
-//!   that returned the error is the process cleaning up (squid reads once
-//!   before closing), not a finding.
+//!   attempt failed, while the process had not been told the error: nothing
+//!   told it (no decided read returned the error, no I/O took it), or its
+//!   latest decided read returned 0. An I/O that itself returns the pending
+//!   error takes it exactly as an `SO_ERROR` read would (`tcp_sendmsg()` and
+//!   `tcp_recvmsg()` return `sock_error()`): the process is told by it, and
+//!   later I/O is cleanup, as is I/O after a read that returned the error
+//!   (squid reads once before closing).
 //!
 //! Each kind is reported at most once per attempt. A new `connect()` on the
 //! same socket starts a new attempt.
@@ -89,8 +92,8 @@ pub struct Attempt {
     reported: u8,
     /// Whether a decided read returned a non-zero error.
     error_read: bool,
-    /// Whether the latest decided read returned a non-zero error: the
-    /// process knows how its attempt ended.
+    /// Whether the process knows how its failed attempt ended: the latest
+    /// decided read returned the error, or an I/O took it.
     told: bool,
     /// Decided reads so far (saturating; the first [`MAX_READS`] are kept).
     nreads: u8,
@@ -197,9 +200,15 @@ impl Attempt {
         (class, finding)
     }
 
-    /// The process sent or received on the socket.
-    pub fn io(&mut self) -> Option<FindingKind> {
-        if self.outcome != Outcome::Failed || self.told {
+    /// The process sent or received on the socket. `took_error`: the call
+    /// returned the attempt's pending error, taking it as an `SO_ERROR` read
+    /// would, so the process was told by the I/O itself.
+    pub fn io(&mut self, took_error: bool) -> Option<FindingKind> {
+        if self.outcome != Outcome::Failed {
+            return None;
+        }
+        self.told |= took_error;
+        if self.told {
             return None;
         }
         self.report(FindingKind::IoAfterFailedConnect)

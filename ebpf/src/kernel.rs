@@ -3,15 +3,13 @@
 
 use core::{ffi::c_void, ptr};
 
-use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel,
-    bpf_probe_read_kernel_str_bytes,
-};
-use sockerr_common::{Endpoint, FindingRecord, KernelOffsets};
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, generated};
+use sockerr_common::{EXE_PATH_LEN, Endpoint, FindingRecord, KernelOffsets};
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u32 = 6;
+pub const SOCK_STREAM: u32 = 1;
 pub const TCP_ESTABLISHED: i32 = 1;
 pub const TCP_SYN_SENT: i32 = 2;
 pub const TCP_CLOSE: i32 = 7;
@@ -27,6 +25,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     skc_dport: 0,
     skc_num: 0,
     skc_v6_daddr: 0,
+    sk_type: 0,
+    sk_protocol: 0,
     sk_err: 0,
     sk_err_soft: 0,
     sk_socket: 0,
@@ -36,8 +36,15 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_start_boottime: 0,
     task_mm: 0,
     mm_exe_file: 0,
+    file_mnt: 0,
     file_dentry: 0,
     dentry_name: 0,
+    dentry_name_len: 0,
+    dentry_parent: 0,
+    vfsmount_root: 0,
+    mount_mnt: 0,
+    mount_parent: 0,
+    mount_mountpoint: 0,
     _pad: 0,
 };
 
@@ -61,17 +68,45 @@ fn sock_field<T: Copy>(sk: *const c_void, offset: usize) -> T {
 }
 
 /// A field at `base + offset` of any kernel pointer (a kprobe argument, a
-/// cgroup hook's socket, a task), read with the helper.
+/// cgroup hook's socket, a task), read with the helper; zero when the
+/// address faults. Without a branch on the helper's result: the helper
+/// zeroes the destination itself on a fault, and a branch per read
+/// multiplies the paths the verifier walks (the path walk reads several
+/// fields a level).
 #[inline(always)]
 fn read<T: Copy + Default>(base: u64, offset: usize) -> T {
     let at = (base as *const u8).wrapping_add(offset);
-    // SAFETY: bpf_probe_read_kernel faults safely on a bad address.
-    unsafe { bpf_probe_read_kernel(at.cast::<T>()) }.unwrap_or_default()
+    let mut value = T::default();
+    // SAFETY: bpf_probe_read_kernel faults safely on a bad address, and
+    // writes at most size_of::<T>() bytes into `value`.
+    unsafe {
+        generated::bpf_probe_read_kernel((&raw mut value).cast(), size_of::<T>() as u32, at.cast())
+    };
+    value
 }
 
 /// TCP state of a BTF-typed socket.
 pub fn state(sk: *const c_void) -> i32 {
     sock_field::<u8>(sk, offset!(skc_state)).into()
+}
+
+/// Whether a BTF-typed socket is TCP (a stream socket of IPPROTO_TCP, which
+/// only AF_INET and AF_INET6 create): every other kind leaves the hot hooks
+/// after this (docs/design.md §2).
+pub fn is_tcp(sk: *const c_void) -> bool {
+    u32::from(sock_field::<u16>(sk, offset!(sk_protocol))) == IPPROTO_TCP
+        && u32::from(sock_field::<u16>(sk, offset!(sk_type))) == SOCK_STREAM
+}
+
+/// The pending error of a BTF-typed socket: what the next send or receive
+/// on it returns and clears (`sock_error()`).
+pub fn pending_error(sk: *const c_void) -> i32 {
+    sock_field(sk, offset!(sk_err))
+}
+
+/// [`pending_error`] of a socket known only by its address.
+pub fn pending_error_of(sk: *const c_void) -> i32 {
+    read(sk as u64, offset!(sk_err))
 }
 
 /// TCP state of a socket known only by its address.
@@ -166,9 +201,9 @@ pub fn identify_cgroup(record: &mut FindingRecord) {
 }
 
 /// Who the current task is, for a finding record: its cgroup v2 id, its
-/// thread group leader's start time and its executable's file name. Only
-/// finding records pay for this (a handful of reads), never a plain connect.
-pub fn identify_current(record: &mut FindingRecord) {
+/// thread group leader's start time and its executable's path. Only finding
+/// records pay for this, never a plain connect.
+pub fn identify_current(record: &mut FindingRecord, scratch: &mut PathScratch) {
     identify_cgroup(record);
     // SAFETY: no preconditions.
     let task = unsafe { bpf_get_current_task() };
@@ -179,13 +214,77 @@ pub fn identify_current(record: &mut FindingRecord) {
         return;
     }
     let file: u64 = read(mm, offset!(mm_exe_file));
-    if file == 0 {
-        return;
+    if file != 0 {
+        exe_path(file, scratch, record);
     }
-    let dentry: u64 = read(file, offset!(file_dentry));
-    let name: u64 = read(dentry, offset!(dentry_name));
-    if name != 0 {
-        // SAFETY: the helper bounds the copy by the buffer and faults safely.
-        let _ = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut record.exe) };
+}
+
+/// Scratch to build a path in: the path ends at `EXE_PATH_LEN`; the second
+/// half only gives masked copies room (the verifier checks bounds, not intent).
+pub type PathScratch = [u8; 2 * EXE_PATH_LEN];
+
+/// Directories walked up at most: deeper paths keep their end only.
+const PATH_DEPTH: usize = 32;
+
+/// The path of `file` as d_path() gives it (docs/design.md §4): names from
+/// its dentry up to the root of its mount, then on from the dentry that
+/// mount is mounted at, up to the root of the mount namespace. Built back
+/// to front in `scratch`, then copied to the start of `record.exe`.
+fn exe_path(file: u64, scratch: &mut PathScratch, record: &mut FindingRecord) {
+    const N: usize = EXE_PATH_LEN;
+    let mut dentry: u64 = read(file, offset!(file_dentry));
+    let mut vfsmount: u64 = read(file, offset!(file_mnt));
+    let mut mount = vfsmount.wrapping_sub(offset!(mount_mnt) as u64);
+    // Bytes of the path written so far, ending at N.
+    let mut used = 0;
+    let mut whole = false;
+    for _ in 0..PATH_DEPTH {
+        let parent: u64 = read(dentry, offset!(dentry_parent));
+        let root: u64 = read(vfsmount, offset!(vfsmount_root));
+        if dentry == root || dentry == parent {
+            let up: u64 = read(mount, offset!(mount_parent));
+            if up == mount || up == 0 {
+                whole = true;
+                break;
+            }
+            dentry = read(mount, offset!(mount_mountpoint));
+            mount = up;
+            vfsmount = up.wrapping_add(offset!(mount_mnt) as u64);
+            continue;
+        }
+        let len = read::<u32>(dentry, offset!(dentry_name_len)) as usize;
+        if used + len + 1 > N {
+            break;
+        }
+        // Masks the verifier can see (LLVM would drop them as implied by
+        // the check above, hence the opaque values). They also keep `used`
+        // in the same range on every turn of the loop, so the verifier's
+        // states of one turn match the next and it walks the loop once.
+        used = core::hint::black_box(used + len + 1) & (2 * N - 1);
+        let at = (N - used) & (N - 1);
+        let name: u64 = read(dentry, offset!(dentry_name));
+        let out = scratch.as_mut_ptr().wrapping_add(at);
+        // SAFETY: `at` < N and the name < N bytes: inside the 2 N scratch.
+        // The helper faults safely on a bad source.
+        unsafe {
+            *out = b'/';
+            generated::bpf_probe_read_kernel(
+                out.wrapping_add(1).cast(),
+                (core::hint::black_box(len) & (N - 1)) as u32,
+                name as *const c_void,
+            );
+        }
+        dentry = parent;
     }
+    let at = (N - core::hint::black_box(used)) & (N - 1);
+    // SAFETY: N bytes from `at` < N lie inside the 2 N scratch.
+    unsafe {
+        generated::bpf_probe_read_kernel(
+            record.exe.as_mut_ptr().cast(),
+            N as u32,
+            scratch.as_ptr().wrapping_add(at).cast(),
+        );
+    }
+    record.exe_len = used as u16;
+    record.exe_truncated = u8::from(!whole);
 }

@@ -85,6 +85,10 @@ static PENDING: LruHashMap<u64, CallSite> = LruHashMap::with_max_entries(PENDING
 #[map]
 static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// One per CPU to build an executable's path in (too big for the stack).
+#[map]
+static PATH_SCRATCH: PerCpuArray<kernel::PathScratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// Wake-ups were the dominant cost measured, so the agent is woken only by
 /// the first record of a (process, kind) (it then attributes it while the
 /// process most likely still runs) or once this much is queued; it also
@@ -367,9 +371,10 @@ pub fn finding(
         health(Health::RecordsLost);
         return;
     };
-    // SAFETY: the entry is ours until submitted; every field is written.
+    // SAFETY: the entry is ours until submitted. Every field is written
+    // below, one by one: zeroing the whole record first (the path buffer
+    // included) is a byte loop the verifier walks on every path here.
     let record = unsafe { &mut *entry.as_mut_ptr() };
-    *record = FindingRecord::zeroed();
     record.attempt(state, kind, trigger);
     record.boot_ns = now;
     record.inode = inode;
@@ -379,11 +384,17 @@ pub fn finding(
     record.tgid = key.tgid;
     record.first = first as u8;
     record.comm = comm;
-    if let Some(sites) = sites {
-        record.sites = sites;
-    }
-    if caller.current {
-        kernel::identify_current(record);
+    record.sites = sites.unwrap_or_default();
+    record.start_boot_ns = 0;
+    // `exe` is read up to `exe_len` only.
+    record.exe_len = 0;
+    record.exe_truncated = 0;
+    record._pad = [0; 5];
+    if caller.current
+        && let Some(scratch) = PATH_SCRATCH.get_ptr_mut(0)
+    {
+        // SAFETY: this CPU's slot, used only here, within one program run.
+        kernel::identify_current(record, unsafe { &mut *scratch });
     } else {
         kernel::identify_cgroup(record);
     }

@@ -55,6 +55,8 @@ fn run(name: &str, v6: bool, rest: &[&str]) -> Result<()> {
     match name {
         "masked" => masked(v6),
         "close-after-read" => close_after_read(v6),
+        "first-read" => first_io(v6, false),
+        "first-write" => first_io(v6, true),
         "success-reread" => success(v6, 2, false),
         "success-io" => success(v6, 1, true),
         "pending-poll" => pending_poll(v6),
@@ -183,6 +185,22 @@ fn refused(v6: bool) -> Result<Sock> {
 fn close_after_read(v6: bool) -> Result<()> {
     let s = refused(v6)?;
     println!("reads={}", s.so_error());
+    Ok(())
+}
+
+/// Correct without `SO_ERROR`: the outcome is learned from the first I/O,
+/// which returns the connect's error (a widely used HTTP benchmarking client
+/// reads first), then the socket is closed.
+fn first_io(v6: bool, write: bool) -> Result<()> {
+    let s = refused(v6)?;
+    let (call, ret) = if write {
+        ("write", s.write())
+    } else {
+        ("read", s.read())
+    };
+    let refused = -(libc::ECONNREFUSED as isize);
+    anyhow::ensure!(ret == refused, "{call}() returned {ret}, not -ECONNREFUSED");
+    println!("{call}={ret}");
     Ok(())
 }
 

@@ -37,6 +37,8 @@ pub const TABLE: &[Case] = &[
     case("success, one read, then I/O",                &["success-io"],                &[]),
     case("polled while pending, one read after",       &["pending-poll"],              &[]),
     case("connect() again to check, one read, close",  &["reconnect-check"],           &[]),
+    case("first read() returns the refusal",           &["first-read"],                &[]),
+    case("first write() returns the refusal",          &["first-write"],               &[]),
     case("blocking connect fails, write()",            &["blocking-io"],               &[IO]),
     case("failed fd reused by a good socket",          &["fd-reuse"],                  &[]),
     case("reads in two threads",                       &["threads-masked"],            &[MASKED]),

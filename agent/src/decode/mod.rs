@@ -5,9 +5,11 @@
 mod comm;
 mod endpoint;
 mod errno;
+mod exe;
 mod time;
 
 pub use comm::{comm, label_value};
 pub use endpoint::endpoint;
 pub use errno::errno_name;
+pub use exe::{TRUNCATED_EXE, exe_path};
 pub use time::{rfc3339, serialize_rfc3339, wall_time};

@@ -78,7 +78,7 @@ const TAKEN: &[Taken] = &[
 ];
 
 /// Maps only the kernel side uses: the agent never opens them.
-const KERNEL_MAPS: &[&str] = &["SITES", "PENDING", "SCRATCH"];
+const KERNEL_MAPS: &[&str] = &["SITES", "PENDING", "SCRATCH", "PATH_SCRATCH"];
 
 /// The globals `Kernel::load` sets, and the size of what it sets each to.
 const SET: &[(&str, usize)] = &[

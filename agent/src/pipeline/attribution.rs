@@ -1,9 +1,9 @@
 //! Who made the call: executable, cgroup and container of a finding's
 //! process, resolved once per process and kept by (pid, start time), so a
 //! reused pid is a new process and a steady stream of findings costs no
-//! /proc reads. While the process lives, /proc gives the full executable
-//! path; once it has exited, the identity the kernel took with the finding
-//! record (executable file name, cgroup id) stands in, and the finding says
+//! /proc reads. While the process lives, /proc gives the executable's path;
+//! once it has exited, the identity the kernel took with the finding record
+//! (the executable's path, its cgroup id) stands in, and the finding says
 //! which (`exe_source`).
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
@@ -26,8 +26,9 @@ use crate::{
 pub enum ExeSource {
     /// /proc/<pid>/exe while the process ran: the full path.
     Proc,
-    /// Taken by the kernel with the finding: the file name only (the
-    /// process had exited, or /proc could not be read).
+    /// Taken by the kernel with the finding (the process had exited, or
+    /// /proc could not be read): the path within the process's mount
+    /// namespace, or its end when it was too long (`exe_error` says so).
     Kernel,
 }
 
@@ -36,7 +37,7 @@ pub enum ExeSource {
 pub struct Process {
     pub exe: Option<String>,
     pub exe_source: Option<ExeSource>,
-    /// Why `exe` is missing, or why it is only a file name.
+    /// Why `exe` is missing, or why it is only the end of the path.
     pub exe_error: Option<String>,
     /// cgroup v2 path.
     pub cgroup: Option<String>,
@@ -81,19 +82,22 @@ impl Attributor {
     /// `now` is no later than the record was read: its cgroup was in use.
     fn resolve(&mut self, record: &FindingRecord, now: Instant) -> Process {
         let live = Proc::open_started(record.tgid, record.start_boot_ns).map(|p| p.identity());
-        let kernel_exe = Some(decode::comm(&record.exe)).filter(|e| !e.is_empty());
+        let kernel_exe = decode::exe_path(record);
         let (proc_exe, cgroup) = match live {
             Ok(identity) => (identity.exe, identity.cgroup),
             Err(why) => (Err(why), None),
         };
-        let (exe, exe_source, exe_error) = match proc_exe {
-            Ok(path) => (Some(path), Some(ExeSource::Proc), None),
-            Err(why) => {
+        let (exe, exe_source, exe_error) = match (proc_exe, kernel_exe) {
+            (Ok(path), _) => (Some(path), Some(ExeSource::Proc), None),
+            (Err(why), None) => (None, None, Some(why.to_string())),
+            (Err(why), Some(kernel)) => {
                 // Having exited is no error when the kernel named it.
-                let error =
-                    (kernel_exe.is_none() || why != Unreadable::Exited).then(|| why.to_string());
-                let source = kernel_exe.as_ref().map(|_| ExeSource::Kernel);
-                (kernel_exe, source, error)
+                let error = match (kernel.truncated, why) {
+                    (true, _) => Some(decode::TRUNCATED_EXE.to_owned()),
+                    (false, Unreadable::Exited) => None,
+                    (false, why) => Some(why.to_string()),
+                };
+                (Some(kernel.path), Some(ExeSource::Kernel), error)
             }
         };
         // A process exiting while it is read may lose its cgroup file
@@ -142,10 +146,13 @@ mod tests {
         )
     }
 
+    const CLIENT: &str = "/usr/local/bin/client";
+
     fn record(pid: u32) -> FindingRecord {
         let mut r = FindingRecord::zeroed();
         r.tgid = pid;
-        r.exe[..6].copy_from_slice(b"client");
+        r.exe[..CLIENT.len()].copy_from_slice(CLIENT.as_bytes());
+        r.exe_len = CLIENT.len() as u16;
         r
     }
 
@@ -178,7 +185,7 @@ mod tests {
             .unwrap()
             .ino();
         let p = attributor(Some(root)).attribute(&gone, Instant::now());
-        assert_eq!(p.exe.as_deref(), Some("client"));
+        assert_eq!(p.exe.as_deref(), Some(CLIENT));
         assert_eq!(p.exe_source, Some(ExeSource::Kernel));
         assert_eq!(p.exe_error, None, "an exited process is not an error");
         assert_eq!(p.cgroup.as_deref(), Some(own.as_str()));
@@ -190,13 +197,25 @@ mod tests {
         me.start_boot_ns = 1_000_000_000; // started a second after boot: not us
         let p = attributor(None).attribute(&me, Instant::now());
         assert_eq!(p.exe_source, Some(ExeSource::Kernel));
-        assert_eq!(p.exe.as_deref(), Some("client"));
+        assert_eq!(p.exe.as_deref(), Some(CLIENT));
+    }
+
+    #[test]
+    fn a_path_too_long_for_the_kernel_says_so() {
+        let mut gone = record(u32::MAX >> 1);
+        gone.exe_truncated = 1;
+        let p = attributor(None).attribute(&gone, Instant::now());
+        assert_eq!(
+            p.exe.as_deref(),
+            Some(concat!("…", "/usr/local/bin/client"))
+        );
+        assert_eq!(p.exe_error.as_deref(), Some(decode::TRUNCATED_EXE));
     }
 
     #[test]
     fn nothing_known_says_why() {
         let mut gone = record(u32::MAX >> 1);
-        gone.exe = [0; sockerr_common::EXE_NAME_LEN];
+        gone.exe_len = 0;
         let p = attributor(None).attribute(&gone, Instant::now());
         assert_eq!((p.exe.as_deref(), p.exe_source), (None, None));
         assert_eq!(p.exe_error.as_deref(), Some("the process exited"));

@@ -15,7 +15,10 @@ enum Ev {
     Established,
     Failed(i32),
     Read(i32),
+    /// send/recv that did not return the attempt's error.
     Io,
+    /// send/recv that returned the attempt's pending error (and took it).
+    IoTook,
 }
 use Ev::*;
 
@@ -35,7 +38,8 @@ fn run(events: &[Ev]) -> Vec<FindingKind> {
             Established => (a.established(), None).1,
             Failed(e) => (a.failed(e), None).1,
             Read(v) => a.so_error_read(v).1,
-            Io => a.io(),
+            Io => a.io(false),
+            IoTook => a.io(true),
         };
         findings.extend(finding);
     }
@@ -142,6 +146,26 @@ fn scenarios() {
             &[SoErrorMasked, IoAfterFailedConnect],
         ),
         (
+            "a benchmarking client: refused, its first read() returns the error",
+            &[Connect, Failed(ECONNREFUSED), IoTook],
+            &[],
+        ),
+        (
+            "refused, the first write() returns the error, then cleanup I/O",
+            &[Connect, Failed(ECONNREFUSED), IoTook, Io, Io],
+            &[],
+        ),
+        (
+            "masked read, then the I/O: the error was consumed, not told",
+            &[Connect, Failed(ECONNREFUSED), Read(111), Read(0), Io],
+            &[SoErrorMasked, IoAfterFailedConnect],
+        ),
+        (
+            "told by the I/O, then told 'no error' by a read, then I/O",
+            &[Connect, Failed(ECONNREFUSED), IoTook, Read(0), Io],
+            &[IoAfterFailedConnect],
+        ),
+        (
             "I/O before the outcome is not a finding",
             &[Connect, Io, Failed(ECONNREFUSED)],
             &[],
@@ -229,12 +253,20 @@ fn oracle(events: &[Ev]) -> Vec<FindingKind> {
         if reads.len() >= 2 && masked_at != Some(1) {
             found.push((reads[1].0, SoErrorReread));
         }
-        // I/O while the latest decided read before it (if any) returned 0:
-        // the process had not been told the error.
-        let uninformed_io = (decided..attempt.len()).find(|&i| {
-            let latest = reads.iter().rev().find(|&&(at, _)| at < i);
-            attempt[i] == Io && latest.is_none_or(|&(_, v)| v == 0)
-        });
+        // I/O that did not take the error while nothing had told the
+        // process, or the latest telling (a decided read, an I/O that took
+        // the error) before it was a read of 0.
+        let told_by = |i: usize| {
+            (decided..i)
+                .rev()
+                .find_map(|j| match attempt[j] {
+                    Read(v) => Some(v != 0),
+                    IoTook => Some(true),
+                    _ => None,
+                })
+                .unwrap_or(false)
+        };
+        let uninformed_io = (decided..attempt.len()).find(|&i| attempt[i] == Io && !told_by(i));
         if failed && let Some(i) = uninformed_io {
             found.push((i, IoAfterFailedConnect));
         }
@@ -246,7 +278,7 @@ fn oracle(events: &[Ev]) -> Vec<FindingKind> {
 
 #[test]
 fn every_interleaving_matches_the_rules() {
-    const ALPHABET: [Ev; 7] = [
+    const ALPHABET: [Ev; 8] = [
         Connect,
         Established,
         Failed(ECONNREFUSED),
@@ -254,6 +286,7 @@ fn every_interleaving_matches_the_rules() {
         Read(0),
         Read(111),
         Io,
+        IoTook,
     ];
     const MAX_LEN: u32 = 7;
     let mut checked = 0u64;
@@ -270,5 +303,5 @@ fn every_interleaving_matches_the_rules() {
             checked += 1;
         }
     }
-    assert_eq!(checked, (0..=MAX_LEN).map(|l| 7u64.pow(l)).sum::<u64>());
+    assert_eq!(checked, (0..=MAX_LEN).map(|l| 8u64.pow(l)).sum::<u64>());
 }

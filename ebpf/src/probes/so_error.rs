@@ -4,6 +4,14 @@
 //! is for kernels whose getsockopt hook may not (Debian 11's 5.10 refuses
 //! `bpf_get_current_pid_tgid` there) and attributes the read to the process
 //! that made the connect, without call sites for reads.
+//!
+//! The hook runs for every getsockopt of every process and must leave each
+//! call's outcome exactly as the kernel produced it (docs/design.md §2):
+//! it sets `optlen` to 0 on the way out, which every kernel since 5.8 reads
+//! as "use the kernel's own result, copy nothing back". Returning with the
+//! kernel's `optlen` instead makes the kernel copy the program's view back
+//! (a page at most), and before Linux 6.5 turns a result larger than a page
+//! into EFAULT (iptables-legacy reading its ruleset, `SO_PEERGROUPS`).
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::cgroup_sockopt, programs::SockoptContext,
@@ -11,7 +19,7 @@ use aya_ebpf::{
 use sockerr_common::{CallSite, Counter, Health, ReadClass, SS_CONNECTING, SiteOp, Trigger};
 
 use crate::{
-    kernel::{self, SO_ERROR, SOL_SOCKET, TCP_CLOSE, TCP_SYN_SENT},
+    kernel::{self, IPPROTO_TCP, SO_ERROR, SOCK_STREAM, SOL_SOCKET, TCP_CLOSE, TCP_SYN_SENT},
     maps::{Caller, attempt, count, finding, health, keep_read_site, plain_address, take_site},
 };
 
@@ -20,12 +28,20 @@ use crate::{
 #[cgroup_sockopt(getsockopt)]
 pub fn so_error(ctx: SockoptContext) -> i32 {
     observe(&ctx, true);
-    1
+    untouched(&ctx)
 }
 
 #[cgroup_sockopt(getsockopt)]
 pub fn so_error_compat(ctx: SockoptContext) -> i32 {
     observe(&ctx, false);
+    untouched(&ctx)
+}
+
+/// The kernel's result stands as it is: no copy-back (see the module docs).
+#[inline(always)]
+fn untouched(ctx: &SockoptContext) -> i32 {
+    // SAFETY: `optlen` is writable in getsockopt programs.
+    unsafe { (*ctx.sockopt).optlen = 0 };
     1
 }
 
@@ -35,17 +51,9 @@ pub fn so_error_compat(ctx: SockoptContext) -> i32 {
 fn observe(ctx: &SockoptContext, ask: bool) {
     // SAFETY: the context is valid for the program run.
     let opt = unsafe { &*ctx.sockopt };
-    if opt.level != SOL_SOCKET || opt.optname != SO_ERROR || opt.retval != 0 || opt.optlen < 4 {
+    if opt.level != SOL_SOCKET || opt.optname != SO_ERROR {
         return;
     }
-    // SAFETY: reading context fields.
-    let (sk, start, end) = unsafe {
-        (
-            opt.__bindgen_anon_1.sk,
-            opt.__bindgen_anon_2.optval,
-            opt.__bindgen_anon_3.optval_end,
-        )
-    };
     // Asked once, only by the build that may.
     let pid_tgid = if ask { bpf_get_current_pid_tgid() } else { 0 };
     // Taken before any early return, so it cannot be left for a later call.
@@ -54,7 +62,19 @@ fn observe(ctx: &SockoptContext, ask: bool) {
     } else {
         CallSite::default()
     };
-    if sk.is_null() || start.wrapping_byte_add(4) > end {
+    // SAFETY: reading context fields.
+    let (sk, start, end) = unsafe {
+        (
+            opt.__bindgen_anon_1.sk,
+            opt.__bindgen_anon_2.optval,
+            opt.__bindgen_anon_3.optval_end,
+        )
+    };
+    // SAFETY: `sk` is the hook's socket; its bpf_sock fields are readable.
+    if sk.is_null() || unsafe { (*sk).protocol != IPPROTO_TCP || (*sk).type_ != SOCK_STREAM } {
+        return;
+    }
+    if opt.retval != 0 || opt.optlen < 4 || start.wrapping_byte_add(4) > end {
         return;
     }
     let Some(sk) = plain_address(sk) else {

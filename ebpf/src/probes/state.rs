@@ -22,6 +22,16 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let sk: *mut c_void = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
+    // The transitions that matter come first (two context loads), then
+    // whether the socket is TCP at all: DCCP and MPTCP sockets change
+    // state through the same tracepoint (docs/design.md §2).
+    let relevant = matches!(
+        (old, new),
+        (TCP_CLOSE, TCP_SYN_SENT) | (TCP_SYN_SENT, TCP_ESTABLISHED) | (TCP_SYN_SENT, TCP_CLOSE)
+    );
+    if !relevant || !kernel::is_tcp(sk) {
+        return 0;
+    }
     match (old, new) {
         // tcp_v4_connect / tcp_v6_connect, in the task calling connect().
         (TCP_CLOSE, TCP_SYN_SENT) => start(&ctx, sk),
