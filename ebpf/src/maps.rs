@@ -384,7 +384,11 @@ pub fn finding(
     record.tgid = key.tgid;
     record.first = first as u8;
     record.comm = comm;
-    record.sites = sites.unwrap_or_default();
+    record.sites = match sites {
+        // SAFETY: valid for this program run (RCU); copied.
+        Some(sites) => unsafe { *sites },
+        None => CallSites::default(),
+    };
     record.start_boot_ns = 0;
     // `exe` is read up to `exe_len` only.
     record.exe_len = 0;
@@ -411,12 +415,13 @@ pub fn finding(
 }
 
 /// The call sites captured for the attempt, if its process is instrumented.
-fn call_sites(inode: u64, state: &SocketState) -> Option<CallSites> {
-    // SAFETY: valid for this program run (RCU); copied out.
+/// A pointer, not a copy: an `Option` of the copy lets LLVM read its
+/// payload unconditionally, and Linux 5.10 refuses reading stack never written.
+fn call_sites(inode: u64, state: &SocketState) -> Option<*const CallSites> {
+    // SAFETY: valid for this program run (RCU).
     SITES
         .get_ptr(inode)
-        .map(|s| unsafe { *s })
-        .filter(|s| s.started_ns == state.started_ns)
+        .filter(|s| unsafe { (**s).started_ns } == state.started_ns)
 }
 
 /// The tally of `key` with this finding added, and whether it began with it.

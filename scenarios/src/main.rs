@@ -11,6 +11,7 @@
 mod bench;
 mod matrix;
 mod net;
+mod transparency;
 
 use std::{
     io::{Read, Write},
@@ -99,7 +100,7 @@ fn run(name: &str, v6: bool, rest: &[&str]) -> Result<()> {
         ),
         "remotes" => remotes(v6, rest.first().context("remotes <n>")?.parse()?),
         "connect" => connect_to(rest.first().context("connect <addr>")?.parse()?),
-        "getsockopt-dump" => net::getsockopt_dump(),
+        "transparency" => transparency::run(),
         "matrix" => matrix::run(rest),
         "bench" => {
             let usage = "bench <loop> <iterations> [warm]";
@@ -248,7 +249,7 @@ fn pending_poll(v6: bool) -> Result<()> {
     let listener = net::listen(v6, 0)?;
     let addr = listener.local_addr()?;
     let filler = TcpStream::connect(addr)?;
-    thread::sleep(Duration::from_millis(50));
+    net::wait_queued(&listener, 1, Duration::from_secs(30))?;
     let s = Sock::tcp(v6, true)?;
     s.connect(addr);
     let mut polled = Vec::new();

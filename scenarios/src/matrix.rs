@@ -70,8 +70,30 @@ pub fn run(args: &[&str]) -> Result<()> {
         .to_owned();
     println!("matrix: kernel {kernel}, agent {}", options.agent.display());
 
+    let without_agent = transparency_calls();
     let check = check(&options);
     let trace = trace(&options);
+    let transparent = match (&trace, without_agent) {
+        (Ok(_), Ok(without))
+            if without
+                .last()
+                .is_some_and(|l| l.starts_with("ended: exit status: 0")) =>
+        {
+            compare_transparency(&without, transparency_calls())
+        }
+        (Err(_), _) => "error".to_owned(),
+        (_, Ok(without)) => {
+            println!(
+                "matrix: transparency: the calls failed without the agent: {}",
+                without.last().map_or("", String::as_str)
+            );
+            "error".to_owned()
+        }
+        (_, Err(e)) => {
+            println!("matrix: transparency: {e:#}");
+            "error".to_owned()
+        }
+    };
     let mut outcomes: Vec<Option<bool>> = vec![None; TABLE.len()];
     if let Ok(tracer) = &trace {
         let pids: Vec<Result<u32>> = TABLE.iter().map(scenario).collect();
@@ -131,10 +153,11 @@ pub fn run(args: &[&str]) -> Result<()> {
             .filter(|n| outcomes[n - 1] != Some(true))
             .collect(),
         unreach: unreach.to_owned(),
+        transparent,
         secs: started.elapsed().as_secs_f64(),
     };
     println!("{summary}");
-    if !check || !summary.failed.is_empty() || unreach == "fail" {
+    if !check || !summary.failed.is_empty() || unreach == "fail" || summary.transparent != "ok" {
         bail!("the matrix failed on {}", summary.kernel);
     }
     Ok(())
@@ -204,6 +227,56 @@ fn no_route_counted(options: &Options) -> &'static str {
             return "fail";
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The output of `sockerr-scenario transparency`: one line per call, and
+/// a last line with how it ended (a call that failed only with the agent
+/// attached stops it: that differs too).
+fn transparency_calls() -> Result<Vec<String>> {
+    let out = Command::new(std::env::current_exe()?)
+        .arg("transparency")
+        .output()
+        .context("running sockerr-scenario transparency")?;
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.push(format!(
+        "ended: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    ));
+    Ok(lines)
+}
+
+/// `ok` when every call gave the same result with the agent attached,
+/// else `differs:N` (the first differences printed) or `error`.
+fn compare_transparency(without: &[String], with: Result<Vec<String>>) -> String {
+    let with = match with {
+        Ok(with) => with,
+        Err(e) => {
+            println!("matrix: transparency: the calls failed with the agent attached: {e:#}");
+            return "error".to_owned();
+        }
+    };
+    let differ: Vec<(&String, &String)> =
+        without.iter().zip(&with).filter(|(a, b)| a != b).collect();
+    let missing = without.len().abs_diff(with.len());
+    for (a, b) in differ.iter().take(10) {
+        println!(
+            "matrix: transparency: without the agent: {a}\nmatrix: transparency: with it:        {b}"
+        );
+    }
+    println!(
+        "matrix: transparency: {} calls, {} differ with the agent attached{}",
+        without.len(),
+        differ.len() + missing,
+        if missing > 0 { " (some missing)" } else { "" }
+    );
+    match differ.len() + missing {
+        0 => "ok".to_owned(),
+        n => format!("differs:{n}"),
     }
 }
 

@@ -22,7 +22,7 @@ fn check(ret: libc::c_int, what: &str) -> Result<libc::c_int> {
     Ok(ret)
 }
 
-fn errno() -> i32 {
+pub fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
@@ -219,6 +219,40 @@ pub fn listen(v6: bool, backlog: i32) -> Result<TcpListener> {
     Ok(TcpListener::from(s.fd))
 }
 
+/// Waits until `n` connections wait in `listener`'s accept queue (a
+/// listener's TCP_INFO `tcpi_unacked` is its accept queue's length): a
+/// connect() returns once the SYN-ACK came back, before the handshake's
+/// last step has put the connection in the queue.
+pub fn wait_queued(listener: &TcpListener, n: u32, timeout: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        // SAFETY: all-zero is a valid tcp_info.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: info and len are valid for writing.
+        check(
+            unsafe {
+                libc::getsockopt(
+                    listener.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_INFO,
+                    (&raw mut info).cast(),
+                    &mut len,
+                )
+            },
+            "getsockopt(TCP_INFO)",
+        )?;
+        if info.tcpi_unacked >= n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{n} connections did not reach the accept queue within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Raises the soft RLIMIT_NOFILE to the hard limit (default soft: 1024).
 pub fn raise_fd_limit() -> Result<()> {
     let mut lim = libc::rlimit {
@@ -247,60 +281,5 @@ pub fn set_comm(comm: &str) -> Result<()> {
         unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) },
         "prctl(PR_SET_NAME)",
     )?;
-    Ok(())
-}
-
-/// Prints getsockopt results (return value, errno, length and bytes) for a
-/// set of options at several buffer sizes, including above 4 KiB and a NULL
-/// optval, on TCP, UDP and Unix sockets. Run with and without sockerr's
-/// probes: the output must be identical.
-pub fn getsockopt_dump() -> Result<()> {
-    let options = [
-        (libc::SOL_SOCKET, libc::SO_ERROR, "SO_ERROR"),
-        (libc::SOL_SOCKET, libc::SO_TYPE, "SO_TYPE"),
-        (libc::SOL_SOCKET, libc::SO_RCVBUF, "SO_RCVBUF"),
-        (libc::SOL_SOCKET, libc::SO_LINGER, "SO_LINGER"),
-        (libc::SOL_SOCKET, libc::SO_PEERCRED, "SO_PEERCRED"),
-        (libc::SOL_SOCKET, libc::SO_DOMAIN, "SO_DOMAIN"),
-        (libc::IPPROTO_TCP, libc::TCP_INFO, "TCP_INFO"),
-        (libc::IPPROTO_TCP, libc::TCP_CONGESTION, "TCP_CONGESTION"),
-        (libc::IPPROTO_TCP, libc::TCP_NODELAY, "TCP_NODELAY"),
-        (libc::IPPROTO_IP, libc::IP_TTL, "IP_TTL"),
-    ];
-    let sockets = [
-        ("tcp", libc::AF_INET, libc::SOCK_STREAM),
-        ("udp", libc::AF_INET, libc::SOCK_DGRAM),
-        ("unix", libc::AF_UNIX, libc::SOCK_STREAM),
-    ];
-    for (kind, family, ty) in sockets {
-        // SAFETY: plain syscall; closed below.
-        let fd = check(unsafe { libc::socket(family, ty, 0) }, "socket")?;
-        for (level, name, label) in options {
-            for size in [0usize, 1, 4, 8, 64, 4096, 8192, 16384] {
-                // Deterministic, non-zero filler, to see any byte the kernel
-                // or a probe would (wrongly) touch.
-                let mut buf: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
-                let mut len = size as libc::socklen_t;
-                let ptr = if size == 0 {
-                    std::ptr::null_mut()
-                } else {
-                    buf.as_mut_ptr().cast()
-                };
-                // SAFETY: ptr is null or valid for `size` bytes.
-                let ret = unsafe { libc::getsockopt(fd, level, name, ptr, &mut len) };
-                let err = if ret < 0 { errno() } else { 0 };
-                let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
-                // TCP_INFO carries timings that change between runs.
-                let hex = if name == libc::TCP_INFO && level == libc::IPPROTO_TCP {
-                    format!("len{}", hex.len())
-                } else {
-                    hex
-                };
-                println!("{kind} {label} size={size} ret={ret} errno={err} len={len} {hex}");
-            }
-        }
-        // SAFETY: fd is ours.
-        unsafe { libc::close(fd) };
-    }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The matrix runner's closing line, written by `sockerr-scenario matrix`
 //! and read by `cargo xtask matrix`:
 //!
-//! `MATRIX kernel=<release> check=ok|fail trace=ok|fail rows=N pass=N fail=N failed=<row numbers>|- unreach=ok|fail|absent|skipped secs=S`
+//! `MATRIX kernel=<release> check=ok|fail trace=ok|fail rows=N pass=N fail=N failed=<row numbers>|- unreach=ok|fail|absent|skipped transparent=ok|differs:N|error secs=S`
 
 use std::fmt;
 
@@ -19,6 +19,10 @@ pub struct Summary {
     /// A connect() with no route counted: ok, fail, absent (no hook for it
     /// on this kernel) or skipped (the address was routable).
     pub unreach: String,
+    /// Every call of `sockerr-scenario transparency` gave the same result
+    /// with the agent attached as without it: ok, differs:N (lines that
+    /// differ) or error (the scenario itself failed).
+    pub transparent: String,
     pub secs: f64,
 }
 
@@ -33,7 +37,7 @@ impl fmt::Display for Summary {
         };
         write!(
             f,
-            "MATRIX kernel={} check={} trace={} rows={} pass={} fail={} failed={failed} unreach={} secs={:.1}",
+            "MATRIX kernel={} check={} trace={} rows={} pass={} fail={} failed={failed} unreach={} transparent={} secs={:.1}",
             self.kernel,
             ok(self.check),
             ok(self.trace),
@@ -41,6 +45,7 @@ impl fmt::Display for Summary {
             self.pass,
             self.failed.len(),
             self.unreach,
+            self.transparent,
             self.secs
         )
     }
@@ -65,6 +70,7 @@ impl Summary {
                 .filter_map(|n| n.parse().ok())
                 .collect(),
             unreach: field("unreach")?.to_owned(),
+            transparent: field("transparent")?.to_owned(),
             secs: field("secs")?.parse().ok()?,
         })
     }
@@ -84,12 +90,13 @@ mod tests {
             pass: 11,
             failed: vec![2, 13],
             unreach: "absent".into(),
+            transparent: "differs:3".into(),
             secs: 3.04,
         };
         let line = s.to_string();
         assert_eq!(
             line,
-            "MATRIX kernel=6.1.0-56-cloud-amd64 check=ok trace=fail rows=13 pass=11 fail=2 failed=2,13 unreach=absent secs=3.0"
+            "MATRIX kernel=6.1.0-56-cloud-amd64 check=ok trace=fail rows=13 pass=11 fail=2 failed=2,13 unreach=absent transparent=differs:3 secs=3.0"
         );
         let back = Summary::parse(&line).unwrap();
         assert_eq!(
@@ -98,5 +105,6 @@ mod tests {
         );
         assert_eq!((back.rows, back.pass, back.failed), (13, 11, vec![2, 13]));
         assert_eq!(back.unreach, "absent");
+        assert_eq!(back.transparent, "differs:3");
     }
 }

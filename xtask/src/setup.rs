@@ -94,6 +94,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "busybox-static",
         "the kernel matrix VMs' init and shell (a static binary in the initramfs)",
     ),
+    (
+        "iptables",
+        "the transparency check reads a large iptables-legacy ruleset (on the host and in the VMs)",
+    ),
+    (
+        "xz-utils",
+        "the kernel matrix unpacks the netfilter modules of kernels that compress them",
+    ),
 ];
 
 pub fn run() -> Result<()> {

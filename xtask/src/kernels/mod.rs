@@ -3,7 +3,8 @@
 //!
 //! Each series ([`series`]) is the newest cloud kernel of its Debian
 //! suites, fetched through a private apt view ([`apt`]) and kept in the
-//! cache with only its vmlinuz and config.
+//! cache with only its vmlinuz, config and the netfilter modules the
+//! transparency check loads.
 
 mod apt;
 mod series;
@@ -24,7 +25,18 @@ pub struct Kernel {
     pub package: String,
     pub version: String,
     pub vmlinuz: PathBuf,
+    /// The modules of [`NETFILTER_MODULES`], uncompressed, in load order.
+    pub modules: Vec<PathBuf>,
 }
+
+/// What iptables-legacy needs of a kernel that builds it as modules (every
+/// Debian kernel of the matrix), in the order they load: the transparency
+/// check reads a large ruleset through it.
+pub const NETFILTER_MODULES: [&str; 3] = [
+    "net/netfilter/x_tables",
+    "net/ipv4/netfilter/ip_tables",
+    "net/ipv4/netfilter/iptable_filter",
+];
 
 impl Kernel {
     /// The kernel release, e.g. 6.1.0-56-cloud-amd64.
@@ -38,22 +50,33 @@ fn release_of(package: &str) -> &str {
     package.strip_prefix("linux-image-").unwrap_or(package)
 }
 
-/// What a series' cache directory holds: vmlinuz, config, and `package`
-/// ("name version").
+/// What a series' cache directory holds: vmlinuz, config, `package`
+/// ("name version") and `modules/<name>.ko`.
 fn cached(series: &'static Series) -> Option<Kernel> {
     let d = cache::kernels().ok()?.join(series.name);
     let text = fs::read_to_string(d.join("package")).ok()?;
     let (package, version) = text.trim().split_once(' ')?;
     let vmlinuz = d.join("vmlinuz");
-    vmlinuz.is_file().then(|| Kernel {
+    let modules: Vec<PathBuf> = NETFILTER_MODULES
+        .iter()
+        .map(|m| d.join("modules").join(format!("{}.ko", module_name(m))))
+        .collect();
+    (vmlinuz.is_file() && modules.iter().all(|m| m.is_file())).then(|| Kernel {
         series,
         package: package.to_owned(),
         version: version.to_owned(),
         vmlinuz,
+        modules,
     })
 }
 
-/// Downloads the package and keeps only its vmlinuz and config.
+/// net/ipv4/netfilter/ip_tables → ip_tables.
+fn module_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Downloads the package and keeps only its vmlinuz, config and the
+/// netfilter modules (uncompressed: busybox's insmod takes plain `.ko`).
 fn download(series: &'static Series, package: &str, version: &str) -> Result<Kernel> {
     let d = cache::kernels()?.join(series.name);
     let tmp = cache::kernels()?.join(format!("{}.download", series.name));
@@ -75,12 +98,17 @@ fn download(series: &'static Series, package: &str, version: &str) -> Result<Ker
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
         .context("apt-get download left no .deb")?;
     let size = fs::metadata(&deb)?.len();
-    // Only /boot/vmlinuz-* and /boot/config-*: no modules (the initramfs
-    // needs none) and BTF is built into the image.
+    // /boot/vmlinuz-*, /boot/config-* and a few modules (BTF is built into
+    // the image); 6.12's modules are xz-compressed.
     let release = release_of(package);
+    let modules = NETFILTER_MODULES
+        .map(|m| format!("'./lib/modules/{release}/kernel/{m}.ko*'"))
+        .join(" ");
     let status = Command::new("sh")
         .arg("-c")
-        .arg(r#"dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" "./boot/vmlinuz-$3" "./boot/config-$3""#)
+        .arg(format!(
+            r#"dpkg-deb --fsys-tarfile "$1" | tar -x --wildcards -C "$2" "./boot/vmlinuz-$3" "./boot/config-$3" {modules}"#
+        ))
         .args(["sh"])
         .arg(&deb)
         .arg(&tmp)
@@ -88,9 +116,23 @@ fn download(series: &'static Series, package: &str, version: &str) -> Result<Ker
         .status()?;
     anyhow::ensure!(
         status.success(),
-        "extracting vmlinuz-{release} from {}",
+        "extracting vmlinuz-{release} and its netfilter modules from {}",
         deb.display()
     );
+    let kept = tmp.join("modules");
+    fs::create_dir_all(&kept)?;
+    for m in NETFILTER_MODULES {
+        let base = tmp.join(format!("lib/modules/{release}/kernel/{m}.ko"));
+        let name = kept.join(format!("{}.ko", module_name(m)));
+        let xz = base.with_extension("ko.xz");
+        if xz.is_file() {
+            cmd::run(Command::new("xz").arg("-d").arg(&xz))
+                .with_context(|| format!("decompressing {} (xz-utils)", xz.display()))?;
+        }
+        fs::rename(&base, &name).with_context(|| {
+            format!("{m}.ko is not in {package}: modules compressed otherwise?")
+        })?;
+    }
     let _ = fs::remove_dir_all(&d);
     fs::create_dir_all(&d)?;
     fs::rename(
@@ -98,6 +140,7 @@ fn download(series: &'static Series, package: &str, version: &str) -> Result<Ker
         d.join("vmlinuz"),
     )?;
     fs::rename(tmp.join(format!("boot/config-{release}")), d.join("config"))?;
+    fs::rename(&kept, d.join("modules"))?;
     fs::write(d.join("package"), format!("{package} {version}\n"))?;
     fs::remove_dir_all(&tmp)?;
     println!(

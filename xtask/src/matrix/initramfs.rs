@@ -1,5 +1,7 @@
 //! The initramfs the VMs boot: busybox as init's shell, the release agent,
-//! the scenario program and their C libraries.
+//! the scenario program, iptables-legacy and their C libraries; then, per
+//! kernel, a second archive with its netfilter modules (the kernel unpacks
+//! archives concatenated into one initrd in turn).
 
 use std::{
     fs,
@@ -29,6 +31,9 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing
 ip link set lo up
+for m in $(cat /lib/modules/netfilter/order); do
+  insmod "/lib/modules/netfilter/$m.ko" || echo "matrix: insmod $m failed"
+done
 echo "MATRIX-INIT uptime=$(cut -d' ' -f1 /proc/uptime) cpus=$(nproc)"
 args=""
 for word in $(cat /proc/cmdline); do
@@ -76,17 +81,27 @@ fn stripped(binary: &Path, out: &Path) -> Result<Vec<u8>> {
     Ok(fs::read(dest)?)
 }
 
-/// An uncompressed newc cpio archive (what the kernel unpacks fastest;
-/// under TCG decompression is slow): directories, /dev/console for init's
-/// output, /init, busybox, the agent, the scenario program and their
-/// libraries at the paths the loader looks for them.
+/// iptables-legacy as the transparency check runs it, and the one
+/// extension its ruleset needs (loaded with dlopen, so ldd does not list it).
+const XTABLES: &str = "/usr/sbin/xtables-legacy-multi";
+const XTABLES_STANDARD: &str = "/usr/lib/x86_64-linux-gnu/xtables/libxt_standard.so";
+
+/// The initramfs every VM shares: /init, busybox, the agent, the scenario
+/// program, iptables-legacy and their libraries at the paths the loader
+/// looks for them.
 pub fn initramfs(agent: &Path, scenario: &Path, bpf_stats: bool, out: &Path) -> Result<PathBuf> {
     let busybox = Path::new("/bin/busybox");
-    anyhow::ensure!(
-        busybox.exists(),
-        "{} is missing: `cargo xtask setup` installs busybox-static",
-        busybox.display()
-    );
+    for (path, package) in [
+        (busybox, "busybox-static"),
+        (Path::new(XTABLES), "iptables"),
+        (Path::new(XTABLES_STANDARD), "iptables"),
+    ] {
+        anyhow::ensure!(
+            path.exists(),
+            "{} is missing: `cargo xtask setup` installs {package}",
+            path.display()
+        );
+    }
     println!("xtask matrix: building the initramfs (agent and scenarios stripped of debug info)");
     let strip_dir = out.join("stripped");
     fs::create_dir_all(&strip_dir)?;
@@ -100,13 +115,14 @@ pub fn initramfs(agent: &Path, scenario: &Path, bpf_stats: bool, out: &Path) -> 
         ),
     ];
     let mut libs = Vec::new();
-    for binary in [busybox, agent, scenario] {
+    for binary in [busybox, agent, scenario, Path::new(XTABLES)] {
         for lib in libraries(binary)? {
             if !libs.contains(&lib) {
                 libs.push(lib);
             }
         }
     }
+    libs.extend([PathBuf::from(XTABLES), PathBuf::from(XTABLES_STANDARD)]);
     for lib in &libs {
         let name = lib.to_str().context("non-UTF-8 library path")?;
         files.push((
@@ -114,48 +130,7 @@ pub fn initramfs(agent: &Path, scenario: &Path, bpf_stats: bool, out: &Path) -> 
             fs::read(lib).with_context(|| format!("reading {name}"))?,
         ));
     }
-    let mut dirs: Vec<String> = ["dev", "proc", "sys", "tmp", "run", "root"]
-        .map(String::from)
-        .to_vec();
-    for (name, _) in &files {
-        for p in Path::new(name).ancestors().skip(1) {
-            let p = p.to_str().unwrap().to_owned();
-            if !p.is_empty() && !dirs.contains(&p) {
-                dirs.push(p);
-            }
-        }
-    }
-    // Parents sort before their children.
-    dirs.sort();
-    let mut archive = Vec::new();
-    let mut ino = 1;
-    let mut entry = |archive: &mut Vec<u8>, builder: NewcBuilder, data: &[u8]| -> Result<()> {
-        let mut w = builder.ino(ino).write(archive, data.len() as u32);
-        w.write_all(data)?;
-        w.finish()?;
-        ino += 1;
-        Ok(())
-    };
-    for d in &dirs {
-        entry(
-            &mut archive,
-            NewcBuilder::new(d).mode(0o040_755).nlink(2),
-            &[],
-        )?;
-    }
-    // The kernel opens /dev/console for init before devtmpfs is mounted.
-    entry(
-        &mut archive,
-        NewcBuilder::new("dev/console")
-            .mode(0o020_600)
-            .rdev_major(5)
-            .rdev_minor(1),
-        &[],
-    )?;
-    for (name, data) in &files {
-        entry(&mut archive, NewcBuilder::new(name).mode(0o100_755), data)?;
-    }
-    newc::trailer(&mut archive)?;
+    let archive = cpio(&files, &["dev", "proc", "sys", "tmp", "run", "root"])?;
     let path = out.join("initramfs.cpio");
     fs::write(&path, &archive)?;
     println!(
@@ -168,4 +143,77 @@ pub fn initramfs(agent: &Path, scenario: &Path, bpf_stats: bool, out: &Path) -> 
             .join(", ")
     );
     Ok(path)
+}
+
+/// The shared initramfs followed by an archive of `modules` (in load order)
+/// under /lib/modules/netfilter, for one kernel.
+pub fn with_modules(shared: &Path, modules: &[PathBuf], name: &str, out: &Path) -> Result<PathBuf> {
+    let mut files = Vec::new();
+    let mut order = String::new();
+    for m in modules {
+        let stem = m
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .context("module name")?;
+        files.push((
+            format!("lib/modules/netfilter/{stem}.ko"),
+            fs::read(m).with_context(|| format!("reading {}", m.display()))?,
+        ));
+        order += &format!("{stem}\n");
+    }
+    files.push(("lib/modules/netfilter/order".into(), order.into_bytes()));
+    let mut image = fs::read(shared)?;
+    image.extend(cpio(&files, &[])?);
+    let path = out.join(format!("{name}.initramfs.cpio"));
+    fs::write(&path, image)?;
+    Ok(path)
+}
+
+/// An uncompressed newc cpio archive (what the kernel unpacks fastest;
+/// under TCG decompression is slow) of `files`, their directories and
+/// `dirs`, and /dev/console for init's output.
+fn cpio(files: &[(String, Vec<u8>)], dirs: &[&str]) -> Result<Vec<u8>> {
+    let mut all_dirs: Vec<String> = dirs.iter().map(|d| d.to_string()).collect();
+    for (name, _) in files {
+        for p in Path::new(name).ancestors().skip(1) {
+            let p = p.to_str().unwrap().to_owned();
+            if !p.is_empty() && !all_dirs.contains(&p) {
+                all_dirs.push(p);
+            }
+        }
+    }
+    // Parents sort before their children.
+    all_dirs.sort();
+    let mut archive = Vec::new();
+    let mut ino = 1;
+    let mut entry = |archive: &mut Vec<u8>, builder: NewcBuilder, data: &[u8]| -> Result<()> {
+        let mut w = builder.ino(ino).write(archive, data.len() as u32);
+        w.write_all(data)?;
+        w.finish()?;
+        ino += 1;
+        Ok(())
+    };
+    for d in &all_dirs {
+        entry(
+            &mut archive,
+            NewcBuilder::new(d).mode(0o040_755).nlink(2),
+            &[],
+        )?;
+    }
+    // The kernel opens /dev/console for init before devtmpfs is mounted.
+    if dirs.contains(&"dev") {
+        entry(
+            &mut archive,
+            NewcBuilder::new("dev/console")
+                .mode(0o020_600)
+                .rdev_major(5)
+                .rdev_minor(1),
+            &[],
+        )?;
+    }
+    for (name, data) in files {
+        entry(&mut archive, NewcBuilder::new(name).mode(0o100_755), data)?;
+    }
+    newc::trailer(&mut archive)?;
+    Ok(archive)
 }

@@ -28,7 +28,7 @@ use sockerr_scenarios::summary::Summary;
 
 use self::{
     console::{find, stream},
-    initramfs::initramfs,
+    initramfs::{initramfs, with_modules},
     report::{print_table, secs},
     row::{Row, VARIANTS, Variant, expected_hooks, skipped, wrong_hooks},
 };
@@ -125,6 +125,7 @@ pub fn matrix(options: &Options) -> Result<Outcome> {
         let image = initramfs(&agent, &scenario, options.bpf_stats, &out)?;
         initramfs_time = Some(t.elapsed());
         for kernel in &kernels {
+            let image = with_modules(&image, &kernel.modules, kernel.series.name, &out)?;
             for variant in &VARIANTS {
                 rows.push(boot(kernel, variant, &image, options, &out)?);
             }

@@ -63,7 +63,11 @@ impl Row {
     pub fn passed(&self) -> bool {
         self.wrong_hooks.is_empty()
             && self.summary.as_ref().is_some_and(|s| {
-                s.check && s.trace && s.failed.is_empty() && self.unreach_passed(&s.unreach)
+                s.check
+                    && s.trace
+                    && s.failed.is_empty()
+                    && self.unreach_passed(&s.unreach)
+                    && s.transparent == "ok"
             })
     }
 
@@ -137,7 +141,7 @@ mod tests {
     #[test]
     fn parses_the_summary_line() {
         let s = Summary::parse(
-            "MATRIX kernel=6.1.0-56-cloud-amd64 check=fail trace=fail rows=13 pass=0 fail=13 failed=1,2,13 unreach=fail secs=3.0",
+            "MATRIX kernel=6.1.0-56-cloud-amd64 check=fail trace=fail rows=13 pass=0 fail=13 failed=1,2,13 unreach=fail transparent=error secs=3.0",
         )
         .unwrap();
         assert_eq!(s.kernel, "6.1.0-56-cloud-amd64");
@@ -146,7 +150,7 @@ mod tests {
         assert_eq!(s.failed, [1, 2, 13]);
         assert_eq!(s.unreach, "fail");
         let s = Summary::parse(
-            "MATRIX kernel=x check=ok trace=ok rows=13 pass=13 fail=0 failed=- unreach=absent secs=1",
+            "MATRIX kernel=x check=ok trace=ok rows=13 pass=13 fail=0 failed=- unreach=absent transparent=ok secs=1",
         )
         .unwrap();
         assert!(s.failed.is_empty());
@@ -157,7 +161,7 @@ mod tests {
             boot: None,
             table: None,
             summary: Summary::parse(
-                "MATRIX kernel=x check=ok trace=ok rows=13 pass=13 fail=0 failed=- unreach=absent secs=1",
+                "MATRIX kernel=x check=ok trace=ok rows=13 pass=13 fail=0 failed=- unreach=absent transparent=ok secs=1",
             ),
             note: None,
             lines: Vec::new(),
@@ -166,6 +170,16 @@ mod tests {
         };
         assert!(row("host").passed());
         assert!(!row("6.1").passed());
+        let changed = Row {
+            summary: Summary::parse(
+                "MATRIX kernel=x check=ok trace=ok rows=13 pass=13 fail=0 failed=- unreach=absent transparent=differs:2 secs=1",
+            ),
+            ..row("host")
+        };
+        assert!(
+            !changed.passed(),
+            "a call the agent changed fails the kernel"
+        );
     }
 
     #[test]
