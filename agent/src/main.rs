@@ -76,12 +76,14 @@ struct RunArgs {
     #[arg(long = "max-processes", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     max_processes: u32,
     /// Distinct comm label values in metrics; the rest are reported as "other".
-    #[arg(long = "metrics.max-comms", default_value_t = 100)]
-    max_comms: usize,
+    #[arg(long = "metrics.max-comms", default_value_t = sockerr_common::DEFAULT_MAX_COMMS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_comms: u32,
     /// Distinct remote endpoints in sockerr_connect_failures_by_remote_total;
     /// the rest are reported as "other".
-    #[arg(long = "metrics.max-remotes", default_value_t = 100)]
-    max_remotes: usize,
+    #[arg(long = "metrics.max-remotes", default_value_t = sockerr_common::DEFAULT_MAX_REMOTES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_remotes: u32,
     /// Add namespace, pod and container labels (from the container
     /// runtime's state) to the per-process series: findings, attempts,
     /// failures and SO_ERROR reads.
@@ -174,12 +176,12 @@ struct TraceArgs {
 }
 
 impl KernelArgs {
-    fn options(&self, detail_default: Duration, by_cgroup: bool) -> kernel::Options {
+    fn options(&self, detail_default: Duration, counted: kernel::Counted) -> kernel::Options {
         kernel::Options {
             max_attempts: self.max_attempts,
             detail_interval: self.detail_interval.unwrap_or(detail_default),
             disabled_hooks: self.disable_hooks.clone(),
-            by_cgroup,
+            counted,
         }
     }
 }
@@ -190,7 +192,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => Ok(check::report(&check::requirements(
             &check::kernel_btf(),
-            Some(&args.kernel.options(Duration::ZERO, false)),
+            Some(
+                &args
+                    .kernel
+                    .options(Duration::ZERO, kernel::Counted::default()),
+            ),
         ))),
         Command::HashPassword => web::hash_password(std::io::stdin().lock()).map(|hash| {
             println!("{hash}");
@@ -225,14 +231,16 @@ async fn run(args: RunArgs) -> Result<()> {
     // Before attaching anything, so a bad web config or a busy port fails
     // fast and clean.
     let server = web::Server::bind(&args.web).await?;
-    let options = args
-        .probes
-        .kernel
-        .options(Duration::from_secs(10), args.pod_labels);
+    let counted = kernel::Counted {
+        by_cgroup: args.pod_labels,
+        max_comms: args.max_comms,
+        max_remotes: args.max_remotes,
+    };
+    let options = args.probes.kernel.options(Duration::from_secs(10), counted);
     let started = start(&options, &args.probes)?;
     let metrics = metrics::Metrics::new(
-        args.max_comms,
-        args.max_remotes,
+        args.max_comms as usize,
+        args.max_remotes as usize,
         args.pod_labels.then_some(metrics::PodCap {
             max: args.max_pods,
             idle: args.pod_idle,
@@ -285,7 +293,10 @@ async fn periodic(state: state::State, summaries: Duration) {
 
 async fn trace(args: TraceArgs) -> Result<()> {
     let started = start(
-        &args.probes.kernel.options(Duration::ZERO, false),
+        &args
+            .probes
+            .kernel
+            .options(Duration::ZERO, kernel::Counted::default()),
         &args.probes,
     )?;
     eprintln!("sockerr: tracing; Ctrl-C to stop");
@@ -369,7 +380,8 @@ fn start(options: &kernel::Options, args: &ProbeArgs) -> Result<Started> {
             maps.counters,
             maps.remotes,
             maps.health,
-            options.by_cgroup.then_some(sampler::Pods {
+            &options.counted,
+            options.counted.by_cgroup.then_some(sampler::Pods {
                 cgroups,
                 containers,
             }),

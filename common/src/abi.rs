@@ -27,6 +27,8 @@ pub mod names {
     pub const DETAIL_INTERVAL_NS: &str = "DETAIL_INTERVAL_NS";
     pub const BY_CGROUP: &str = "BY_CGROUP";
     pub const WANT_SITES: &str = "WANT_SITES";
+    pub const COMMS: &str = "COMMS";
+    pub const REMOTE_ENDPOINTS: &str = "REMOTE_ENDPOINTS";
     /// The uprobes on the C library's wrappers, attached per process.
     pub const CONNECT_SITE: &str = "connect_site";
     pub const GETSOCKOPT_SITE: &str = "getsockopt_site";
@@ -35,11 +37,43 @@ pub mod names {
 /// Default capacity of the `SOCKETS` LRU map (`--kernel.max-attempts`): the
 /// attempts of live sockets, each ≈ 150 bytes with the map's own overhead.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 65536;
-/// Capacity of the `COUNTERS` per-CPU hash map: (comm, counter, detail) keys.
-/// The agent folds idle keys into its own totals and deletes them.
-pub const COUNTER_ENTRIES: u32 = 16384;
-/// Capacity of the `REMOTES` per-CPU hash map: failing remote endpoints.
-pub const REMOTE_ENTRIES: u32 = 4096;
+/// Comms that keep counters of their own (`--metrics.max-comms`); the rest
+/// are counted under [`OTHER_COMM`], in the kernel.
+pub const DEFAULT_MAX_COMMS: u32 = 100;
+/// Remote endpoints that keep counters of their own
+/// (`--metrics.max-remotes`); the rest are counted under [`OTHER_REMOTE`].
+pub const DEFAULT_MAX_REMOTES: u32 = 100;
+
+/// The comm the kernel counts every comm past `--metrics.max-comms` under.
+/// A real comm always ends in NUL within `TASK_COMM_LEN` bytes: this one
+/// cannot be a process's.
+pub const OTHER_COMM: [u8; TASK_COMM_LEN] = [0xff; TASK_COMM_LEN];
+/// The endpoint every remote past `--metrics.max-remotes` is counted
+/// under: no address family is 0xffff.
+pub const OTHER_REMOTE: Endpoint = Endpoint {
+    addr: [0; 16],
+    port: 0,
+    family: 0xffff,
+    _pad: 0,
+};
+
+/// Capacity of the `COUNTERS` per-CPU hash map, (comm, counter, detail)
+/// keys, for `max_comms` comms and the overflow: a comm has at most a few
+/// dozen keys (3 outcomes, the errnos it failed with, 3 read results, 3
+/// finding kinds). The agent deletes idle keys once counted.
+pub const fn counter_entries(max_comms: u32) -> u32 {
+    at_least(max_comms.saturating_add(1).saturating_mul(32), 16384)
+}
+
+/// Capacity of the `REMOTES` per-CPU hash map, (endpoint, errno) keys, for
+/// `max_remotes` endpoints and the overflow.
+pub const fn remote_entries(max_remotes: u32) -> u32 {
+    at_least(max_remotes.saturating_add(1).saturating_mul(16), 4096)
+}
+
+const fn at_least(n: u32, floor: u32) -> u32 {
+    if n > floor { n } else { floor }
+}
 /// Capacity of the `TALLIES` LRU map: (process, kind) pairs with findings.
 pub const TALLY_ENTRIES: u32 = 16384;
 /// Capacity of the `SITES` LRU map: attempts of instrumented processes.
@@ -359,7 +393,8 @@ pub enum Health {
     RecordsLost = 1,
     /// An attempt could not be recorded in `SOCKETS`.
     StorageUnavailable = 2,
-    /// Counter updates dropped because `COUNTERS` was full.
+    /// Counter updates dropped because `COUNTERS` was full (its capacity
+    /// holds every admitted comm: only with counters kept by cgroup).
     CountersFull = 3,
     /// An outcome, `SO_ERROR` read or I/O on a connecting or failed socket
     /// whose attempt is no longer in `SOCKETS` (evicted): not judged.

@@ -19,13 +19,16 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sockerr_common::{
-    COUNTER_ENTRIES, CallSite, CallSites, Counter, CounterKey, DEFAULT_MAX_ATTEMPTS, Endpoint,
-    FINDINGS_RING_BYTES, FindingKind, FindingRecord, HEALTH_SLOTS, Health, PENDING_SITES,
-    REMOTE_ENTRIES, RemoteKey, SITE_ENTRIES, STACK_DEPTH, STACK_ENTRIES, SiteOp, SocketState,
-    TALLY_ENTRIES, TASK_COMM_LEN, Tally, TallyKey, Trigger, WANT_SITES_ENTRIES,
+    CallSite, CallSites, Counter, CounterKey, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_COMMS,
+    DEFAULT_MAX_REMOTES, Endpoint, FINDINGS_RING_BYTES, FindingKind, FindingRecord, HEALTH_SLOTS,
+    Health, OTHER_COMM, OTHER_REMOTE, PENDING_SITES, RemoteKey, SITE_ENTRIES, STACK_DEPTH,
+    STACK_ENTRIES, SiteOp, SocketState, TALLY_ENTRIES, TASK_COMM_LEN, Tally, TallyKey, Trigger,
+    WANT_SITES_ENTRIES,
 };
 
 use crate::kernel;
+
+const EEXIST: i32 = 17;
 
 /// The latest connect attempt of each TCP socket, by the socket's inode
 /// number, from connect() until the socket is released (`probes::release`).
@@ -52,15 +55,32 @@ static WANT_SITES: HashMap<u32, u8> = HashMap::with_max_entries(WANT_SITES_ENTRI
 static FINDINGS: RingBuf = RingBuf::with_byte_size(FINDINGS_RING_BYTES, 0);
 
 /// Attempts, failures by errno, SO_ERROR reads and findings, by comm. The
-/// agent deletes idle keys after adding them to its own totals.
+/// agent deletes idle keys after adding them to its own totals. Sized at
+/// load for the comms of `COMMS` ([`sockerr_common::counter_entries`]).
 #[map]
-static COUNTERS: PerCpuHashMap<CounterKey, u64> =
-    PerCpuHashMap::with_max_entries(COUNTER_ENTRIES, BPF_F_NO_PREALLOC);
+static COUNTERS: PerCpuHashMap<CounterKey, u64> = PerCpuHashMap::with_max_entries(
+    sockerr_common::counter_entries(DEFAULT_MAX_COMMS),
+    BPF_F_NO_PREALLOC,
+);
 
-/// Failed and aborted attempts by remote endpoint.
+/// Failed and aborted attempts by remote endpoint, sized at load likewise.
 #[map]
-static REMOTES: PerCpuHashMap<RemoteKey, u64> =
-    PerCpuHashMap::with_max_entries(REMOTE_ENTRIES, BPF_F_NO_PREALLOC);
+static REMOTES: PerCpuHashMap<RemoteKey, u64> = PerCpuHashMap::with_max_entries(
+    sockerr_common::remote_entries(DEFAULT_MAX_REMOTES),
+    BPF_F_NO_PREALLOC,
+);
+
+/// The comms counted under their own name, the first `--metrics.max-comms`
+/// seen (its size, set at load); the rest are counted as [`OTHER_COMM`].
+/// Folding in the kernel bounds `COUNTERS` by what the metrics show, so a
+/// churn of thousands of short-lived processes with distinct names loses
+/// no count to a full map (docs/design.md §4).
+#[map]
+static COMMS: HashMap<[u8; TASK_COMM_LEN], u8> = HashMap::with_max_entries(DEFAULT_MAX_COMMS, 0);
+
+/// The same for remote endpoints (`--metrics.max-remotes`, [`OTHER_REMOTE`]).
+#[map]
+static REMOTE_ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(DEFAULT_MAX_REMOTES, 0);
 
 /// Findings per (process, kind): what rate-limits finding records.
 #[map]
@@ -250,7 +270,26 @@ fn bump<K>(map: &PerCpuHashMap<K, u64>, key: &K) -> bool {
     false
 }
 
+/// Whether `key` is one of `admitted`'s, admitting it while there is room.
+fn admitted<K>(admitted: &HashMap<K, u8>, key: &K) -> bool {
+    // SAFETY: a u8 value, only tested for presence.
+    if unsafe { admitted.get(key) }.is_some() {
+        return true;
+    }
+    // Another CPU may admit the same key first (EEXIST): admitted too. A
+    // full map (E2BIG) admits no more.
+    match admitted.insert(key, 1, BPF_NOEXIST as u64) {
+        Ok(()) => true,
+        Err(errno) => errno == -EEXIST,
+    }
+}
+
 pub fn count(comm: [u8; TASK_COMM_LEN], cgroup_id: u64, counter: Counter, detail: u16) {
+    let comm = if admitted(&COMMS, &comm) {
+        comm
+    } else {
+        OTHER_COMM
+    };
     let key = CounterKey {
         comm,
         cgroup_id,
@@ -265,6 +304,11 @@ pub fn count(comm: [u8; TASK_COMM_LEN], cgroup_id: u64, counter: Counter, detail
 
 /// An attempt to `remote` failed with `errno`, or was aborted.
 pub fn count_remote(remote: Endpoint, errno: i32, aborted: bool) {
+    let remote = if admitted(&REMOTE_ENDPOINTS, &remote) {
+        remote
+    } else {
+        OTHER_REMOTE
+    };
     let key = RemoteKey {
         remote,
         errno,

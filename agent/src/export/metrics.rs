@@ -38,6 +38,11 @@ impl Cap {
             self.admitted.insert(value.clone());
             return value;
         }
+        Self::overflow()
+    }
+
+    /// What every value past the cap is reported as.
+    fn overflow() -> String {
         "other".to_owned()
     }
 }
@@ -294,8 +299,19 @@ impl Metrics {
         lock(&self.comms).label(comm)
     }
 
-    fn remote_label(&self, remote: String) -> String {
+    /// The capped `remote` label.
+    pub fn remote_label(&self, remote: String) -> String {
         lock(&self.remotes).label(remote)
+    }
+
+    /// The label of what the kernel counted past `--metrics.max-comms`.
+    pub fn comm_overflow(&self) -> String {
+        Cap::overflow()
+    }
+
+    /// The label of what the kernel counted past `--metrics.max-remotes`.
+    pub fn remote_overflow(&self) -> String {
+        Cap::overflow()
     }
 
     /// Pod labels of a process counting at `now`, the pod capped: while
@@ -378,10 +394,10 @@ impl Metrics {
     }
 
     /// Adds `n` failed (`reason` an errno name) or aborted attempts to `remote`.
-    pub fn remote_count(&self, remote: String, reason: &str, n: u64) {
-        let remote = self.remote_label(remote);
+    /// `remote`: a label from [`Metrics::remote_label`] or the overflow.
+    pub fn remote_count(&self, remote: &str, reason: &str, n: u64) {
         self.by_remote
-            .with_label_values(&[&remote, reason])
+            .with_label_values(&[remote, reason])
             .inc_by(n);
     }
 
@@ -497,15 +513,23 @@ mod tests {
             );
         }
         for r in ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.1:80"] {
-            m.remote_count(r.into(), "ECONNREFUSED", 1);
+            m.remote_count(&m.remote_label(r.into()), "ECONNREFUSED", 1);
         }
+        // What the kernel folded past its caps joins the overflow.
+        m.comm_count(
+            &m.comm_overflow(),
+            None,
+            &CommCount::Finding(FindingKind::SoErrorReread),
+            1,
+        );
+        m.remote_count(&m.remote_overflow(), "ECONNREFUSED", 1);
         let text = m.render();
         for expected in [
             r#"sockerr_findings_total{comm="a",kind="so_error_reread"} 2"#,
             r#"sockerr_findings_total{comm="b",kind="so_error_reread"} 1"#,
-            r#"sockerr_findings_total{comm="other",kind="so_error_reread"} 2"#,
+            r#"sockerr_findings_total{comm="other",kind="so_error_reread"} 3"#,
             r#"sockerr_connect_failures_by_remote_total{reason="ECONNREFUSED",remote="10.0.0.1:80"} 2"#,
-            r#"sockerr_connect_failures_by_remote_total{reason="ECONNREFUSED",remote="other"} 1"#,
+            r#"sockerr_connect_failures_by_remote_total{reason="ECONNREFUSED",remote="other"} 2"#,
         ] {
             assert!(text.contains(expected), "missing {expected}\n{text}");
         }

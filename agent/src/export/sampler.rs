@@ -20,15 +20,15 @@ use aya::{
     maps::{MapData, PerCpuArray},
 };
 use sockerr_common::{
-    COUNTER_ENTRIES, Counter, CounterKey, FindingKind, HEALTH_SLOTS, Health, REMOTE_ENTRIES,
-    RemoteKey,
+    Counter, CounterKey, FindingKind, HEALTH_SLOTS, Health, OTHER_COMM, OTHER_REMOTE, RemoteKey,
+    counter_entries, remote_entries,
 };
 use strum::IntoEnumIterator as _;
 
 use super::metrics::{ABORTED, CommCount, Metrics, PodLabels};
 use crate::{
     decode,
-    kernel::{CounterMap, Taken},
+    kernel::{Counted, CounterMap, Taken},
     pipeline::{cgroups::CgroupNames, containers::Containers},
 };
 
@@ -181,12 +181,13 @@ impl Sampler {
         counters: CounterMap<CounterKey>,
         remotes: CounterMap<RemoteKey>,
         health: PerCpuArray<MapData, u64>,
+        counted: &Counted,
         pods: Option<Pods>,
     ) -> Self {
         Self {
-            counters: Tracked::new(counters, COUNTER_ENTRIES),
+            counters: Tracked::new(counters, counter_entries(counted.max_comms)),
             pods,
-            remotes: Tracked::new(remotes, REMOTE_ENTRIES),
+            remotes: Tracked::new(remotes, remote_entries(counted.max_remotes)),
             health,
             seen_health: Default::default(),
         }
@@ -200,7 +201,11 @@ impl Sampler {
         let mut labelled: HashMap<u64, PodLabels> = HashMap::new();
         let counters = self.counters.sample(now, |key, n| {
             if let Some(what) = comm_count(key) {
-                let comm = metrics.comm_label(decode::label_value(&key.comm));
+                let comm = if key.comm == OTHER_COMM {
+                    metrics.comm_overflow()
+                } else {
+                    metrics.comm_label(decode::label_value(&key.comm))
+                };
                 let pod = pods.as_ref().map(|pods| {
                     labelled
                         .entry(key.cgroup_id)
@@ -212,14 +217,20 @@ impl Sampler {
         metrics.map_usage("counters", counters, self.counters.totals.capacity);
         metrics.expire_pods(now);
         let remotes = self.remotes.sample(now, |key, n| {
-            let remote =
-                decode::endpoint(&key.remote).map_or_else(|| "unknown".into(), |a| a.to_string());
+            let remote = if key.remote == OTHER_REMOTE {
+                metrics.remote_overflow()
+            } else {
+                metrics.remote_label(
+                    decode::endpoint(&key.remote)
+                        .map_or_else(|| "unknown".into(), |a| a.to_string()),
+                )
+            };
             let reason = if key.aborted != 0 {
                 ABORTED.to_owned()
             } else {
                 decode::errno_name(key.errno)
             };
-            metrics.remote_count(remote, &reason, n);
+            metrics.remote_count(&remote, &reason, n);
         })?;
         metrics.map_usage("remotes", remotes, self.remotes.totals.capacity);
         for slot in Health::iter() {

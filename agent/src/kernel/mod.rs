@@ -25,7 +25,9 @@ use aya::{
         ProgramError, UProbe,
     },
 };
-use sockerr_common::{CounterKey, RemoteKey, Tally, TallyKey, names};
+use sockerr_common::{
+    CounterKey, RemoteKey, Tally, TallyKey, counter_entries, names, remote_entries,
+};
 
 use self::probes::{Attach, Hook, PROBES, Probe};
 use crate::proc;
@@ -40,13 +42,35 @@ const UPROBES: [&str; 2] = [names::CONNECT_SITE, names::GETSOCKOPT_SITE];
 pub struct Options {
     /// Capacity of the attempts map (`--kernel.max-attempts`).
     pub max_attempts: u32,
+    /// How the kernel keys its counters.
+    pub counted: Counted,
     /// At most one finding record per (process, kind) per this interval
     /// after the first (`--findings.detail-interval`).
     pub detail_interval: Duration,
     /// Hooks never to use, as [`Attach`] displays them (`--kernel.disable-hook`).
     pub disabled_hooks: Vec<String>,
-    /// Keep counters by cgroup too, for pod labels (`--metrics.kubernetes-labels`).
+}
+
+/// How the kernel keys its counters: by comm (the first `max_comms`, the
+/// rest as the overflow), by remote endpoint likewise, and by cgroup too
+/// for pod labels.
+#[derive(Clone, Debug)]
+pub struct Counted {
+    /// Keep counters by cgroup too (`--metrics.kubernetes-labels`).
     pub by_cgroup: bool,
+    /// `--metrics.max-comms`, `--metrics.max-remotes`.
+    pub max_comms: u32,
+    pub max_remotes: u32,
+}
+
+impl Default for Counted {
+    fn default() -> Self {
+        Self {
+            by_cgroup: false,
+            max_comms: sockerr_common::DEFAULT_MAX_COMMS,
+            max_remotes: sockerr_common::DEFAULT_MAX_REMOTES,
+        }
+    }
 }
 
 /// The kernel's BTF, read once and parsed by both readers that need it:
@@ -113,12 +137,17 @@ impl Kernel {
     pub fn load(btf: &KernelBtf, options: &Options) -> Result<Self> {
         let offsets = btf.offsets.kernel_offsets()?;
         let interval = u64::try_from(options.detail_interval.as_nanos()).unwrap_or(u64::MAX);
+        let counted = &options.counted;
         let ebpf = EbpfLoader::new()
             .btf(Some(&btf.aya))
             .override_global(names::OFFSETS, &offsets, true)
             .override_global(names::DETAIL_INTERVAL_NS, &interval, true)
-            .override_global(names::BY_CGROUP, &u8::from(options.by_cgroup), true)
+            .override_global(names::BY_CGROUP, &u8::from(counted.by_cgroup), true)
             .map_max_entries(names::SOCKETS, options.max_attempts)
+            .map_max_entries(names::COMMS, counted.max_comms)
+            .map_max_entries(names::REMOTE_ENDPOINTS, counted.max_remotes)
+            .map_max_entries(names::COUNTERS, counter_entries(counted.max_comms))
+            .map_max_entries(names::REMOTES, remote_entries(counted.max_remotes))
             .load(OBJECT)
             .context("loading sockerr's eBPF object into the kernel")?;
         Ok(Self { ebpf })

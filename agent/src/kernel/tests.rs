@@ -74,6 +74,18 @@ const TAKEN: &[Taken] = &[
     ),
     // Sized at load; --kernel.max-attempts promises LRU eviction.
     taken(names::SOCKETS, &[BPF_MAP_TYPE_LRU_HASH], None),
+    // Sized at load (--metrics.max-comms, --metrics.max-remotes); admitting
+    // stops when full, so no LRU.
+    taken(
+        names::COMMS,
+        &[BPF_MAP_TYPE_HASH],
+        Some((sockerr_common::TASK_COMM_LEN, size_of::<u8>())),
+    ),
+    taken(
+        names::REMOTE_ENDPOINTS,
+        &[BPF_MAP_TYPE_HASH],
+        Some((size_of::<sockerr_common::Endpoint>(), size_of::<u8>())),
+    ),
     taken("AYA_LOGS", &[BPF_MAP_TYPE_RINGBUF], None),
 ];
 
