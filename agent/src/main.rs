@@ -144,8 +144,15 @@ struct CallSiteArgs {
     /// Findings with call sites a process gives before its uprobes are
     /// detached (each probe hit costs it a trap); its later findings repeat
     /// those sites. 0 keeps them until the process exits.
-    #[arg(long = "call-sites.findings", default_value_t = 3)]
+    #[arg(long = "call-sites.findings", default_value_t = 1)]
     findings: u32,
+    /// How long a flagged process must run on after its first finding
+    /// before it is probed: attaching and detaching uprobes take the kernel
+    /// hundreds of milliseconds, during which every connect and getsockopt
+    /// of the process traps. 0 probes at once. Default: 1s for run, 0 for
+    /// trace.
+    #[arg(long = "call-sites.delay", value_parser = humantime::parse_duration)]
+    delay: Option<Duration>,
 }
 
 #[derive(Args)]
@@ -237,7 +244,7 @@ async fn run(args: RunArgs) -> Result<()> {
         max_remotes: args.max_remotes,
     };
     let options = args.probes.kernel.options(Duration::from_secs(10), counted);
-    let started = start(&options, &args.probes)?;
+    let started = start(&options, &args.probes, Duration::from_secs(1))?;
     let metrics = metrics::Metrics::new(
         args.max_comms as usize,
         args.max_remotes as usize,
@@ -298,6 +305,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
             .kernel
             .options(Duration::ZERO, kernel::Counted::default()),
         &args.probes,
+        Duration::ZERO,
     )?;
     eprintln!("sockerr: tracing; Ctrl-C to stop");
     let mut pipeline = pipeline::Running::spawn(started.pipeline, move |output| {
@@ -334,7 +342,8 @@ struct Started {
 
 /// Checks the host, loads and attaches the probes, and drops the
 /// capabilities that needed (keeping those of per-process uprobes).
-fn start(options: &kernel::Options, args: &ProbeArgs) -> Result<Started> {
+/// `delay_default`: the call-site delay when `--call-sites.delay` is not given.
+fn start(options: &kernel::Options, args: &ProbeArgs, delay_default: Duration) -> Result<Started> {
     let (call_sites, containers) = (&args.call_sites, &args.containers);
     // Read once: checking, loading and attaching all use it.
     let btf = check::kernel_btf();
@@ -363,6 +372,7 @@ fn start(options: &kernel::Options, args: &ProbeArgs) -> Result<Started> {
         call_sites.mode,
         call_sites.max_instrumented,
         call_sites.findings,
+        call_sites.delay.unwrap_or(delay_default),
     )?;
     // Per-process uprobes are created later, so their capability stays.
     privileges::drop_after_attach(call_sites.mode == callsites::uprobes::Mode::Flagged)?;

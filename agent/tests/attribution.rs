@@ -6,7 +6,7 @@ mod support;
 
 use std::{process::Command, time::Duration};
 
-use support::{Agent, eventually, require_root, run_program, scenario, scenario_bin};
+use support::{Agent, eventually, require_root, run_program, scenario, scenario_bin, scenario_exe};
 
 fn own_cgroup() -> String {
     procfs::process::Process::myself()
@@ -58,11 +58,12 @@ fn processes_gone_before_the_agent_looks_are_named_by_the_kernel() {
     }
     let agent = Agent::start();
     agent.pause();
-    let pids: Vec<u32> = (0..10).map(|_| scenario(&["masked"]).0).collect();
+    let pids: Vec<u32> = (0..30).map(|_| scenario(&["masked"]).0).collect();
     agent.resume();
     let cgroup = own_cgroup();
     for f in findings_of(&agent, &pids) {
-        assert_eq!(f["exe"], "sockerr-scenario", "{f}");
+        // The full path, walked in the kernel: the process is gone.
+        assert_eq!(f["exe"], scenario_exe().as_str(), "{f}");
         assert_eq!(f["exe_source"], "kernel", "{f}");
         assert_eq!(f["cgroup"], cgroup.as_str(), "{f}");
         assert!(f.get("exe_error").is_none(), "exiting is no error: {f}");
@@ -114,7 +115,8 @@ fn a_cgroup_gone_before_the_agent_looks_is_reported_as_such() {
         let why = f["cgroup_error"].as_str().unwrap_or_default();
         assert!(why.contains("removed before it could be named"), "{f}");
         assert_eq!(
-            f["exe"], "sockerr-scenario",
+            f["exe"],
+            scenario_exe().as_str(),
             "still named by the kernel: {f}"
         );
     }

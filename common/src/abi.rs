@@ -226,7 +226,10 @@ pub struct FindingRecord {
     /// 1 when the path did not fit or was deeper than the walk goes: `exe`
     /// holds its end only.
     pub exe_truncated: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// Which file the executable is ([`ExeFile`]); zeroed with `exe`.
+    pub exe_dev: u32,
+    pub exe_file: ExeFile,
     /// Zeroed unless the process was instrumented for call sites.
     pub sites: CallSites,
 }
@@ -258,7 +261,13 @@ impl FindingRecord {
             exe: [0; EXE_PATH_LEN],
             exe_len: 0,
             exe_truncated: 0,
-            _pad: [0; 5],
+            _pad: 0,
+            exe_dev: 0,
+            exe_file: ExeFile {
+                ino: 0,
+                size: 0,
+                mtime_sec: 0,
+            },
             sites: CallSites {
                 started_ns: 0,
                 connect: CallSite {
@@ -285,6 +294,17 @@ impl FindingRecord {
         self.trigger = trigger as u8;
         self.remote = state.remote;
     }
+}
+
+/// The executable's file as the kernel knows it: with the device, a file
+/// replaced (a new inode) or rewritten in place (a new size or
+/// modification time) is another executable.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExeFile {
+    pub ino: u64,
+    pub size: i64,
+    pub mtime_sec: i64,
 }
 
 /// What a `COUNTERS` entry counts.
@@ -452,7 +472,16 @@ pub struct KernelOffsets {
     pub mount_mnt: u32,
     pub mount_parent: u32,
     pub mount_mountpoint: u32,
-    pub _pad: u32,
+    /// `struct file.f_inode`, and of `struct inode`: `i_ino`, `i_sb`,
+    /// `i_size` and the seconds of its modification time (`i_mtime`,
+    /// `__i_mtime` or `i_mtime_sec` by kernel), and `struct
+    /// super_block.s_dev`: which file the executable is.
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub inode_size: u32,
+    pub inode_mtime: u32,
+    pub sb_dev: u32,
 }
 
 /// `struct socket.state` of a socket whose connect() is under way or done
@@ -487,6 +516,6 @@ mod tests {
         assert_eq!(size_of::<CounterKey>(), 32);
         assert_eq!(size_of::<RemoteKey>(), 32);
         assert_eq!(size_of::<TallyKey>(), 8);
-        assert_eq!(size_of::<KernelOffsets>(), 104);
+        assert_eq!(size_of::<KernelOffsets>(), 124);
     }
 }

@@ -4,7 +4,7 @@
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, generated};
-use sockerr_common::{EXE_PATH_LEN, Endpoint, FindingRecord, KernelOffsets};
+use sockerr_common::{EXE_PATH_LEN, Endpoint, ExeFile, FindingRecord, KernelOffsets};
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -45,7 +45,12 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     mount_mnt: 0,
     mount_parent: 0,
     mount_mountpoint: 0,
-    _pad: 0,
+    file_inode: 0,
+    inode_ino: 0,
+    inode_sb: 0,
+    inode_size: 0,
+    inode_mtime: 0,
+    sb_dev: 0,
 };
 
 macro_rules! offset {
@@ -216,6 +221,14 @@ pub fn identify_current(record: &mut FindingRecord, scratch: &mut PathScratch) {
     let file: u64 = read(mm, offset!(mm_exe_file));
     if file != 0 {
         exe_path(file, scratch, record);
+        let inode: u64 = read(file, offset!(file_inode));
+        let sb: u64 = read(inode, offset!(inode_sb));
+        record.exe_dev = read(sb, offset!(sb_dev));
+        record.exe_file = ExeFile {
+            ino: read(inode, offset!(inode_ino)),
+            size: read(inode, offset!(inode_size)),
+            mtime_sec: read(inode, offset!(inode_mtime)),
+        };
     }
 }
 

@@ -20,10 +20,10 @@ use aya_ebpf::{
 };
 use sockerr_common::{
     CallSite, CallSites, Counter, CounterKey, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_COMMS,
-    DEFAULT_MAX_REMOTES, Endpoint, FINDINGS_RING_BYTES, FindingKind, FindingRecord, HEALTH_SLOTS,
-    Health, OTHER_COMM, OTHER_REMOTE, PENDING_SITES, RemoteKey, SITE_ENTRIES, STACK_DEPTH,
-    STACK_ENTRIES, SiteOp, SocketState, TALLY_ENTRIES, TASK_COMM_LEN, Tally, TallyKey, Trigger,
-    WANT_SITES_ENTRIES,
+    DEFAULT_MAX_REMOTES, Endpoint, ExeFile, FINDINGS_RING_BYTES, FindingKind, FindingRecord,
+    HEALTH_SLOTS, Health, OTHER_COMM, OTHER_REMOTE, PENDING_SITES, RemoteKey, SITE_ENTRIES,
+    STACK_DEPTH, STACK_ENTRIES, SiteOp, SocketState, TALLY_ENTRIES, TASK_COMM_LEN, Tally, TallyKey,
+    Trigger, WANT_SITES_ENTRIES,
 };
 
 use crate::kernel;
@@ -437,7 +437,9 @@ pub fn finding(
     // `exe` is read up to `exe_len` only.
     record.exe_len = 0;
     record.exe_truncated = 0;
-    record._pad = [0; 5];
+    record._pad = 0;
+    record.exe_dev = 0;
+    record.exe_file = ExeFile::default();
     if caller.current
         && let Some(scratch) = PATH_SCRATCH.get_ptr_mut(0)
     {
@@ -450,7 +452,9 @@ pub fn finding(
     let queued = FINDINGS.query(BPF_RB_AVAIL_DATA as u64);
     // SAFETY: reading a read-only global.
     let threshold = unsafe { ptr::read_volatile(&WAKEUP_BYTES) };
-    let flags = if first || queued >= threshold {
+    // A record sent within the interval carries call sites the agent is
+    // waiting for to let the process's uprobes go: at once, too.
+    let flags = if first || !due || queued >= threshold {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

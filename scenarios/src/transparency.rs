@@ -280,7 +280,16 @@ fn iptables() -> Result<()> {
     };
     xtables(&["iptables-restore"], Some(&restore))?;
     let out = out?;
-    let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+    // Chains print their packet and byte counters (`:INPUT ACCEPT [12:840]`),
+    // which any traffic changes: left out too.
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.strip_prefix(':') {
+            Some(_) => l.rsplit_once(" [").map_or(l, |(chain, _)| chain),
+            None => l,
+        })
+        .collect();
     anyhow::ensure!(
         lines.len() as u32 >= RULES,
         "iptables-legacy-save printed {} rule lines, not {RULES}",

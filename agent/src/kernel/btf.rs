@@ -207,7 +207,16 @@ impl Btf {
             mount_mnt: self.offset("mount", "mnt")?,
             mount_parent: self.offset("mount", "mnt_parent")?,
             mount_mountpoint: self.offset("mount", "mnt_mountpoint")?,
-            _pad: 0,
+            file_inode: self.offset("file", "f_inode")?,
+            inode_ino: self.offset("inode", "i_ino")?,
+            inode_sb: self.offset("inode", "i_sb")?,
+            inode_size: self.offset("inode", "i_size")?,
+            // Renamed twice: a timespec64 until 6.6 and 6.11 (tv_sec first).
+            inode_mtime: ["i_mtime_sec", "__i_mtime", "i_mtime"]
+                .into_iter()
+                .find_map(|m| self.offset("inode", m).ok())
+                .context("struct inode has no modification time member")?,
+            sb_dev: self.offset("super_block", "s_dev")?,
         })
     }
 }

@@ -165,7 +165,10 @@ async fn run(pipeline: Pipeline, sink: impl FnMut(Output)) -> Result<()> {
                 guard.clear_ready();
                 stages.drain(guard.get_inner_mut());
             }
-            _ = tick.tick() => stages.drain(ring.get_mut()),
+            _ = tick.tick() => {
+                stages.drain(ring.get_mut());
+                stages.locator.tick(&mut stages.kernel);
+            }
             _ = sweep.tick() => {
                 stages.locator.sweep();
                 stages.read_tallies();

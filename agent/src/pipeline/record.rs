@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use sockerr_common::{FindingKind, FindingRecord, MAX_READS, Trigger};
+use sockerr_common::{ExeFile, FindingKind, FindingRecord, MAX_READS, Trigger};
 
 use crate::decode;
 
@@ -36,6 +36,13 @@ impl Record {
 
     pub fn at(&self) -> SystemTime {
         decode::wall_time(self.raw.boot_ns)
+    }
+
+    /// Which file the process executes, as the kernel saw it with the
+    /// record: (device, inode, size, modification time); None when the
+    /// hook could not read the task.
+    pub fn exe_file(&self) -> Option<(u32, ExeFile)> {
+        (self.raw.exe_file.ino != 0).then_some((self.raw.exe_dev, self.raw.exe_file))
     }
 }
 

@@ -74,7 +74,12 @@ fn observe(ctx: &SockoptContext, ask: bool) {
     if sk.is_null() || unsafe { (*sk).protocol != IPPROTO_TCP || (*sk).type_ != SOCK_STREAM } {
         return;
     }
-    if opt.retval != 0 || opt.optlen < 4 || start.wrapping_byte_add(4) > end {
+    // The value is read from the buffer whatever `optlen` says: a program
+    // that ran before this one (another agent's, or a second sockerr's) may
+    // have set it to 0 as this one does, which leaves the kernel's result
+    // in the buffer and in force. The buffer holds 4 bytes only when the
+    // caller's did.
+    if opt.retval != 0 || start.wrapping_byte_add(4) > end {
         return;
     }
     let Some(sk) = plain_address(sk) else {

@@ -4,13 +4,20 @@
 //! made: the uprobes that capture it ([`uprobes`]), and turning the captured
 //! addresses and stacks into code locations ([`procmaps`], [`symbolize`]).
 //! The pipeline calls [`Locator::sites`] for each finding record; which
-//! processes are probed, and for how long, is decided here.
+//! processes are probed, and for how long, is decided here. Call sites are
+//! a property of the executable: once a process showed them for a kind of
+//! finding, later processes of the same executable file get them without
+//! being probed (docs/design.md §5).
 
 pub mod procmaps;
 mod symbolize;
 pub mod uprobes;
 
-use std::{collections::HashMap, fmt, time::SystemTime};
+use std::{
+    collections::HashMap,
+    fmt,
+    time::{Duration, Instant, SystemTime},
+};
 
 use anyhow::Result;
 use aya::maps::{MapData, StackTraceMap};
@@ -24,6 +31,9 @@ use self::{
 };
 use super::record::Record;
 use crate::{decode, kernel::Kernel};
+
+/// An executable file: (device, the kernel's identity of the file).
+type ExeId = (u32, sockerr_common::ExeFile);
 
 /// The call sites of findings: instruments a process from its first
 /// finding (per `--call-sites`), resolves what its uprobes captured, and
@@ -40,16 +50,18 @@ impl Locator {
         mode: Mode,
         max_instrumented: usize,
         keep: u32,
+        delay: Duration,
     ) -> Result<Self> {
         let (stacks, want) = maps;
         Ok(Self {
-            instrumenter: Instrumenter::new(kernel, want, mode, max_instrumented, keep)?,
+            instrumenter: Instrumenter::new(kernel, want, mode, max_instrumented, keep, delay)?,
             resolver: Resolver::new(stacks),
         })
     }
 
-    /// The call sites of a finding record made `at`; probes its process
-    /// when its sites for this kind are not known yet.
+    /// The call sites of a finding record made `at`: those it carries, or
+    /// those another process of the same executable showed; else its
+    /// process is probed (now, or once it has run on for the delay).
     pub fn sites(&mut self, kernel: &mut Kernel, record: &Record, at: SystemTime) -> CallSites {
         let (pid, kind) = (record.raw.tgid, record.kind);
         if !self.resolver.remembers(pid, kind) {
@@ -57,15 +69,29 @@ impl Locator {
             self.instrumenter.reinstrument(pid);
         }
         let mut coverage = self.instrumenter.coverage(pid);
+        let unprobed = matches!(coverage, Coverage::NotYet | Coverage::Deferred(_));
+        let carried = record.raw.sites.connect.captured()
+            || record.raw.sites.reads.iter().any(CallSite::captured);
+        if let Some(exe) = record.exe_file() {
+            self.resolver.note_exe(pid, exe);
+        }
+        if unprobed
+            && !carried
+            && let Some(sites) = self.resolver.learned(pid, kind)
+        {
+            return sites;
+        }
         if coverage == Coverage::NotYet {
             // The snapshot of its mappings, taken while the process most
             // likely runs, names modules after it exits.
             let maps = self.resolver.snapshot(pid);
-            self.instrumenter.instrument(kernel, pid, maps);
-            // One that could not be instrumented (it exited already) will
-            // have no next findings with sites: say why now.
-            if let unavailable @ Coverage::Unavailable(_) = self.instrumenter.coverage(pid) {
-                coverage = unavailable;
+            self.instrumenter.flagged(kernel, pid, maps, Instant::now());
+            // One that could not be instrumented (it exited already), or
+            // waits for the delay, will have no next findings with sites:
+            // say why now. One just instrumented: "not yet" still holds.
+            let now = self.instrumenter.coverage(pid);
+            if matches!(now, Coverage::Unavailable(_) | Coverage::Deferred(_)) {
+                coverage = now;
             }
         }
         let sites = self.resolver.resolve(
@@ -80,6 +106,17 @@ impl Locator {
             self.instrumenter.captured(pid);
         }
         sites
+    }
+
+    /// Instruments the flagged processes that have run on for the delay,
+    /// unless their executable's call sites became known meanwhile.
+    pub fn tick(&mut self, kernel: &mut Kernel) {
+        for pid in self.instrumenter.due(Instant::now()) {
+            if !self.resolver.knows_executable(pid) {
+                let maps = self.resolver.snapshot(pid);
+                self.instrumenter.instrument(kernel, pid, maps);
+            }
+        }
     }
 
     /// Lets go of processes that exited.
@@ -222,6 +259,11 @@ struct Resolver {
     /// The latest complete sites per (process, kind), and when: what the
     /// findings of a process whose uprobes were detached repeat.
     remembered: HashMap<(u32, FindingKind), (CallSites, SystemTime)>,
+    /// The executable of each process, from its records.
+    exes: HashMap<u32, ExeId>,
+    /// Complete sites per (executable, kind), from the process that showed
+    /// them and when: what later processes of the executable are given.
+    learned: HashMap<(ExeId, FindingKind), (CallSites, u32, SystemTime)>,
 }
 
 impl Resolver {
@@ -232,7 +274,43 @@ impl Resolver {
             maps: HashMap::new(),
             symbolizer: Symbolizer::new(),
             remembered: HashMap::new(),
+            exes: HashMap::new(),
+            learned: HashMap::new(),
         }
+    }
+
+    fn note_exe(&mut self, pid: u32, exe: ExeId) {
+        if self.exes.len() >= MAX_SNAPSHOTS && !self.exes.contains_key(&pid) {
+            self.exes.clear();
+        }
+        self.exes.insert(pid, exe);
+    }
+
+    /// The executable `pid` runs, from its records.
+    fn exe(&self, pid: u32) -> Option<ExeId> {
+        self.exes.get(&pid).copied()
+    }
+
+    /// Whether any kind of call sites of `pid`'s executable is known.
+    fn knows_executable(&self, pid: u32) -> bool {
+        let Some(exe) = self.exe(pid) else {
+            return false;
+        };
+        self.learned.keys().any(|(e, _)| *e == exe)
+    }
+
+    /// The sites another process of `pid`'s executable showed for `kind`.
+    fn learned(&self, pid: u32, kind: FindingKind) -> Option<CallSites> {
+        let exe = self.exe(pid)?;
+        let (sites, from, at) = self.learned.get(&(exe, kind))?;
+        Some(CallSites {
+            note: Some(format!(
+                "call sites of process {from} of the same executable, seen at {}: this \
+                 process was not probed",
+                decode::rfc3339(*at),
+            )),
+            ..sites.clone()
+        })
     }
 
     /// Whether complete call sites of a `kind` finding of `pid` are known.
@@ -243,6 +321,7 @@ impl Resolver {
     /// `pid` exited.
     fn forget(&mut self, pid: u32) {
         self.maps.remove(&pid);
+        self.exes.remove(&pid);
         self.remembered.retain(|(p, _), _| *p != pid);
     }
 
@@ -288,6 +367,13 @@ impl Resolver {
                 self.remembered.clear();
             }
             self.remembered.insert((pid, kind), (resolved.clone(), at));
+            if let Some(exe) = self.exe(pid) {
+                if self.learned.len() >= MAX_REMEMBERED {
+                    self.learned.clear();
+                }
+                self.learned
+                    .insert((exe, kind), (resolved.clone(), pid, at));
+            }
         } else if *coverage == Coverage::Detached
             && let Some((known, at)) = self.remembered.get(&(pid, kind))
         {
@@ -393,6 +479,11 @@ fn note(coverage: &Coverage) -> String {
         Coverage::NotYet => {
             "the process was not instrumented yet: call sites come with its next findings".into()
         }
+        Coverage::Deferred(delay) => format!(
+            "call sites come if the process runs on for {} after its first finding \
+             (--call-sites.delay): a short-lived process is not probed",
+            humantime::format_duration(*delay)
+        ),
         Coverage::Instrumented | Coverage::Detached => {
             "no C library call was seen for the missing sites: \
              raw system calls (e.g. Go), or calls made before the process was instrumented"

@@ -2,8 +2,11 @@
 //! and `getsockopt`, and attaching them.
 //!
 //! A uprobe costs a trap on every call it sees, so by default only flagged
-//! processes get them (per process, from their first finding on): a process
-//! that never misbehaves pays nothing.
+//! processes get them, and only those that run on for `--call-sites.delay`
+//! after their first finding: attaching and detaching take the kernel
+//! hundreds of milliseconds, a window a short-lived process would spend
+//! trapped for most of its life (docs/design.md §5). A process that never
+//! misbehaves, or lives briefly, pays nothing.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -13,6 +16,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -45,6 +49,9 @@ pub enum Coverage {
     Off,
     /// Not instrumented before this finding.
     NotYet,
+    /// Flagged, to be instrumented if it runs on for this long after its
+    /// first finding.
+    Deferred(Duration),
     Instrumented,
     /// Its call sites are known: the uprobes were detached.
     Detached,
@@ -87,6 +94,10 @@ pub struct Instrumenter {
     /// Findings with call sites a process gives before its uprobes are
     /// detached (0: never): each probe hit costs the process a trap.
     keep: u32,
+    /// How long a flagged process must run on before it is instrumented.
+    delay: Duration,
+    /// Flagged processes waiting for `delay`, since their first finding.
+    deferred: HashMap<u32, Instant>,
     /// Why no process can be instrumented, if so.
     unavailable: Option<String>,
     max: usize,
@@ -116,6 +127,7 @@ impl Instrumenter {
         mode: Mode,
         max: usize,
         keep: u32,
+        delay: Duration,
     ) -> Result<Self> {
         let unavailable = if mode == Mode::Off {
             None
@@ -125,6 +137,8 @@ impl Instrumenter {
         let mut this = Self {
             mode,
             keep,
+            delay,
+            deferred: HashMap::new(),
             unavailable,
             max,
             procs: HashMap::new(),
@@ -166,6 +180,7 @@ impl Instrumenter {
             (_, Some(Entry::Instrumented { .. })) => Coverage::Instrumented,
             (_, Some(Entry::Detached)) => Coverage::Detached,
             (_, Some(Entry::Unavailable(why))) => Coverage::Unavailable(why.clone()),
+            (_, None) if self.deferred.contains_key(&pid) => Coverage::Deferred(self.delay),
             (_, None) if self.usage.probed() >= self.max => Coverage::Unavailable(format!(
                 "{} processes are instrumented already (--call-sites.max-processes)",
                 self.max
@@ -174,11 +189,49 @@ impl Instrumenter {
         }
     }
 
-    /// Instruments `pid`, whose mappings are `maps` (None: it is gone).
-    pub fn instrument(&mut self, kernel: &mut Kernel, pid: u32, maps: Option<&ProcMaps>) {
+    /// A flagged process not instrumented yet: at once without a delay,
+    /// else once it has run on for the delay ([`Instrumenter::due`]).
+    /// `maps`: its mappings (None: it is gone).
+    pub fn flagged(
+        &mut self,
+        kernel: &mut Kernel,
+        pid: u32,
+        maps: Option<&ProcMaps>,
+        now: Instant,
+    ) {
         if self.coverage(pid) != Coverage::NotYet {
             return;
         }
+        // One already gone is said so at once.
+        if self.delay.is_zero() || self.mode == Mode::All || maps.is_none() {
+            self.instrument(kernel, pid, maps);
+        } else {
+            self.deferred.insert(pid, now);
+        }
+    }
+
+    /// Deferred processes whose delay has passed, no longer deferred; those
+    /// that exited meanwhile are dropped.
+    pub fn due(&mut self, now: Instant) -> Vec<u32> {
+        let delay = self.delay;
+        let due: Vec<u32> = self
+            .deferred
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= delay)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in &due {
+            self.deferred.remove(pid);
+        }
+        due.into_iter().filter(|pid| proc::alive(*pid)).collect()
+    }
+
+    /// Instruments `pid`, whose mappings are `maps` (None: it is gone).
+    pub fn instrument(&mut self, kernel: &mut Kernel, pid: u32, maps: Option<&ProcMaps>) {
+        if !matches!(self.coverage(pid), Coverage::NotYet | Coverage::Deferred(_)) {
+            return;
+        }
+        self.deferred.remove(&pid);
         let entry = match self.try_instrument(kernel, pid, maps) {
             Ok(entry) => entry,
             Err(e) => {
@@ -204,9 +257,12 @@ impl Instrumenter {
         // goes on counting.
         if self.keep > 0 && *captured == self.keep {
             // Host-wide probes ([`Mode::All`]) stay; only their records stop.
-            if !links.is_empty() {
-                self.procs.insert(pid, Entry::Detached);
-                tracing::info!(pid, "call sites known: uprobes detached");
+            if !links.is_empty()
+                && let Some(Entry::Instrumented { links, .. }) =
+                    self.procs.insert(pid, Entry::Detached)
+            {
+                detach(links);
+                tracing::info!(pid, "call sites known: uprobes detaching");
             }
             self.sync();
         }
@@ -343,11 +399,26 @@ impl Instrumenter {
             .collect();
         if !gone.is_empty() {
             for pid in &gone {
-                self.procs.remove(pid);
+                if let Some(Entry::Instrumented { links, .. }) = self.procs.remove(pid) {
+                    detach(links);
+                }
             }
             self.sync();
         }
         gone
+    }
+}
+
+/// Detaches uprobe links off the pipeline's thread. Each detach takes the
+/// kernel ≈ 170 ms (it waits for RCU with a global lock held); a probe's
+/// breakpoints are removed at the start of its own detach, so the one hit
+/// most often (getsockopt: once or twice per connect) goes first.
+fn detach(links: Vec<UProbeLink>) {
+    let spawned = std::thread::Builder::new()
+        .name("uprobe-detach".into())
+        .spawn(move || links.into_iter().rev().for_each(drop));
+    if let Err(e) = spawned {
+        tracing::warn!("detaching call-site uprobes on this thread: {e}");
     }
 }
 
