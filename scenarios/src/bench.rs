@@ -28,6 +28,8 @@ pub fn run(name: &str, iterations: u64, warm: bool) -> Result<()> {
         "established-reread" => established(n, 2),
         "pingpong" => pingpong(n),
         "pipe" => pipe(n),
+        "udp" => datagrams(n, udp_pair()?),
+        "unix-dgram" => datagrams(n, unix_dgram_pair()?),
         "masked" => connects(n, 2),
         other => bail!("unknown loop {other}"),
     };
@@ -127,6 +129,40 @@ fn pingpong(iterations: u64) -> Result<f64> {
     drop(client);
     echo.join().ok().context("echo thread")?;
     Ok(ns)
+}
+
+/// Two UDP sockets on loopback connected to each other.
+fn udp_pair() -> Result<[std::os::fd::OwnedFd; 2]> {
+    let a = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let b = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    a.connect(b.local_addr()?)?;
+    b.connect(a.local_addr()?)?;
+    Ok([a.into(), b.into()])
+}
+
+fn unix_dgram_pair() -> Result<[std::os::fd::OwnedFd; 2]> {
+    let (a, b) = std::os::unix::net::UnixDatagram::pair()?;
+    Ok([a.into(), b.into()])
+}
+
+/// 1-byte send and receive over a datagram pair: socket I/O that can never
+/// be a finding, which the I/O hooks must leave at once.
+fn datagrams(iterations: u64, pair: [std::os::fd::OwnedFd; 2]) -> Result<f64> {
+    use std::os::fd::AsRawFd as _;
+    let (a, b) = (pair[0].as_raw_fd(), pair[1].as_raw_fd());
+    let mut byte = [0u8; 1];
+    let start = Instant::now();
+    for _ in 0..iterations {
+        // SAFETY: valid fds and a one-byte buffer.
+        let (sent, received) = unsafe {
+            (
+                libc::send(a, b"x".as_ptr().cast(), 1, 0),
+                libc::recv(b, byte.as_mut_ptr().cast(), 1, 0),
+            )
+        };
+        anyhow::ensure!(sent == 1 && received == 1, "datagram lost");
+    }
+    Ok(per_op(start, iterations))
 }
 
 /// 1-byte write/read through a pipe: syscalls that are not socket I/O.
