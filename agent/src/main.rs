@@ -368,7 +368,7 @@ fn start(options: &kernel::Options, args: &ProbeArgs, delay_default: Duration) -
     let maps = kernel.take_maps()?;
     let locator = callsites::Locator::new(
         &mut kernel,
-        (maps.stacks, maps.want_sites),
+        (maps.stacks, maps.want_sites, maps.sites_on),
         call_sites.mode,
         call_sites.max_instrumented,
         call_sites.findings,

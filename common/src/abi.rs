@@ -27,6 +27,7 @@ pub mod names {
     pub const DETAIL_INTERVAL_NS: &str = "DETAIL_INTERVAL_NS";
     pub const BY_CGROUP: &str = "BY_CGROUP";
     pub const WANT_SITES: &str = "WANT_SITES";
+    pub const SITES_ON: &str = "SITES_ON";
     pub const COMMS: &str = "COMMS";
     pub const REMOTE_ENDPOINTS: &str = "REMOTE_ENDPOINTS";
     /// The uprobes on the C library's wrappers, attached per process.

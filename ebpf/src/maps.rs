@@ -16,7 +16,7 @@ use aya_ebpf::{
         bpf_ktime_get_boot_ns, bpf_ktime_get_ns,
     },
     macros::{btf_map, map},
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sockerr_common::{
     CallSite, CallSites, Counter, CounterKey, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_COMMS,
@@ -99,7 +99,25 @@ pub static STACKS: StackTrace<STACK_ENTRIES, 0, STACK_DEPTH> = StackTrace::new()
 /// The call site a uprobe saw, per thread, until the kernel hook of the same
 /// system call takes it.
 #[map]
-static PENDING: LruHashMap<u64, CallSite> = LruHashMap::with_max_entries(PENDING_SITES, 0);
+static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(PENDING_SITES, 0);
+
+/// A call site on its way from a uprobe to the kernel hook of the same
+/// system call, microseconds later.
+#[derive(Clone, Copy)]
+struct Pending {
+    site: CallSite,
+    at_ns: u64,
+}
+
+/// An entry older than this was left by a call the kernel hook never saw
+/// (the hook exited early, or probing stopped meanwhile): not this call's.
+const PENDING_FRESH_NS: u64 = 1_000_000;
+
+/// Non-zero while the agent has call-site uprobes on some process (set by
+/// the agent): the hooks look for a pending site only then, sparing every
+/// connect and SO_ERROR read of the host a hash lookup otherwise.
+#[map]
+static SITES_ON: Array<u32> = Array::with_max_entries(1, 0);
 
 /// One slot per CPU for [`plain_address`].
 #[map]
@@ -221,22 +239,30 @@ pub fn keep_read_site(inode: u64, state: &SocketState, slot: usize, site: CallSi
 
 /// Leaves the call site of the current thread's system call for its kernel hook.
 pub fn put_site(site: &CallSite) {
+    let pending = Pending {
+        site: *site,
+        at_ns: now_ns(),
+    };
     // An old entry of this thread is simply replaced.
-    let _ = PENDING.insert(bpf_get_current_pid_tgid(), site, 0);
+    let _ = PENDING.insert(bpf_get_current_pid_tgid(), pending, 0);
 }
 
 /// Takes the call site a uprobe left for the current system call of the
 /// thread `pid_tgid`; the default (not captured) when the process is not
 /// instrumented or made the call without the C library.
 pub fn take_site(op: SiteOp, pid_tgid: u64) -> CallSite {
+    if SITES_ON.get(0).is_none_or(|on| *on == 0) {
+        return CallSite::default();
+    }
     let key = pid_tgid;
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(site) = (unsafe { PENDING.get(key) }).copied() else {
+    let Some(pending) = (unsafe { PENDING.get(key) }).copied() else {
         return CallSite::default();
     };
     let _ = PENDING.remove(key);
-    if site.op == op as u32 {
-        site
+    let fresh = now_ns().wrapping_sub(pending.at_ns) < PENDING_FRESH_NS;
+    if pending.site.op == op as u32 && fresh {
+        pending.site
     } else {
         CallSite::default()
     }

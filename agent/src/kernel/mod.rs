@@ -19,7 +19,7 @@ use std::{fs::File, path::Path, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader, Endianness,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockopt, FEntry, FExit, KProbe, Program,
         ProgramError, UProbe,
@@ -125,6 +125,8 @@ pub struct Maps {
     pub stacks: StackTraceMap<MapData>,
     /// Processes whose call sites the agent is collecting.
     pub want_sites: HashMap<MapData, u32, u8>,
+    /// Whether any process has call-site uprobes (index 0).
+    pub sites_on: Array<MapData, u32>,
 }
 
 /// The loaded object: its programs, their links, and the call-site uprobes.
@@ -234,6 +236,7 @@ impl Kernel {
             tallies: HashMap::try_from(map(names::TALLIES)?)?,
             stacks: StackTraceMap::try_from(map(names::STACKS)?)?,
             want_sites: HashMap::try_from(map(names::WANT_SITES)?)?,
+            sites_on: Array::try_from(map(names::SITES_ON)?)?,
         })
     }
 }

@@ -72,6 +72,11 @@ const TAKEN: &[Taken] = &[
         &[BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH],
         Some((size_of::<u32>(), size_of::<u8>())),
     ),
+    taken(
+        names::SITES_ON,
+        &[BPF_MAP_TYPE_ARRAY],
+        Some((size_of::<u32>(), size_of::<u32>())),
+    ),
     // Sized at load; --kernel.max-attempts promises LRU eviction.
     taken(names::SOCKETS, &[BPF_MAP_TYPE_LRU_HASH], None),
     // Sized at load (--metrics.max-comms, --metrics.max-remotes); admitting

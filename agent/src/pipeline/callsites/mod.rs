@@ -46,15 +46,26 @@ pub struct Locator {
 impl Locator {
     pub fn new(
         kernel: &mut Kernel,
-        maps: (StackTraceMap<MapData>, aya::maps::HashMap<MapData, u32, u8>),
+        maps: (
+            StackTraceMap<MapData>,
+            aya::maps::HashMap<MapData, u32, u8>,
+            aya::maps::Array<MapData, u32>,
+        ),
         mode: Mode,
         max_instrumented: usize,
         keep: u32,
         delay: Duration,
     ) -> Result<Self> {
-        let (stacks, want) = maps;
+        let (stacks, want, on) = maps;
         Ok(Self {
-            instrumenter: Instrumenter::new(kernel, want, mode, max_instrumented, keep, delay)?,
+            instrumenter: Instrumenter::new(
+                kernel,
+                (want, on),
+                mode,
+                max_instrumented,
+                keep,
+                delay,
+            )?,
             resolver: Resolver::new(stacks),
         })
     }

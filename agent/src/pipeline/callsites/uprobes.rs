@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData},
+    maps::{Array, HashMap as BpfHashMap, MapData},
     programs::uprobe::{UProbeLink, UProbeScope},
 };
 use blazesym::inspect::{
@@ -113,6 +113,9 @@ pub struct Instrumenter {
     /// findings get a record each until `keep` of them carried sites.
     want: BpfHashMap<MapData, u32, u8>,
     wanted: HashSet<u32>,
+    /// The kernel's flag: some process has uprobes (`SITES_ON`).
+    on: Array<MapData, u32>,
+    on_now: bool,
 }
 
 /// (device, inode) of a mapped file.
@@ -123,7 +126,7 @@ impl Instrumenter {
     /// for every process.
     pub fn new(
         kernel: &mut Kernel,
-        want: BpfHashMap<MapData, u32, u8>,
+        (want, on): (BpfHashMap<MapData, u32, u8>, Array<MapData, u32>),
         mode: Mode,
         max: usize,
         keep: u32,
@@ -151,6 +154,8 @@ impl Instrumenter {
             offsets: HashMap::new(),
             want,
             wanted: HashSet::new(),
+            on,
+            on_now: false,
         };
         if let Some(why) = &this.unavailable {
             tracing::warn!("findings will carry no call sites: {why}");
@@ -166,6 +171,7 @@ impl Instrumenter {
                 )
                 .with_context(|| format!("attaching call-site uprobes to {}", libc.path))?;
             this.host_libc = Some((libc.dev, libc.inode));
+            this.set_on(true);
             tracing::info!(libc = libc.path, "call-site uprobes on every process");
         }
         Ok(this)
@@ -288,6 +294,7 @@ impl Instrumenter {
             .filter(|e| matches!(e, Entry::Instrumented { links, .. } if !links.is_empty()))
             .count();
         self.usage.probed.store(probed, Ordering::Relaxed);
+        self.set_on(probed > 0 || self.host_libc.is_some());
         let keep = self.keep;
         let wanted: HashSet<u32> = self
             .procs
@@ -306,6 +313,17 @@ impl Instrumenter {
             }
         }
         self.wanted = wanted;
+    }
+
+    /// Tells the kernel whether any process has uprobes, when that changes.
+    fn set_on(&mut self, on: bool) {
+        if on == self.on_now {
+            return;
+        }
+        match self.on.set(0, u32::from(on), 0) {
+            Ok(()) => self.on_now = on,
+            Err(e) => tracing::warn!("call sites: setting SITES_ON: {e}"),
+        }
     }
 
     fn try_instrument(
