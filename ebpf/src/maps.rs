@@ -310,19 +310,34 @@ fn admitted<K>(admitted: &HashMap<K, u8>, key: &K) -> bool {
     }
 }
 
+/// Adds one to `key` in `map` if the key is there: the common case, one
+/// lookup. A key is created only for an admitted comm or remote, so an
+/// existing one needs no admission check.
+fn bump_existing<K>(map: &PerCpuHashMap<K, u64>, key: &K) -> bool {
+    match map.get_ptr_mut(key) {
+        Some(v) => {
+            // SAFETY: per-CPU value, no concurrent writer on this CPU.
+            unsafe { *v += 1 };
+            true
+        }
+        None => false,
+    }
+}
+
 pub fn count(comm: [u8; TASK_COMM_LEN], cgroup_id: u64, counter: Counter, detail: u16) {
-    let comm = if admitted(&COMMS, &comm) {
-        comm
-    } else {
-        OTHER_COMM
-    };
-    let key = CounterKey {
+    let mut key = CounterKey {
         comm,
         cgroup_id,
         detail,
         counter: counter as u8,
         _pad: [0; 5],
     };
+    if bump_existing(&COUNTERS, &key) {
+        return;
+    }
+    if !admitted(&COMMS, &comm) {
+        key.comm = OTHER_COMM;
+    }
     if !bump(&COUNTERS, &key) {
         health(Health::CountersFull);
     }
@@ -330,17 +345,18 @@ pub fn count(comm: [u8; TASK_COMM_LEN], cgroup_id: u64, counter: Counter, detail
 
 /// An attempt to `remote` failed with `errno`, or was aborted.
 pub fn count_remote(remote: Endpoint, errno: i32, aborted: bool) {
-    let remote = if admitted(&REMOTE_ENDPOINTS, &remote) {
-        remote
-    } else {
-        OTHER_REMOTE
-    };
-    let key = RemoteKey {
+    let mut key = RemoteKey {
         remote,
         errno,
         aborted: aborted as u8,
         _pad: [0; 3],
     };
+    if bump_existing(&REMOTES, &key) {
+        return;
+    }
+    if !admitted(&REMOTE_ENDPOINTS, &remote) {
+        key.remote = OTHER_REMOTE;
+    }
     if !bump(&REMOTES, &key) {
         health(Health::RemotesFull);
     }
