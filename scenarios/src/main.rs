@@ -88,6 +88,7 @@ fn run(name: &str, v6: bool, rest: &[&str]) -> Result<()> {
             )
         }
         "comms" => comms(v6, rest.first().context("comms <n>")?.parse()?),
+        "churn" => churn(v6, rest.first().context("churn <n>")?.parse()?),
         "blackhole" => blackhole(v6),
         "abort" => abort(
             v6,
@@ -328,6 +329,41 @@ fn comms(v6: bool, n: usize) -> Result<()> {
         s.so_error();
     }
     println!("comms={n}");
+    Ok(())
+}
+
+/// `n` short-lived processes, one after the other, each with a comm of its
+/// own (`ch<i>`): the libevent bug once (a masked read and the failed
+/// attempt), then exit. Prints how many ran.
+fn churn(v6: bool, n: usize) -> Result<()> {
+    let addr = closed_port(v6)?;
+    for i in 0..n {
+        // SAFETY: the child only makes system calls and exits without
+        // returning into Rust's runtime.
+        match unsafe { libc::fork() } {
+            -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+            0 => {
+                let ok = net::set_comm(&format!("ch{i}")).is_ok() && {
+                    let s = Sock::tcp(v6, true);
+                    s.is_ok_and(|s| {
+                        s.connect(addr);
+                        s.wait_writable(Duration::from_secs(5)).is_ok()
+                            && s.so_error() != 0
+                            && s.so_error() == 0
+                    })
+                };
+                // SAFETY: ends the child at once.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            child => {
+                let mut status = 0;
+                // SAFETY: waits for our own child.
+                unsafe { libc::waitpid(child, &mut status, 0) };
+                anyhow::ensure!(status == 0, "process {i} of the churn failed");
+            }
+        }
+    }
+    println!("churn={n}");
     Ok(())
 }
 
