@@ -110,8 +110,10 @@ struct Pending {
 }
 
 /// An entry older than this was left by a call the kernel hook never saw
-/// (the hook exited early, or probing stopped meanwhile): not this call's.
-const PENDING_FRESH_NS: u64 = 1_000_000;
+/// (a UDP connect, a probing period that ended): not this call's. The
+/// uprobe and the hook are microseconds apart, but an emulated or loaded
+/// CPU can stretch that: 100 ms.
+const PENDING_FRESH_NS: u64 = 100_000_000;
 
 /// Non-zero while the agent has call-site uprobes on some process (set by
 /// the agent): the hooks look for a pending site only then, sparing every
