@@ -75,7 +75,8 @@ struct RunArgs {
     /// Most flagged processes kept; the least recently seen are dropped first.
     #[arg(long = "max-processes", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     max_processes: u32,
-    /// Distinct comm label values in metrics; the rest are reported as "other".
+    /// Distinct comm label values in metrics; the rest are reported as
+    /// "(over max-comms)", which no process's name can be.
     #[arg(long = "metrics.max-comms", default_value_t = sockerr_common::DEFAULT_MAX_COMMS,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_comms: u32,
