@@ -57,9 +57,21 @@ fn config_file(s: &str) -> Result<PathBuf, std::convert::Infallible> {
     Ok(PathBuf::from(s))
 }
 
+/// A literal path: the router reads `{name}`, `{*rest}` and segments
+/// starting with `:` or `*` as patterns (or panics on them, after the probes
+/// are attached), and the landing page links to it unescaped. So letters,
+/// digits, `-`, `.`, `_`, `~` and `/` only, which are never special there.
 fn telemetry_path(s: &str) -> Result<String, String> {
     if !s.starts_with('/') || s == "/" || s == "/findings" || s == "/healthz" {
         return Err("must start with / and not be /, /findings or /healthz".into());
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-._~/".contains(*c)))
+    {
+        return Err(format!(
+            "{c:?} is not allowed: a literal path of letters, digits, '-', '.', '_', '~' and '/'"
+        ));
     }
     Ok(s.to_owned())
 }
@@ -122,5 +134,46 @@ impl Server {
         server::serve(self.listener, self.shared, app, shutdown)
             .await
             .context("serving HTTP")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, http::Request, routing::get};
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_telemetry_path_is_literal() {
+        for bad in [
+            "metrics",
+            "/",
+            "/findings",
+            "/healthz",
+            "/{",
+            "/{x}",
+            "/{*rest}",
+            "/:x",
+            "/*x",
+            "/a b",
+            "/%7Bx%7D",
+            "/m?x=1",
+            "/m#x",
+            "/<script>",
+            "/é",
+        ] {
+            assert!(telemetry_path(bad).is_err(), "{bad} accepted");
+        }
+        // Every accepted path routes to itself, and nothing else to it.
+        for good in ["/metrics", "/sockerr/metrics", "/m-1.x_y~z/", "/findingsx"] {
+            assert_eq!(telemetry_path(good).as_deref(), Ok(good));
+            let router = Router::new().route(good, get(|| async { "metrics" }));
+            for (path, status) in [(good, 200), ("/x", 404), ("/metricsx", 404)] {
+                let request = Request::get(path).body(Body::empty()).unwrap();
+                let response = router.clone().oneshot(request).await.unwrap();
+                assert_eq!(response.status(), status, "{good}: GET {path}");
+            }
+        }
     }
 }
