@@ -11,7 +11,12 @@ mod pipeline;
 mod privileges;
 mod proc;
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    io::{self, Write as _},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
@@ -198,17 +203,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, &cli.log_level);
     let result = match cli.command {
-        Command::Check(args) => Ok(check::report(&check::requirements(
-            &check::kernel_btf(),
-            Some(
-                &args
-                    .kernel
-                    .options(Duration::ZERO, kernel::Counted::default()),
+        Command::Check(args) => Ok(check::report(
+            &check::requirements(
+                &check::kernel_btf(),
+                Some(
+                    &args
+                        .kernel
+                        .options(Duration::ZERO, kernel::Counted::default()),
+                ),
             ),
-        ))),
-        Command::HashPassword => web::hash_password(std::io::stdin().lock()).map(|hash| {
-            println!("{hash}");
-            true
+            io::stdout().lock(),
+        )),
+        Command::HashPassword => web::hash_password(io::stdin().lock()).and_then(|hash| {
+            writeln!(io::stdout(), "{hash}").context("writing the hash to standard output")?;
+            Ok(true)
         }),
         command => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -229,7 +237,8 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("sockerr: error: {e:#}");
+            // Not eprintln!, which panics when standard error is a closed pipe.
+            let _ = writeln!(io::stderr(), "sockerr: error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -308,7 +317,12 @@ async fn trace(args: TraceArgs) -> Result<()> {
         &args.probes,
         Duration::ZERO,
     )?;
-    eprintln!("sockerr: tracing; Ctrl-C to stop");
+    let _ = writeln!(io::stderr(), "sockerr: tracing; Ctrl-C to stop");
+    // A reader that goes away (`sockerr trace | head -1`) ends the trace,
+    // the probes detached as on Ctrl-C.
+    let (gone, reader_gone) = tokio::sync::oneshot::channel::<()>();
+    let mut gone = Some(gone);
+    let mut stdout = io::stdout();
     let mut pipeline = pipeline::Running::spawn(started.pipeline, move |output| {
         let pipeline::Output::Finding { finding: f, .. } = output else {
             return;
@@ -325,11 +339,19 @@ async fn trace(args: TraceArgs) -> Result<()> {
         } else {
             f.human()
         };
-        println!("{}", line.trim_end());
+        if gone.is_some()
+            && let Err(e) = writeln!(stdout, "{}", line.trim_end()).and_then(|()| stdout.flush())
+        {
+            if e.kind() != io::ErrorKind::BrokenPipe {
+                tracing::error!("writing to standard output: {e}; stopping");
+            }
+            let _ = gone.take().map(|gone| gone.send(()));
+        }
     })?;
     tokio::select! {
         result = pipeline.ended() => result?,
         () = shutdown() => {}
+        _ = reader_gone => {}
     }
     Ok(())
 }
