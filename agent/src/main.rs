@@ -20,6 +20,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
+use nix::sys::signal::SigHandler;
 
 use crate::{
     export::{logging, metrics, sampler, state, web},
@@ -200,7 +201,14 @@ impl KernelArgs {
 }
 
 fn main() -> ExitCode {
+    // `systemctl reload` sends SIGHUP, whose default action ends the
+    // process: ignored until `run` queues it for its reload handler. Other
+    // commands end on it as usual (a closed terminal stops `trace`).
+    hangup(SigHandler::SigIgn);
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        hangup(SigHandler::SigDfl);
+    }
     logging::init(cli.log_format, &cli.log_level);
     let result = match cli.command {
         Command::Check(args) => Ok(check::report(
@@ -242,6 +250,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn hangup(handler: SigHandler) {
+    // SAFETY: SIG_IGN and SIG_DFL are no handler functions, and no other
+    // thread runs yet.
+    let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGHUP, handler) };
 }
 
 async fn run(args: RunArgs) -> Result<()> {

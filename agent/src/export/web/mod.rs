@@ -16,7 +16,10 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use axum::Router;
-use tokio::net::TcpListener;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{Signal, SignalKind, signal},
+};
 
 pub use auth::hash_password;
 pub use routes::router;
@@ -88,12 +91,18 @@ struct Shared {
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
+    /// SIGHUPs since the web configuration was read.
+    hangup: Signal,
 }
 
 impl Server {
     /// Loads the web configuration and binds the listen address: a bad file
     /// or a busy port fails here, naming the key or the address.
     pub async fn bind(args: &WebArgs) -> Result<Self> {
+        // `systemctl reload` may come at any moment of startup. SIGHUP is
+        // ignored from main's first instruction to here, and queued from
+        // here on, before the file is read: none is lost, none kills us.
+        let hangup = signal(SignalKind::hangup()).context("handling SIGHUP")?;
         let file = args
             .config_file
             .clone()
@@ -114,6 +123,7 @@ impl Server {
                 },
                 metrics: server::ConnectionMetrics::new(),
             }),
+            hangup,
         })
     }
 
@@ -131,7 +141,7 @@ impl Server {
 
     /// Serves `app` until `shutdown` completes.
     pub async fn serve(self, app: Router, shutdown: impl Future<Output = ()>) -> Result<()> {
-        server::serve(self.listener, self.shared, app, shutdown)
+        server::serve(self.listener, self.shared, self.hangup, app, shutdown)
             .await
             .context("serving HTTP")
     }

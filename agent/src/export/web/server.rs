@@ -33,7 +33,7 @@ use strum::IntoEnumIterator as _;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    signal::unix::{SignalKind, signal},
+    signal::unix::Signal,
     sync::{Notify, OwnedSemaphorePermit, Semaphore, watch},
     time::{Instant, sleep, sleep_until, timeout},
 };
@@ -116,6 +116,7 @@ impl ConnectionMetrics {
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
+    mut hangup: Signal,
     app: Router,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
@@ -124,8 +125,6 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(max as usize));
     let open = Arc::new(Open::default());
     let (stop, stopping) = watch::channel(());
-    // `systemctl reload` sends SIGHUP; without a handler it would kill us.
-    let mut hangup = signal(SignalKind::hangup())?;
     let mut refusals = Refusals::default();
     tokio::pin!(shutdown);
     loop {
