@@ -45,9 +45,14 @@ pub struct WebArgs {
     /// handshake included), or from the first byte of a later request.
     #[arg(long = "web.header-timeout", default_value = "10s", value_parser = crate::parse::positive_duration)]
     header_timeout: Duration,
-    /// Time a kept-alive connection may wait for its next request.
+    /// Time a kept-alive connection may wait for its next request, once its
+    /// last response is written.
     #[arg(long = "web.idle-timeout", default_value = "90s", value_parser = crate::parse::positive_duration)]
     idle_timeout: Duration,
+    /// Time a response may go without the client taking any of it: a slow
+    /// reader of a large response is served as long as it reads.
+    #[arg(long = "web.write-timeout", default_value = "30s", value_parser = crate::parse::positive_duration)]
+    write_timeout: Duration,
     /// Most open connections. At the cap, a new connection closes the oldest
     /// one still waiting for a request (or, if all are busy, is closed).
     #[arg(long = "web.max-connections", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
@@ -119,6 +124,7 @@ impl Server {
                 limits: server::Limits {
                     header_timeout: args.header_timeout,
                     idle_timeout: args.idle_timeout,
+                    write_timeout: args.write_timeout,
                     max_connections: args.max_connections,
                 },
                 metrics: server::ConnectionMetrics::new(),
@@ -134,9 +140,12 @@ impl Server {
             .context("the listen socket's address")
     }
 
-    /// The server's own metrics: open connections, connections dropped.
-    pub fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 2] {
-        self.shared.metrics.collectors()
+    /// The server's own metrics: open connections, connections dropped,
+    /// reloads of the web configuration.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        let connections = self.shared.metrics.collectors();
+        let reloads = self.shared.config.collectors();
+        connections.into_iter().chain(reloads).collect()
     }
 
     /// Serves `app` until `shutdown` completes.
