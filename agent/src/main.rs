@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use nix::sys::signal::SigHandler;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 
 use crate::{
     export::{logging, metrics, sampler, state, web},
@@ -201,13 +201,16 @@ impl KernelArgs {
 }
 
 fn main() -> ExitCode {
-    // `systemctl reload` sends SIGHUP, whose default action ends the
-    // process: ignored until `run` queues it for its reload handler. Other
+    // `systemctl reload` sends SIGHUP at any moment, startup included. Its
+    // default action ends the process, and caught, it would make the
+    // kernel abort loading a program (the verifier gives up with EAGAIN
+    // when a signal is pending). Blocked, it waits until `run` has attached
+    // everything; threads started meanwhile inherit the mask. Other
     // commands end on it as usual (a closed terminal stops `trace`).
-    hangup(SigHandler::SigIgn);
+    hangup(SigmaskHow::SIG_BLOCK);
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run(_)) {
-        hangup(SigHandler::SigDfl);
+        hangup(SigmaskHow::SIG_UNBLOCK);
     }
     logging::init(cli.log_format, &cli.log_level);
     let result = match cli.command {
@@ -252,10 +255,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn hangup(handler: SigHandler) {
-    // SAFETY: SIG_IGN and SIG_DFL are no handler functions, and no other
-    // thread runs yet.
-    let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGHUP, handler) };
+/// Blocks or unblocks SIGHUP in the calling thread.
+fn hangup(how: SigmaskHow) {
+    let set = SigSet::from(Signal::SIGHUP);
+    if let Err(e) = pthread_sigmask(how, Some(&set), None) {
+        tracing::warn!("{how:?} SIGHUP: {e}");
+    }
 }
 
 async fn run(args: RunArgs) -> Result<()> {
@@ -269,6 +274,10 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     let options = args.probes.kernel.options(Duration::from_secs(10), counted);
     let started = start(&options, &args.probes, Duration::from_secs(1))?;
+    // Everything is loaded: a SIGHUP that came meanwhile, held back, goes
+    // to the reload handler now (the server installed it before reading
+    // the web configuration).
+    hangup(SigmaskHow::SIG_UNBLOCK);
     let metrics = metrics::Metrics::new(
         args.max_comms as usize,
         args.max_remotes as usize,

@@ -104,9 +104,11 @@ impl Server {
     /// Loads the web configuration and binds the listen address: a bad file
     /// or a busy port fails here, naming the key or the address.
     pub async fn bind(args: &WebArgs) -> Result<Self> {
-        // `systemctl reload` may come at any moment of startup. SIGHUP is
-        // ignored from main's first instruction to here, and queued from
-        // here on, before the file is read: none is lost, none kills us.
+        // `systemctl reload` may come at any moment of startup: SIGHUP is
+        // blocked from main's first instruction until the probes are
+        // attached (main.rs), and the handler that takes it then is
+        // installed here, before the file is read: none is lost, none
+        // kills us.
         let hangup = signal(SignalKind::hangup()).context("handling SIGHUP")?;
         let file = args
             .config_file
