@@ -292,7 +292,11 @@ impl Findings {
             .collect();
         order.sort_by_key(|(last_seen, _)| std::cmp::Reverse(*last_seen));
         order.truncate(limit);
-        order.into_iter().map(|(_, key)| key).collect()
+        // A Vec of its own: collecting in place would keep the allocation
+        // of every entry's time and key for as long as the response lasts.
+        let mut keys = Vec::with_capacity(order.len());
+        keys.extend(order.iter().map(|(_, key)| *key));
+        keys
     }
 
     /// The entry `key` names as it stands now; None once it expired or its
