@@ -24,6 +24,7 @@ use std::{
     convert::Infallible,
     io,
     net::SocketAddr,
+    os::fd::AsRawFd as _,
     pin::Pin,
     sync::{Arc, Mutex, Weak},
     task::{Context, Poll},
@@ -151,6 +152,7 @@ pub async fn serve(
             Some(()) = hangup.recv() => drop(shared.config.reload()),
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    limit_send_buffer(&stream);
                     let permit = match permits.clone().try_acquire_owned() {
                         Ok(permit) => Some(permit),
                         // The connection closed to make room hands its
@@ -199,6 +201,34 @@ pub async fn serve(
     // Every connection holds a permit until it ends.
     let _ = timeout(SHUTDOWN_GRACE, permits.acquire_many(max)).await;
     Ok(())
+}
+
+/// What the kernel may hold of a response beyond what the client has read.
+/// Left alone, it grows the send buffer of a slow reader up to tcp_wmem's
+/// maximum (4 MiB by default): memory charged to the agent's cgroup (cgroup
+/// v2 counts socket buffers), so 30 slow readers of a large `/findings`
+/// would hold 120 MiB there. The kernel doubles it for its bookkeeping
+/// (socket(7)): 256 KiB in flight, which keeps a 10 ms path at 25 MB/s.
+const SEND_BUFFER: libc::c_int = 128 << 10;
+
+fn limit_send_buffer(stream: &TcpStream) {
+    let size = SEND_BUFFER;
+    // SAFETY: the socket the stream owns; an int option read from the stack.
+    let set = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const size).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        tracing::debug!(
+            "SO_SNDBUF on an HTTP connection: {}",
+            io::Error::last_os_error()
+        );
+    }
 }
 
 /// Logs refused connections at most every ten seconds.
