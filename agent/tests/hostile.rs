@@ -109,6 +109,17 @@ impl Started {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log lines with `text`, at least one.
+    fn lines(&self, text: &str) -> Vec<String> {
+        let lines: Vec<String> = self
+            .log()
+            .into_iter()
+            .filter(|l| l.contains(text))
+            .collect();
+        assert!(!lines.is_empty(), "no {text:?} in {:#?}", self.log());
+        lines
+    }
+
     /// Panics, with the log, if the agent has exited.
     fn alive(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
@@ -152,6 +163,15 @@ fn bcrypt_hash(password: &str) -> String {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A web configuration of its own directory: basic auth, user `a` with
+/// password `a`, plain HTTP.
+fn basic_auth(name: &str) -> PathBuf {
+    let file = scratch(name).join("web.yml");
+    let users = format!("basic_auth_users:\n  a: '{}'\n", bcrypt_hash("a"));
+    fs::write(&file, users).unwrap();
+    file
 }
 
 /// A test CA and two server certificates from it for 127.0.0.1 (`one`,
@@ -791,11 +811,7 @@ fn a_config_rewritten_in_place_never_serves_plain_http_or_anyone() {
         value(&metrics, "sockerr_web_config_last_reload_successful"),
         1.0
     );
-    let refusal = agent
-        .log()
-        .into_iter()
-        .find(|l| l.contains("refusing to reload"))
-        .expect("the refusal logged");
+    let refusal = agent.lines("refusing to reload").remove(0);
     assert!(
         refusal.contains("level=error") && refusal.contains("plain HTTP"),
         "{refusal}"
@@ -819,12 +835,8 @@ fn a_config_rewritten_in_place_never_serves_plain_http_or_anyone() {
             0.0
         );
     }
-    let invalid = agent
-        .log()
-        .into_iter()
-        .filter(|l| l.contains("not a regular file"))
-        .count();
-    assert!(invalid >= 2, "{:#?}", agent.log());
+    let invalid = agent.lines("not a regular file");
+    assert!(invalid.len() >= 2, "{:#?}", agent.log());
 
     // The twin: a password changed on purpose, TLS as it was, is applied.
     fs::remove_file(&live).unwrap();
@@ -845,13 +857,7 @@ fn sighup_at_any_moment_of_startup_is_harmless() {
         return;
     }
     let _serial = serial();
-    let dir = scratch("sighup");
-    let file = dir.join("web.yml");
-    fs::write(
-        &file,
-        format!("basic_auth_users:\n  a: '{}'\n", bcrypt_hash("a")),
-    )
-    .unwrap();
+    let file = basic_auth("sighup");
     let args = [
         "--web.config.file",
         file.to_str().unwrap(),
@@ -923,13 +929,7 @@ fn sighup_with_the_file_unchanged_drops_no_connection() {
         return;
     }
     let _serial = serial();
-    let dir = scratch("unchanged");
-    let file = dir.join("web.yml");
-    fs::write(
-        &file,
-        format!("basic_auth_users:\n  a: '{}'\n", bcrypt_hash("a")),
-    )
-    .unwrap();
+    let file = basic_auth("unchanged");
     let agent = Agent::with(&["--web.config.file", file.to_str().unwrap()]);
     let port = agent.port;
     let unchanged = || {
