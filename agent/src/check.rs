@@ -144,15 +144,19 @@ pub fn requirements(
     reqs
 }
 
-/// Prints every requirement; true when the agent can run.
-pub fn report(reqs: &[Requirement]) -> bool {
+/// Writes every requirement to `out`; true when the agent can run. A
+/// reader that went away (`sockerr check | head -5`) gets no more lines, and
+/// the verdict stands.
+pub fn report(reqs: &[Requirement], mut out: impl std::io::Write) -> bool {
     for r in reqs {
         let status = match r.status {
             Status::Ok => "ok",
             Status::Absent => "absent",
             Status::Missing => "MISSING",
         };
-        println!("{status:<8} {:<28} {}", r.name, r.detail);
+        if writeln!(out, "{status:<8} {:<28} {}", r.name, r.detail).is_err() {
+            break;
+        }
     }
     reqs.iter().all(|r| r.status != Status::Missing)
 }
@@ -170,4 +174,47 @@ pub fn require(btf: &Result<KernelBtf, String>) -> anyhow::Result<()> {
         missing.join("\n  ")
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    /// Standard output whose reader took `room` bytes and went away.
+    struct ClosedAfter {
+        room: usize,
+        lines: usize,
+    }
+
+    impl io::Write for ClosedAfter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if buf.len() > self.room {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            self.room -= buf.len();
+            self.lines += buf.iter().filter(|&&b| b == b'\n').count();
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_reader_that_went_away_ends_the_report_not_the_verdict() {
+        let reqs: Vec<Requirement> = (0..10)
+            .map(|i| req(format!("requirement {i}"), Ok("fine".into())))
+            .chain([req("last", Err("missing".into()))])
+            .collect();
+        let mut out = ClosedAfter {
+            room: 200,
+            lines: 0,
+        };
+        assert!(!report(&reqs, &mut out), "the missing one still counts");
+        assert!(out.lines > 0 && out.lines < reqs.len(), "{}", out.lines);
+        assert!(report(&reqs[..3], ClosedAfter { room: 0, lines: 0 }));
+    }
 }

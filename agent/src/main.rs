@@ -11,10 +11,16 @@ mod pipeline;
 mod privileges;
 mod proc;
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    io::{self, Write as _},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 
 use crate::{
     export::{logging, metrics, sampler, state, web},
@@ -75,7 +81,8 @@ struct RunArgs {
     /// Most flagged processes kept; the least recently seen are dropped first.
     #[arg(long = "max-processes", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     max_processes: u32,
-    /// Distinct comm label values in metrics; the rest are reported as "other".
+    /// Distinct comm label values in metrics; the rest are reported as
+    /// "(over max-comms)", which no process's name can be.
     #[arg(long = "metrics.max-comms", default_value_t = sockerr_common::DEFAULT_MAX_COMMS,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_comms: u32,
@@ -194,20 +201,33 @@ impl KernelArgs {
 }
 
 fn main() -> ExitCode {
+    // `systemctl reload` sends SIGHUP at any moment, startup included. Its
+    // default action ends the process, and caught, it would make the
+    // kernel abort loading a program (the verifier gives up with EAGAIN
+    // when a signal is pending). Blocked, it waits until `run` has attached
+    // everything; threads started meanwhile inherit the mask. Other
+    // commands end on it as usual (a closed terminal stops `trace`).
+    hangup(SigmaskHow::SIG_BLOCK);
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        hangup(SigmaskHow::SIG_UNBLOCK);
+    }
     logging::init(cli.log_format, &cli.log_level);
     let result = match cli.command {
-        Command::Check(args) => Ok(check::report(&check::requirements(
-            &check::kernel_btf(),
-            Some(
-                &args
-                    .kernel
-                    .options(Duration::ZERO, kernel::Counted::default()),
+        Command::Check(args) => Ok(check::report(
+            &check::requirements(
+                &check::kernel_btf(),
+                Some(
+                    &args
+                        .kernel
+                        .options(Duration::ZERO, kernel::Counted::default()),
+                ),
             ),
-        ))),
-        Command::HashPassword => web::hash_password(std::io::stdin().lock()).map(|hash| {
-            println!("{hash}");
-            true
+            io::stdout().lock(),
+        )),
+        Command::HashPassword => web::hash_password(io::stdin().lock()).and_then(|hash| {
+            writeln!(io::stdout(), "{hash}").context("writing the hash to standard output")?;
+            Ok(true)
         }),
         command => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -228,9 +248,18 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("sockerr: error: {e:#}");
+            // Not eprintln!, which panics when standard error is a closed pipe.
+            let _ = writeln!(io::stderr(), "sockerr: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Blocks or unblocks SIGHUP in the calling thread.
+fn hangup(how: SigmaskHow) {
+    let set = SigSet::from(Signal::SIGHUP);
+    if let Err(e) = pthread_sigmask(how, Some(&set), None) {
+        tracing::warn!("{how:?} SIGHUP: {e}");
     }
 }
 
@@ -245,6 +274,10 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     let options = args.probes.kernel.options(Duration::from_secs(10), counted);
     let started = start(&options, &args.probes, Duration::from_secs(1))?;
+    // Everything is loaded: a SIGHUP that came meanwhile, held back, goes
+    // to the reload handler now (the server installed it before reading
+    // the web configuration).
+    hangup(SigmaskHow::SIG_UNBLOCK);
     let metrics = metrics::Metrics::new(
         args.max_comms as usize,
         args.max_remotes as usize,
@@ -307,7 +340,12 @@ async fn trace(args: TraceArgs) -> Result<()> {
         &args.probes,
         Duration::ZERO,
     )?;
-    eprintln!("sockerr: tracing; Ctrl-C to stop");
+    let _ = writeln!(io::stderr(), "sockerr: tracing; Ctrl-C to stop");
+    // A reader that goes away (`sockerr trace | head -1`) ends the trace,
+    // the probes detached as on Ctrl-C.
+    let (gone, reader_gone) = tokio::sync::oneshot::channel::<()>();
+    let mut gone = Some(gone);
+    let mut stdout = io::stdout();
     let mut pipeline = pipeline::Running::spawn(started.pipeline, move |output| {
         let pipeline::Output::Finding { finding: f, .. } = output else {
             return;
@@ -324,11 +362,19 @@ async fn trace(args: TraceArgs) -> Result<()> {
         } else {
             f.human()
         };
-        println!("{}", line.trim_end());
+        if gone.is_some()
+            && let Err(e) = writeln!(stdout, "{}", line.trim_end()).and_then(|()| stdout.flush())
+        {
+            if e.kind() != io::ErrorKind::BrokenPipe {
+                tracing::error!("writing to standard output: {e}; stopping");
+            }
+            let _ = gone.take().map(|gone| gone.send(()));
+        }
     })?;
     tokio::select! {
         result = pipeline.ended() => result?,
         () = shutdown() => {}
+        _ = reader_gone => {}
     }
     Ok(())
 }

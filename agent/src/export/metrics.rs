@@ -15,17 +15,30 @@ use strum::IntoEnumIterator as _;
 
 use crate::locks::lock;
 
+/// The `comm` label of the comms past `--metrics.max-comms`. A comm is at
+/// most 15 bytes (TASK_COMM_LEN 16 with its NUL, include/linux/sched.h) and
+/// its label is longer only where `decode::label_value` escaped a byte, with
+/// a backslash: 16 bytes without one can never be a real process's label,
+/// so a process named `other` keeps its own series.
+pub const COMM_OVERFLOW: &str = "(over max-comms)";
+
+/// The `remote` label of the endpoints past `--metrics.max-remotes`: a real
+/// remote is always `ip:port`.
+pub const REMOTE_OVERFLOW: &str = "other";
+
 /// Bounds a label: the first `max` distinct values keep their name, the
-/// rest are reported as `other`.
+/// rest are reported as `overflow`.
 struct Cap {
     max: usize,
+    overflow: &'static str,
     admitted: HashSet<String>,
 }
 
 impl Cap {
-    fn new(max: usize) -> Self {
+    fn new(max: usize, overflow: &'static str) -> Self {
         Self {
             max,
+            overflow,
             admitted: HashSet::new(),
         }
     }
@@ -38,12 +51,7 @@ impl Cap {
             self.admitted.insert(value.clone());
             return value;
         }
-        Self::overflow()
-    }
-
-    /// What every value past the cap is reported as.
-    fn overflow() -> String {
-        "other".to_owned()
+        self.overflow.to_owned()
     }
 }
 
@@ -276,8 +284,8 @@ impl Metrics {
                 &["probe", "hook"],
             ),
             registry: r,
-            comms: Mutex::new(Cap::new(max_comms)),
-            remotes: Mutex::new(Cap::new(max_remotes)),
+            comms: Mutex::new(Cap::new(max_comms, COMM_OVERFLOW)),
+            remotes: Mutex::new(Cap::new(max_remotes, REMOTE_OVERFLOW)),
             pods: pod_cap.map(|cap| {
                 Mutex::new(PodSlots {
                     cap,
@@ -306,12 +314,12 @@ impl Metrics {
 
     /// The label of what the kernel counted past `--metrics.max-comms`.
     pub fn comm_overflow(&self) -> String {
-        Cap::overflow()
+        COMM_OVERFLOW.to_owned()
     }
 
     /// The label of what the kernel counted past `--metrics.max-remotes`.
     pub fn remote_overflow(&self) -> String {
-        Cap::overflow()
+        REMOTE_OVERFLOW.to_owned()
     }
 
     /// Pod labels of a process counting at `now`, the pod capped: while
@@ -527,13 +535,39 @@ mod tests {
         for expected in [
             r#"sockerr_findings_total{comm="a",kind="so_error_reread"} 2"#,
             r#"sockerr_findings_total{comm="b",kind="so_error_reread"} 1"#,
-            r#"sockerr_findings_total{comm="other",kind="so_error_reread"} 3"#,
+            r#"sockerr_findings_total{comm="(over max-comms)",kind="so_error_reread"} 3"#,
             r#"sockerr_connect_failures_by_remote_total{reason="ECONNREFUSED",remote="10.0.0.1:80"} 2"#,
             r#"sockerr_connect_failures_by_remote_total{reason="ECONNREFUSED",remote="other"} 2"#,
         ] {
             assert!(text.contains(expected), "missing {expected}\n{text}");
         }
         assert!(!text.contains(r#"comm="c""#));
+    }
+
+    /// A process named `other` (or any name the overflow could be mistaken
+    /// for) keeps its own series beside the comms past the cap.
+    #[test]
+    fn no_real_comm_merges_with_the_overflow() {
+        let m = Metrics::new(1, 1, None);
+        for raw in [&b"other"[..], b"x", b"(over max-comms", b"y"] {
+            let label = m.comm_label(label_value(raw));
+            m.comm_count(&label, None, &CommCount::Aborted, 1);
+        }
+        let text = m.render();
+        for expected in [
+            r#"sockerr_connect_attempts_total{comm="other",result="aborted"} 1"#,
+            r#"sockerr_connect_attempts_total{comm="(over max-comms)",result="aborted"} 3"#,
+        ] {
+            assert!(text.contains(expected), "missing {expected}\n{text}");
+        }
+        // Every comm the kernel can report, escaped, differs from it: 15
+        // bytes at most, longer only with a backslash.
+        assert_eq!(COMM_OVERFLOW.len(), 16);
+        assert!(!COMM_OVERFLOW.contains('\\'));
+        // Ahead of the cap, "other" is just a name.
+        let first = Metrics::new(1, 1, None);
+        assert_eq!(first.comm_label("other".into()), "other");
+        assert_eq!(first.comm_label("x".into()), COMM_OVERFLOW);
     }
 
     #[test]

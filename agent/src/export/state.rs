@@ -11,11 +11,7 @@ use std::{
 use super::{logging, metrics::Metrics, sampler::Sampler};
 use crate::{
     locks::lock,
-    pipeline::{
-        Output,
-        callsites::uprobes::Usage,
-        table::{FindingView, Findings},
-    },
+    pipeline::{Output, callsites::uprobes::Usage, table::Findings},
 };
 
 #[derive(Clone)]
@@ -103,14 +99,9 @@ impl State {
         self.metrics.render()
     }
 
-    /// `/findings` as JSON.
-    pub fn findings_json(
-        &self,
-        kind: Option<sockerr_common::FindingKind>,
-        limit: usize,
-    ) -> serde_json::Value {
-        let mut findings = lock(&self.findings);
-        let views: Vec<FindingView<'_>> = findings.findings(Instant::now(), kind, limit);
-        serde_json::to_value(views).expect("serializable")
+    /// The findings table behind `/findings`, which writes it out a chunk
+    /// at a time (`web/routes.rs`).
+    pub fn findings(&self) -> Arc<Mutex<Findings>> {
+        self.findings.clone()
     }
 }

@@ -64,6 +64,15 @@ pub struct FindingView<'a> {
     pub last_seen: SystemTime,
 }
 
+/// Which entry: a (process, kind), the process told from a later one with
+/// its pid by its start time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryKey {
+    pid: u32,
+    kind: FindingKind,
+    start_boot_ns: u64,
+}
+
 /// A tally as the kernel keeps it, identified by when it began.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TallyRead {
@@ -244,31 +253,101 @@ impl Findings {
         by_kind
     }
 
-    fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.procs.values().flat_map(|p| p.kinds.iter().flatten())
-    }
-
     /// Latest findings, newest first.
+    #[cfg(test)]
     pub fn findings(
         &mut self,
         now: Instant,
         kind: Option<FindingKind>,
         limit: usize,
     ) -> Vec<FindingView<'_>> {
+        let order = self.order(now, kind, limit);
+        order.iter().filter_map(|key| self.view(key)).collect()
+    }
+
+    /// The entries (of `kind`), newest first, at most `limit`: which to
+    /// show, read one by one afterwards with [`Findings::view`] (16 bytes
+    /// an entry, where a view written out is hundreds).
+    pub fn order(
+        &mut self,
+        now: Instant,
+        kind: Option<FindingKind>,
+        limit: usize,
+    ) -> Vec<EntryKey> {
         self.expire(now);
-        let mut views: Vec<FindingView<'_>> = self
-            .entries()
-            .filter(|e| kind.is_none_or(|k| e.latest.kind == k))
-            .map(|e| FindingView {
-                finding: &e.latest,
-                count: e.count,
-                first_seen: e.first_seen,
-                last_seen: e.last_seen,
+        let mut order: Vec<(SystemTime, EntryKey)> = self
+            .procs
+            .iter()
+            .flat_map(|(&pid, p)| {
+                p.kinds.iter().flatten().map(move |e| {
+                    let key = EntryKey {
+                        pid,
+                        kind: e.latest.kind,
+                        start_boot_ns: p.start_boot_ns,
+                    };
+                    (e.last_seen, key)
+                })
             })
+            .filter(|(_, key)| kind.is_none_or(|k| key.kind == k))
             .collect();
-        views.sort_by_key(|v| std::cmp::Reverse(v.last_seen));
-        views.truncate(limit);
-        views
+        order.sort_by_key(|(last_seen, _)| std::cmp::Reverse(*last_seen));
+        order.truncate(limit);
+        // A Vec of its own: collecting in place would keep the allocation
+        // of every entry's time and key for as long as the response lasts.
+        let mut keys = Vec::with_capacity(order.len());
+        keys.extend(order.iter().map(|(_, key)| *key));
+        keys
+    }
+
+    /// The entry `key` names as it stands now; None once it expired or its
+    /// process was dropped (also when its pid names another process now).
+    pub fn view(&self, key: &EntryKey) -> Option<FindingView<'_>> {
+        let p = self
+            .procs
+            .get(&key.pid)
+            .filter(|p| p.start_boot_ns == key.start_boot_ns)?;
+        let e = p.kinds[slot(key.kind)].as_ref()?;
+        Some(FindingView {
+            finding: &e.latest,
+            count: e.count,
+            first_seen: e.first_seen,
+            last_seen: e.last_seen,
+        })
+    }
+
+    /// Appends the entries of `keys` that still exist to `out` as JSON
+    /// objects, separated by commas (`first`: none written yet), until `out`
+    /// holds `chunk` bytes. An entry that would take `out` past `most`
+    /// bytes is left out and ends the writing. Returns how many keys it
+    /// used, and whether `most` stopped it.
+    pub fn write(
+        &self,
+        keys: &[EntryKey],
+        out: &mut Vec<u8>,
+        first: &mut bool,
+        (chunk, most): (usize, usize),
+    ) -> (usize, bool) {
+        let mut used = 0;
+        for key in keys {
+            if out.len() >= chunk {
+                break;
+            }
+            used += 1;
+            let Some(view) = self.view(key) else {
+                continue;
+            };
+            let before = out.len();
+            if !*first {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut *out, &view).expect("serializable");
+            if out.len() > most {
+                out.truncate(before);
+                return (used, true);
+            }
+            *first = false;
+        }
+        (used, false)
     }
 
     /// Entries whose count grew since they were last logged; each is then
@@ -419,6 +498,86 @@ mod tests {
             ]
         );
         assert_eq!(t.findings(now, None, 1).len(), 1);
+    }
+
+    #[test]
+    fn an_order_names_entries_read_as_they_stand_later() {
+        let now = Instant::now();
+        let mut t = Findings::new(2, Duration::from_secs(60));
+        t.record(finding(1, FindingKind::SoErrorMasked, 1), 7, tally(1), now);
+        t.record(finding(2, FindingKind::SoErrorReread, 2), 7, tally(1), now);
+        let order = t.order(now, None, 10);
+        assert_eq!(order.len(), 2);
+        assert_eq!(t.order(now, Some(FindingKind::SoErrorMasked), 10).len(), 1);
+        assert_eq!(t.order(now, None, 1), order[..1]);
+        // The entry of pid 1 counts more; pid 2, seen less recently, makes
+        // room for pid 3.
+        t.tally(
+            1,
+            FindingKind::SoErrorMasked,
+            tally(5),
+            SystemTime::UNIX_EPOCH,
+            now + Duration::from_millis(1),
+        );
+        let later = now + Duration::from_millis(2);
+        t.record(
+            finding(3, FindingKind::SoErrorMasked, 3),
+            7,
+            tally(1),
+            later,
+        );
+        let views: Vec<_> = order.iter().map(|k| t.view(k).map(|v| v.count)).collect();
+        assert_eq!(views, [None, Some(5)], "pid 2 gone, pid 1 as it is now");
+        // A pid that names another process now is not the entry ordered.
+        let mut t = Findings::new(2, Duration::from_secs(60));
+        t.record(finding(1, FindingKind::SoErrorMasked, 1), 7, tally(1), now);
+        let order = t.order(now, None, 10);
+        t.record(finding(1, FindingKind::SoErrorMasked, 2), 8, tally(1), now);
+        assert!(t.view(&order[0]).is_none());
+    }
+
+    /// Written a chunk at a time, the entries make the same JSON as at
+    /// once; past `most` bytes an entry is left out whole.
+    #[test]
+    fn entries_are_written_in_chunks_within_a_bound() {
+        let now = Instant::now();
+        let mut t = Findings::new(100, Duration::from_secs(60));
+        for pid in 1..=50 {
+            t.record(
+                finding(pid, FindingKind::SoErrorMasked, pid.into()),
+                7,
+                tally(1),
+                now,
+            );
+        }
+        let order = t.order(now, None, 100);
+        let whole = serde_json::to_vec(&t.findings(now, None, 100)).unwrap();
+        let mut chunks = Vec::new();
+        let (mut out, mut first, mut next) = (vec![b'['], true, 0);
+        while next < order.len() {
+            let (used, full) = t.write(&order[next..], &mut out, &mut first, (1000, usize::MAX));
+            assert!(used > 0 && !full);
+            next += used;
+            chunks.push(std::mem::take(&mut out));
+        }
+        chunks.push(vec![b']']);
+        assert!(chunks.len() > 5, "{} chunks", chunks.len());
+        assert_eq!(chunks.concat(), whole);
+        // A bound in the middle of the third entry: two are written.
+        let entry = serde_json::to_vec(&t.view(&order[0]).unwrap())
+            .unwrap()
+            .len();
+        let (mut out, mut first) = (Vec::new(), true);
+        let most = 2 * entry + entry / 2;
+        let (used, full) = t.write(&order, &mut out, &mut first, (usize::MAX, most));
+        assert!(full);
+        assert_eq!(used, 3);
+        assert_eq!(out.len(), 2 * entry + 1, "two entries and their comma");
+        let mut array = vec![b'['];
+        array.extend(&out);
+        array.push(b']');
+        let parsed: serde_json::Value = serde_json::from_slice(&array).unwrap();
+        assert_eq!(parsed.as_array().unwrap().len(), 2);
     }
 
     #[test]

@@ -10,6 +10,9 @@
 
 use std::{
     collections::BTreeMap,
+    fs,
+    io::Read as _,
+    os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -92,6 +95,41 @@ const HEADERS: &[(&str, &[&str])] = &[
     ("X-XSS-Protection", &[]),
     ("Content-Security-Policy", &[]),
 ];
+
+/// Most bytes read from the file and from each file it names: a web
+/// configuration is a few KiB, a certificate chain tens. `--web.config.file
+/// /dev/zero` must not read until the agent is killed.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// The contents of a regular file of at most [`MAX_FILE_BYTES`]. Opened
+/// non-blocking, so that a FIFO there is refused at once instead of
+/// blocking the server in open() (with the configuration's lock held);
+/// what is refused is decided on the opened file, not on its name.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else {
+            "a socket"
+        };
+        bail!("not a regular file: {what}");
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        bail!("larger than {MAX_FILE_BYTES} bytes");
+    }
+    Ok(bytes)
+}
 
 /// Parses and validates a configuration; relative paths are taken from `dir`.
 pub fn parse(text: &str, dir: &Path) -> Result<Config> {

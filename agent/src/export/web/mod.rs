@@ -16,7 +16,10 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use axum::Router;
-use tokio::net::TcpListener;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{Signal, SignalKind, signal},
+};
 
 pub use auth::hash_password;
 pub use routes::router;
@@ -42,9 +45,14 @@ pub struct WebArgs {
     /// handshake included), or from the first byte of a later request.
     #[arg(long = "web.header-timeout", default_value = "10s", value_parser = crate::parse::positive_duration)]
     header_timeout: Duration,
-    /// Time a kept-alive connection may wait for its next request.
+    /// Time a kept-alive connection may wait for its next request, once its
+    /// last response is written.
     #[arg(long = "web.idle-timeout", default_value = "90s", value_parser = crate::parse::positive_duration)]
     idle_timeout: Duration,
+    /// Time a response may go without the client taking any of it: a slow
+    /// reader of a large response is served as long as it reads.
+    #[arg(long = "web.write-timeout", default_value = "30s", value_parser = crate::parse::positive_duration)]
+    write_timeout: Duration,
     /// Most open connections. At the cap, a new connection closes the oldest
     /// one still waiting for a request (or, if all are busy, is closed).
     #[arg(long = "web.max-connections", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
@@ -57,9 +65,21 @@ fn config_file(s: &str) -> Result<PathBuf, std::convert::Infallible> {
     Ok(PathBuf::from(s))
 }
 
+/// A literal path: the router reads `{name}`, `{*rest}` and segments
+/// starting with `:` or `*` as patterns (or panics on them, after the probes
+/// are attached), and the landing page links to it unescaped. So letters,
+/// digits, `-`, `.`, `_`, `~` and `/` only, which are never special there.
 fn telemetry_path(s: &str) -> Result<String, String> {
     if !s.starts_with('/') || s == "/" || s == "/findings" || s == "/healthz" {
         return Err("must start with / and not be /, /findings or /healthz".into());
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-._~/".contains(*c)))
+    {
+        return Err(format!(
+            "{c:?} is not allowed: a literal path of letters, digits, '-', '.', '_', '~' and '/'"
+        ));
     }
     Ok(s.to_owned())
 }
@@ -76,12 +96,20 @@ struct Shared {
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
+    /// SIGHUPs since the web configuration was read.
+    hangup: Signal,
 }
 
 impl Server {
     /// Loads the web configuration and binds the listen address: a bad file
     /// or a busy port fails here, naming the key or the address.
     pub async fn bind(args: &WebArgs) -> Result<Self> {
+        // `systemctl reload` may come at any moment of startup: SIGHUP is
+        // blocked from main's first instruction until the probes are
+        // attached (main.rs), and the handler that takes it then is
+        // installed here, before the file is read: none is lost, none
+        // kills us.
+        let hangup = signal(SignalKind::hangup()).context("handling SIGHUP")?;
         let file = args
             .config_file
             .clone()
@@ -98,10 +126,12 @@ impl Server {
                 limits: server::Limits {
                     header_timeout: args.header_timeout,
                     idle_timeout: args.idle_timeout,
+                    write_timeout: args.write_timeout,
                     max_connections: args.max_connections,
                 },
                 metrics: server::ConnectionMetrics::new(),
             }),
+            hangup,
         })
     }
 
@@ -112,15 +142,59 @@ impl Server {
             .context("the listen socket's address")
     }
 
-    /// The server's own metrics: open connections, connections dropped.
-    pub fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 2] {
-        self.shared.metrics.collectors()
+    /// The server's own metrics: open connections, connections dropped,
+    /// reloads of the web configuration.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        let connections = self.shared.metrics.collectors();
+        let reloads = self.shared.config.collectors();
+        connections.into_iter().chain(reloads).collect()
     }
 
     /// Serves `app` until `shutdown` completes.
     pub async fn serve(self, app: Router, shutdown: impl Future<Output = ()>) -> Result<()> {
-        server::serve(self.listener, self.shared, app, shutdown)
+        server::serve(self.listener, self.shared, self.hangup, app, shutdown)
             .await
             .context("serving HTTP")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, http::Request, routing::get};
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_telemetry_path_is_literal() {
+        for bad in [
+            "metrics",
+            "/",
+            "/findings",
+            "/healthz",
+            "/{",
+            "/{x}",
+            "/{*rest}",
+            "/:x",
+            "/*x",
+            "/a b",
+            "/%7Bx%7D",
+            "/m?x=1",
+            "/m#x",
+            "/<script>",
+            "/é",
+        ] {
+            assert!(telemetry_path(bad).is_err(), "{bad} accepted");
+        }
+        // Every accepted path routes to itself, and nothing else to it.
+        for good in ["/metrics", "/sockerr/metrics", "/m-1.x_y~z/", "/findingsx"] {
+            assert_eq!(telemetry_path(good).as_deref(), Ok(good));
+            let router = Router::new().route(good, get(|| async { "metrics" }));
+            for (path, status) in [(good, 200), ("/x", 404), ("/metricsx", 404)] {
+                let request = Request::get(path).body(Body::empty()).unwrap();
+                let response = router.clone().oneshot(request).await.unwrap();
+                assert_eq!(response.status(), status, "{good}: GET {path}");
+            }
+        }
     }
 }

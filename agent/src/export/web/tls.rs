@@ -1,4 +1,5 @@
-//! The rustls server configuration of `tls_server_config`.
+//! The rustls server configuration of `tls_server_config`, from the files
+//! it names as read (bounded, regular files only: `config::read_file`).
 
 use std::{path::Path, sync::Arc};
 
@@ -15,12 +16,40 @@ use rustls::{
     },
 };
 
-use super::config::{ClientAuth, Tls, Version};
+use super::config::{ClientAuth, Tls, Version, read_file};
 
-pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>> {
+/// The files of a `tls_server_config` as read: what a configuration's TLS
+/// terms are, beside its keys (a rotated certificate is a change).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Pem {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    client_ca: Option<Vec<u8>>,
+}
+
+impl Pem {
+    /// Reads the certificate, key and client CA files; an error names the key.
+    pub fn read(tls: &Tls) -> Result<Self> {
+        let read = |key: &str, path: &Path| {
+            read_file(path)
+                .map_err(|e| anyhow!("tls_server_config.{key}: reading {}: {e:#}", path.display()))
+        };
+        Ok(Self {
+            cert: read("cert_file", &tls.cert_file)?,
+            key: read("key_file", &tls.key_file)?,
+            client_ca: tls
+                .client_ca_file
+                .as_deref()
+                .map(|path| read("client_ca_file", path))
+                .transpose()?,
+        })
+    }
+}
+
+pub fn server_config(tls: &Tls, pem: &Pem) -> Result<Arc<ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs = certificates("cert_file", &tls.cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key_file).map_err(|e| {
+    let certs = certificates("cert_file", &tls.cert_file, &pem.cert)?;
+    let key = PrivateKeyDer::from_pem_slice(&pem.key).map_err(|e| {
         anyhow!(
             "tls_server_config.key_file: reading {}: {e}",
             tls.key_file.display()
@@ -35,7 +64,8 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>> {
     .map(|(_, p)| p)
     .collect();
     let verified = |optional: bool| -> Result<Arc<dyn ClientCertVerifier>> {
-        let roots = client_roots(tls.client_ca_file.as_deref().expect("validated"))?;
+        let path = tls.client_ca_file.as_deref().expect("validated");
+        let roots = client_roots(path, pem.client_ca.as_deref().expect("read with its path"))?;
         let builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
         let builder = if optional {
             builder.allow_unauthenticated()
@@ -76,9 +106,9 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>> {
 }
 
 /// The CA certificates of `client_ca_file`.
-fn client_roots(path: &Path) -> Result<Arc<RootCertStore>> {
+fn client_roots(path: &Path, pem: &[u8]) -> Result<Arc<RootCertStore>> {
     let mut roots = RootCertStore::empty();
-    for cert in certificates("client_ca_file", path)? {
+    for cert in certificates("client_ca_file", path, pem)? {
         roots
             .add(cert)
             .map_err(|e| anyhow!("tls_server_config.client_ca_file: {}: {e}", path.display()))?;
@@ -86,11 +116,11 @@ fn client_roots(path: &Path) -> Result<Arc<RootCertStore>> {
     Ok(Arc::new(roots))
 }
 
-/// The certificates of a PEM file; at least one.
-fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+/// The certificates of a PEM file (`path`, read as `pem`); at least one.
+fn certificates(key: &str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
     let what = || format!("tls_server_config.{key}: reading {}", path.display());
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow!("{}: {e}", what()))?;
     if certs.is_empty() {
         bail!("{}: no PEM certificate in it", what());

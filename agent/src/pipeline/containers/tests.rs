@@ -115,16 +115,25 @@ fn containerd_cri_containers_with_either_cgroup_driver() {
     assert_eq!(*containers.resolve(&cgroupfs), web_0());
 }
 
+/// The id of a real container, in a cgroup no runtime made: whoever made
+/// it does not pass for that container or its pod, though the runtime's
+/// state names it (a custom `--cgroup-parent` is not recognized either).
 #[test]
-fn the_pod_uid_comes_from_the_annotations_when_the_cgroup_lacks_it() {
+fn a_container_id_outside_the_runtimes_cgroups_names_nothing() {
     let root = HostRoot::new();
     root.put(
         &containerd_bundle(CONTAINERD_APP),
         "containerd-container.json",
     );
-    // A cgroup parent that is not the kubelet's (e.g. a custom one).
-    let path = format!("/custom/cri-containerd-{CONTAINERD_APP}.scope");
-    assert_eq!(*root.containers().resolve(&path), web_0());
+    let containers = root.containers();
+    for path in [
+        format!("/custom/cri-containerd-{CONTAINERD_APP}.scope"),
+        format!("/probe.slice/evil-{CONTAINERD_APP}.scope"),
+    ] {
+        assert_eq!(*containers.resolve(&path), Container::default(), "{path}");
+    }
+    let real = format!("/kubepods/burstable/pod{WEB_0_UID}/{CONTAINERD_APP}");
+    assert_eq!(*containers.resolve(&real), web_0());
 }
 
 #[test]
