@@ -198,6 +198,41 @@ pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
         )
 }
 
+/// What a process uses of the machine, as exporters report it of
+/// themselves (the `process_*` metrics).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Usage {
+    /// User and system CPU time.
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub virtual_bytes: u64,
+    /// Since the Unix epoch.
+    pub start_time_seconds: f64,
+    pub open_fds: u64,
+    /// The soft limit of open files; None when unlimited.
+    pub max_fds: Option<u64>,
+}
+
+impl Proc {
+    pub fn usage(&self) -> Result<Usage> {
+        let stat = self.0.stat()?;
+        let ticks = procfs::ticks_per_second() as f64;
+        let boot = procfs::boot_time_secs()? as f64;
+        let max_fds = match self.0.limits()?.max_open_files.soft_limit {
+            procfs::process::LimitValue::Value(n) => Some(n),
+            procfs::process::LimitValue::Unlimited => None,
+        };
+        Ok(Usage {
+            cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
+            resident_bytes: stat.rss * procfs::page_size(),
+            virtual_bytes: stat.vsize,
+            start_time_seconds: boot + stat.starttime as f64 / ticks,
+            open_fds: self.0.fd_count()? as u64,
+            max_fds,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsRawFd;
@@ -228,6 +263,13 @@ mod tests {
                 .iter()
                 .any(|m| m.name().starts_with("libc"))
         );
+        let usage = me.usage().unwrap();
+        assert!(usage.open_fds > 2 && usage.resident_bytes > 0 && usage.cpu_seconds >= 0.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(usage.start_time_seconds > now - 3600.0 && usage.start_time_seconds <= now + 1.0);
         assert!(matches!(Proc::open(u32::MAX >> 1), Err(Unreadable::Exited)));
         assert!(alive(std::process::id()) && !alive(u32::MAX >> 1));
     }

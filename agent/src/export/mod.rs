@@ -7,6 +7,7 @@
 
 pub mod logging;
 pub mod metrics;
+pub mod process;
 pub mod sampler;
 pub mod state;
 pub mod web;
