@@ -5,6 +5,7 @@
 //! [`metrics`]), the log ([`logging`]) and the HTTP server with its routes
 //! ([`web`]).
 
+pub mod channel;
 pub mod logging;
 pub mod metrics;
 pub mod process;

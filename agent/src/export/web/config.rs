@@ -56,7 +56,7 @@ pub struct Config {
     pub headers: HeaderMap,
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Tls {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,

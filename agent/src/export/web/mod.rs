@@ -6,11 +6,11 @@
 //! themselves are in [`routes`].
 
 mod auth;
-mod config;
+pub(crate) mod config;
 mod reload;
 mod routes;
 mod server;
-mod tls;
+pub(crate) mod tls;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 

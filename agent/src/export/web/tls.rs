@@ -20,14 +20,46 @@ use super::config::{ClientAuth, Tls, Version, read_file};
 
 /// The files of a `tls_server_config` as read: what a configuration's TLS
 /// terms are, beside its keys (a rotated certificate is a change).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Pem {
     cert: Vec<u8>,
     key: Vec<u8>,
     client_ca: Option<Vec<u8>>,
 }
 
+/// Never the key in a log line or a test failure.
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pem")
+            .field("cert", &self.cert.len())
+            .field("key", &"(hidden)")
+            .field("client_ca", &self.client_ca.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
 impl Pem {
+    /// The files' contents as the collector read them (`channel::Terms`).
+    pub fn new(cert: Vec<u8>, key: Vec<u8>, client_ca: Option<Vec<u8>>) -> Self {
+        Self {
+            cert,
+            key,
+            client_ca,
+        }
+    }
+
+    pub fn cert(&self) -> &[u8] {
+        &self.cert
+    }
+
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    pub fn client_ca(&self) -> Option<&[u8]> {
+        self.client_ca.as_deref()
+    }
+
     /// Reads the certificate, key and client CA files; an error names the key.
     pub fn read(tls: &Tls) -> Result<Self> {
         let read = |key: &str, path: &Path| {
