@@ -7,6 +7,7 @@ use caps::{CapSet, Capability};
 
 use crate::{
     kernel::{self, Kernel, KernelBtf},
+    privileges::{self, ServerUser},
     proc,
 };
 
@@ -70,14 +71,19 @@ pub fn kernel_btf() -> Result<KernelBtf, String> {
         .map_err(|e| format!("{e:#} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)"))
 }
 
-/// Every requirement, in order; with `options`, also loads the programs
-/// into the kernel and attaches each probe through the hook it would use
-/// (detached again at once).
+/// Every requirement, in order; with `server`, that the web server can be
+/// started as that user and confined; with `options`, also loads the
+/// programs into the kernel and attaches each probe through the hook it
+/// would use (detached again at once).
 pub fn requirements(
     btf: &Result<KernelBtf, String>,
     options: Option<&kernel::Options>,
+    server: Option<&ServerUser>,
 ) -> Vec<Requirement> {
     let mut reqs = vec![req("privileges", privileges())];
+    if let Some(user) = server {
+        reqs.push(req("web server", privileges::server_requirement(user)));
+    }
     reqs.push(req(
         "kernel BTF",
         btf.as_ref()
@@ -161,9 +167,10 @@ pub fn report(reqs: &[Requirement], mut out: impl std::io::Write) -> bool {
     reqs.iter().all(|r| r.status != Status::Missing)
 }
 
-/// The static checks of `sockerr check`, as one error for `run` and `trace`.
-pub fn require(btf: &Result<KernelBtf, String>) -> anyhow::Result<()> {
-    let missing: Vec<_> = requirements(btf, None)
+/// The static checks of `sockerr check`, as one error for `run` (with the
+/// web server's user) and `trace`.
+pub fn require(btf: &Result<KernelBtf, String>, server: Option<&ServerUser>) -> anyhow::Result<()> {
+    let missing: Vec<_> = requirements(btf, None, server)
         .into_iter()
         .filter(|r| r.status == Status::Missing)
         .map(|r| format!("{}: {}", r.name, r.detail))

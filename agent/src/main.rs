@@ -15,6 +15,7 @@ use std::{
     io::{self, Write as _},
     path::PathBuf,
     process::ExitCode,
+    sync::{Arc, atomic::AtomicU32},
     time::Duration,
 };
 
@@ -23,7 +24,7 @@ use clap::{Args, Parser, Subcommand};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 
 use crate::{
-    export::{logging, metrics, sampler, state, web},
+    export::{logging, metrics, process, sampler, serving, state, web},
     pipeline::{attribution, callsites, cgroups, containers, table},
 };
 
@@ -57,6 +58,20 @@ enum Command {
     /// Print the bcrypt hash of the password read from standard input, for
     /// basic_auth_users in --web.config.file.
     HashPassword,
+    /// The web server, started by `run` as --web.server-user with the
+    /// listen socket and a channel to it (not for use by hand).
+    #[command(hide = true)]
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The listening socket `run` bound.
+    #[arg(long = "listen-fd")]
+    listen_fd: i32,
+    /// This process's end of the channel to `run`.
+    #[arg(long = "channel-fd")]
+    channel_fd: i32,
 }
 
 /// What `run` and `trace` both start: the kernel side, call sites and
@@ -117,6 +132,13 @@ struct RunArgs {
 struct CheckArgs {
     #[command(flatten)]
     kernel: KernelArgs,
+    /// The user `run` would start the web server as: checks that it can.
+    #[arg(
+        long = "web.server-user",
+        value_name = "USER",
+        default_value = "65534:65534"
+    )]
+    server_user: privileges::ServerUser,
 }
 
 #[derive(Args)]
@@ -213,6 +235,16 @@ fn main() -> ExitCode {
         hangup(SigmaskHow::SIG_UNBLOCK);
     }
     logging::init(cli.log_format, &cli.log_level);
+    // What the web server is started with, to log as the collector does.
+    let global = vec![
+        format!(
+            "--log.format={}",
+            clap::ValueEnum::to_possible_value(&cli.log_format)
+                .expect("a named format")
+                .get_name()
+        ),
+        format!("--log.level={}", cli.log_level),
+    ];
     let result = match cli.command {
         Command::Check(args) => Ok(check::report(
             &check::requirements(
@@ -222,9 +254,11 @@ fn main() -> ExitCode {
                         .kernel
                         .options(Duration::ZERO, kernel::Counted::default()),
                 ),
+                Some(&args.server_user),
             ),
             io::stdout().lock(),
         )),
+        Command::Serve(args) => web::serve(args.listen_fd, args.channel_fd).map(|()| true),
         Command::HashPassword => web::hash_password(io::stdin().lock()).and_then(|hash| {
             writeln!(io::stdout(), "{hash}").context("writing the hash to standard output")?;
             Ok(true)
@@ -236,9 +270,11 @@ fn main() -> ExitCode {
             .and_then(|rt| {
                 rt.block_on(async {
                     match command {
-                        Command::Run(args) => run(args).await,
+                        Command::Run(args) => run(args, global).await,
                         Command::Trace(args) => trace(args).await,
-                        Command::Check(_) | Command::HashPassword => unreachable!(),
+                        Command::Check(_) | Command::HashPassword | Command::Serve(_) => {
+                            unreachable!()
+                        }
                     }
                 })
             })
@@ -256,27 +292,33 @@ fn main() -> ExitCode {
 }
 
 /// Blocks or unblocks SIGHUP in the calling thread.
-fn hangup(how: SigmaskHow) {
+pub fn hangup(how: SigmaskHow) {
     let set = SigSet::from(Signal::SIGHUP);
     if let Err(e) = pthread_sigmask(how, Some(&set), None) {
         tracing::warn!("{how:?} SIGHUP: {e}");
     }
 }
 
-async fn run(args: RunArgs) -> Result<()> {
+async fn run(args: RunArgs, global: Vec<String>) -> Result<()> {
     // Before attaching anything, so a bad web config or a busy port fails
     // fast and clean.
-    let server = web::Server::bind(&args.web).await?;
+    let listener = web::Listener::bind(&args.web).await?;
+    let address = listener.local_addr()?;
     let counted = kernel::Counted {
         by_cgroup: args.pod_labels,
         max_comms: args.max_comms,
         max_remotes: args.max_remotes,
     };
     let options = args.probes.kernel.options(Duration::from_secs(10), counted);
-    let started = start(&options, &args.probes, Duration::from_secs(1))?;
+    let started = start(
+        &options,
+        &args.probes,
+        Duration::from_secs(1),
+        Some(&args.web.server_user),
+    )?;
     // Everything is loaded: a SIGHUP that came meanwhile, held back, goes
-    // to the reload handler now (the server installed it before reading
-    // the web configuration).
+    // to the reload handler now (installed before the web configuration
+    // was read).
     hangup(SigmaskHow::SIG_UNBLOCK);
     let metrics = metrics::Metrics::new(
         args.max_comms as usize,
@@ -286,8 +328,16 @@ async fn run(args: RunArgs) -> Result<()> {
             idle: args.pod_idle,
         }),
     );
-    for collector in server.collectors() {
+    for collector in listener.config.collectors() {
         metrics.register(collector);
+    }
+    let server_metrics = serving::metrics::ServerMetrics::new(!args.web.disable_exporter_metrics);
+    for collector in server_metrics.collectors() {
+        metrics.register(collector);
+    }
+    let server_pid = Arc::new(AtomicU32::new(0));
+    if !args.web.disable_exporter_metrics {
+        metrics.register(Box::new(process::ProcessMetrics::new(server_pid.clone())));
     }
     for (probe, hook) in started.attached.iter() {
         let hook = hook.as_ref().ok().map(|h| h.attach.to_string());
@@ -300,14 +350,27 @@ async fn run(args: RunArgs) -> Result<()> {
     let mut pipeline =
         pipeline::Running::spawn(started.pipeline, move |output| sink.record(output))?;
     let periodic = periodic(state.clone(), args.summary_interval);
-    let address = server.local_addr()?;
+    let answerer = serving::answer::Answerer {
+        state,
+        config: listener.config.clone(),
+        metrics: server_metrics,
+        setup: args.web.setup(),
+    };
+    let mut supervisor = serving::Supervisor::start(
+        listener,
+        args.web.server_user.clone(),
+        global,
+        answerer,
+        server_pid,
+    )?;
     tracing::info!(%address, path = args.web.telemetry_path, "sockerr running");
-    let app = web::router(state, &args.web.telemetry_path);
     tokio::select! {
-        result = server.serve(app, shutdown()) => result?,
+        result = supervisor.run() => result?,
         result = pipeline.ended() => result.context("event pipeline")?,
         () = periodic => {}
+        () = shutdown() => {}
     }
+    supervisor.stop().await;
     // The pipeline owns the programs: stopping it detaches and unloads
     // every program and link.
     drop(pipeline);
@@ -339,6 +402,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
             .options(Duration::ZERO, kernel::Counted::default()),
         &args.probes,
         Duration::ZERO,
+        None,
     )?;
     let _ = writeln!(io::stderr(), "sockerr: tracing; Ctrl-C to stop");
     // A reader that goes away (`sockerr trace | head -1`) ends the trace,
@@ -387,13 +451,19 @@ struct Started {
 }
 
 /// Checks the host, loads and attaches the probes, and drops the
-/// capabilities that needed (keeping those of per-process uprobes).
+/// capabilities that needed (keeping those of per-process uprobes, and of
+/// starting the web server as `server`, when there is one).
 /// `delay_default`: the call-site delay when `--call-sites.delay` is not given.
-fn start(options: &kernel::Options, args: &ProbeArgs, delay_default: Duration) -> Result<Started> {
+fn start(
+    options: &kernel::Options,
+    args: &ProbeArgs,
+    delay_default: Duration,
+    server: Option<&privileges::ServerUser>,
+) -> Result<Started> {
     let (call_sites, containers) = (&args.call_sites, &args.containers);
     // Read once: checking, loading and attaching all use it.
     let btf = check::kernel_btf();
-    check::require(&btf)?;
+    check::require(&btf, server)?;
     let btf = btf.map_err(anyhow::Error::msg)?;
     let mut kernel = kernel::Kernel::load(&btf, options)?;
     let attached = kernel.attach(&btf, options)?;
@@ -421,7 +491,10 @@ fn start(options: &kernel::Options, args: &ProbeArgs, delay_default: Duration) -
         call_sites.delay.unwrap_or(delay_default),
     )?;
     // Per-process uprobes are created later, so their capability stays.
-    privileges::drop_after_attach(call_sites.mode == callsites::uprobes::Mode::Flagged)?;
+    privileges::drop_after_attach(
+        call_sites.mode == callsites::uprobes::Mode::Flagged,
+        server.is_some_and(privileges::ServerUser::needs_set_id),
+    )?;
     let cgroups = cgroups::CgroupNames::new(proc::cgroup2_root().ok());
     let containers = containers::Containers::new(containers.root.clone());
     Ok(Started {

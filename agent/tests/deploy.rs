@@ -141,7 +141,15 @@ fn runs_with_exactly_the_units_capabilities_and_each_is_needed() {
     let caps = unit_capabilities();
     assert_eq!(
         caps,
-        ["bpf", "perfmon", "net_admin", "sys_ptrace", "sys_admin"]
+        [
+            "bpf",
+            "perfmon",
+            "net_admin",
+            "sys_ptrace",
+            "sys_admin",
+            "setuid",
+            "setgid"
+        ]
     );
 
     // With exactly the unit's set: attaches, detects, attributes, serves.
@@ -152,8 +160,11 @@ fn runs_with_exactly_the_units_capabilities_and_each_is_needed() {
         "sockerr run did not start with the unit's capabilities"
     );
     // After attaching it keeps CAP_SYS_PTRACE (bit 19) and, for call-site
-    // uprobes, CAP_SYS_ADMIN (bit 21).
+    // uprobes, CAP_SYS_ADMIN (bit 21); CAP_SETUID and CAP_SETGID only
+    // permitted, for starting the web server, which has none.
     assert_eq!(effective_caps(agent.child.id()), (1 << 19) | (1 << 21));
+    let server = support::wait_web_server(agent.child.id());
+    assert_eq!(effective_caps(server), 0);
     let (pid, out) = scenario_env(
         &["repeat", "buggy", "3", "200"],
         &[("SCENARIO_LINGER_MS", "1000")],

@@ -364,6 +364,13 @@ fn rss_anon_kib(pid: u32) -> u64 {
         .expect("RssAnon in /proc/<pid>/status")
 }
 
+/// Resident anonymous memory of the agent: the collector (`pid`), which
+/// keeps the findings and makes each chunk, and its web server, which
+/// holds the connections and the chunks being written.
+fn agent_anon_kib(pid: u32) -> u64 {
+    rss_anon_kib(pid) + rss_anon_kib(support::wait_web_server(pid))
+}
+
 /// A loopback connection whose receive buffer is `rcvbuf` bytes, set
 /// before connecting: a reader the server can only feed as fast as it
 /// reads (the kernel would otherwise take megabytes for it).
@@ -576,7 +583,7 @@ fn slow_readers_of_the_largest_findings() {
     // 30 at once, each reading at most 8 KiB every 10 ms (800 KiB/s: the
     // kernel takes up to 4 MiB of a response for a slow reader, the rest
     // waits in the agent).
-    let before = rss_anon_kib(pid);
+    let before = agent_anon_kib(pid);
     let mut readers: Vec<SlowReader> = (0..30).map(|_| SlowReader::open(port, path)).collect();
     let (mut peak, mut all_reading) = (before, false);
     let started = Instant::now();
@@ -587,7 +594,7 @@ fn slow_readers_of_the_largest_findings() {
         );
         readers.iter_mut().for_each(|r| r.read(8 << 10));
         all_reading |= readers.iter().all(|r| !r.raw.is_empty() && !r.done);
-        peak = peak.max(rss_anon_kib(pid));
+        peak = peak.max(agent_anon_kib(pid));
         thread::sleep(Duration::from_millis(10));
     }
     let took = started.elapsed();

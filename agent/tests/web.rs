@@ -184,10 +184,10 @@ impl Running {
         self.address.port()
     }
 
+    /// Descriptors of the web server, which holds the connections.
     fn fds(&self) -> usize {
-        fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .unwrap()
-            .count()
+        let server = support::wait_web_server(self.child.id());
+        fs::read_dir(format!("/proc/{server}/fd")).unwrap().count()
     }
 
     /// Waits until a log line contains `text`.
@@ -608,6 +608,9 @@ fn slowloris_is_cut_off_and_metrics_keep_answering() {
         "6s",
         "--web.max-connections",
         "600",
+        // Every connection comes from 127.0.0.1: the cap is the limit here.
+        "--web.max-connections-per-client",
+        "0",
         // No uprobes on the host's other processes: they hold descriptors.
         "--call-sites=off",
     ]);

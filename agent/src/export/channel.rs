@@ -24,7 +24,10 @@
 
 use std::{collections::BTreeMap, io, path::PathBuf, time::Duration};
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::{
+    body::Bytes,
+    http::{HeaderMap, HeaderName, HeaderValue},
+};
 use sockerr_common::FindingKind;
 use strum::EnumCount as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
@@ -168,10 +171,11 @@ pub enum Reply {
     Done {
         id: u32,
     },
+    /// A chunk of a body. Decoded without a copy: a slice of the frame.
     Body {
         id: u32,
         last: bool,
-        bytes: Vec<u8>,
+        bytes: Bytes,
     },
     /// Too many `/findings` responses are being written: try again.
     Busy {
@@ -504,11 +508,11 @@ impl Reply {
                 w.finish()
             }
             Reply::Done { id } => Writer::new(kind::DONE).u32(*id).finish(),
-            Reply::Body { id, last, bytes } => Writer::new(kind::BODY)
-                .u32(*id)
-                .bool(*last)
-                .bytes(bytes)
-                .finish(),
+            Reply::Body { id, last, bytes } => {
+                let mut frame = body_header(*id, *last, bytes.len());
+                frame.extend_from_slice(bytes);
+                frame
+            }
             Reply::Busy { id } => Writer::new(kind::BUSY).u32(*id).finish(),
             Reply::Failed { id, message } => Writer::new(kind::FAILED)
                 .u32(*id)
@@ -518,7 +522,7 @@ impl Reply {
     }
 
     /// A frame's body (after its length) as a reply, or why not.
-    pub fn decode(body: &[u8]) -> Result<Self, Malformed> {
+    pub fn decode(body: &Bytes) -> Result<Self, Malformed> {
         let (t, mut r) = open(body)?;
         let reply = match t {
             kind::SETUP => Reply::Setup(Setup {
@@ -535,11 +539,17 @@ impl Reply {
             }),
             kind::TERMS => Reply::Terms(Box::new(terms(&mut r)?)),
             kind::DONE => Reply::Done { id: r.u32("id")? },
-            kind::BODY => Reply::Body {
-                id: r.u32("id")?,
-                last: r.bool("last")?,
-                bytes: r.bytes(BODY_CHUNK, "body")?.to_vec(),
-            },
+            kind::BODY => {
+                let id = r.u32("id")?;
+                let last = r.bool("last")?;
+                let n = r.bytes(BODY_CHUNK, "body")?.len();
+                let end = body.len() - r.0.len();
+                Reply::Body {
+                    id,
+                    last,
+                    bytes: body.slice(end - n..end),
+                }
+            }
             kind::BUSY => Reply::Busy { id: r.u32("id")? },
             kind::FAILED => Reply::Failed {
                 id: r.u32("id")?,
@@ -550,6 +560,17 @@ impl Reply {
         r.end()?;
         Ok(reply)
     }
+}
+
+/// The start of a body frame of `len` bytes, which follow it: written
+/// apart, so a large body is not copied into a frame first.
+pub fn body_header(id: u32, last: bool, len: usize) -> Vec<u8> {
+    let mut w = Writer::new(kind::BODY);
+    w.u32(id).bool(last).len(len);
+    let mut header = w.0;
+    let frame = header.len() - 4 + len;
+    header[..4].copy_from_slice(&u32::try_from(frame).expect("a bounded body").to_le_bytes());
+    header
 }
 
 fn terms(r: &mut Reader<'_>) -> Result<Terms, Malformed> {
@@ -717,12 +738,12 @@ mod tests {
             Reply::Body {
                 id: 2,
                 last: true,
-                bytes: b"ok\n".to_vec(),
+                bytes: Bytes::from_static(b"ok\n"),
             },
             Reply::Body {
                 id: 2,
                 last: false,
-                bytes: vec![0xff; BODY_CHUNK],
+                bytes: Bytes::from(vec![0xff; BODY_CHUNK]),
             },
             Reply::Busy { id: 3 },
             Reply::Failed {
@@ -730,6 +751,10 @@ mod tests {
                 message: "rendering metrics: boom".into(),
             },
         ]
+    }
+
+    fn bytes(b: &[u8]) -> Bytes {
+        Bytes::copy_from_slice(b)
     }
 
     /// The body of an encoded frame, its length checked.
@@ -749,7 +774,7 @@ mod tests {
         for reply in replies() {
             let frame = reply.encode();
             assert!(frame.len() - 4 <= MAX_REPLY);
-            assert_eq!(Reply::decode(body(&frame)).as_ref(), Ok(&reply));
+            assert_eq!(Reply::decode(&bytes(body(&frame))).as_ref(), Ok(&reply));
         }
     }
 
@@ -774,7 +799,7 @@ mod tests {
             &[VERSION, kind::DONE, 0, 0, 0, 0],
             "no request of type 0x83",
         );
-        assert!(Reply::decode(body(&Request::Health { id: 1 }.encode())).is_err());
+        assert!(Reply::decode(&bytes(body(&Request::Health { id: 1 }.encode()))).is_err());
         refused(
             &body(&valid)[..body(&valid).len() - 1],
             "limit: the frame ends early",
@@ -796,26 +821,26 @@ mod tests {
         let mut frame = Reply::Body {
             id: 1,
             last: true,
-            bytes: vec![],
+            bytes: Bytes::new(),
         }
         .encode();
         frame[4 + 2 + 4] = 2;
         assert_eq!(
-            Reply::decode(body(&frame)),
+            Reply::decode(&bytes(body(&frame))),
             Err(Malformed("last: 2 is not a boolean".into()))
         );
         // A length past the frame, or a count past its bytes.
         let mut frame = Reply::Body {
             id: 1,
             last: true,
-            bytes: b"abc".to_vec(),
+            bytes: Bytes::from_static(b"abc"),
         }
         .encode();
         frame[4 + 2 + 4 + 1] = 4;
-        assert!(Reply::decode(body(&frame)).is_err());
+        assert!(Reply::decode(&bytes(body(&frame))).is_err());
         let mut terms = Reply::Terms(Box::default()).encode();
         terms[4 + 2 + 1] = 0xff;
-        let e = Reply::decode(body(&terms)).unwrap_err();
+        let e = Reply::decode(&bytes(body(&terms))).unwrap_err();
         assert!(e.0.contains("users: 255 items in 4 bytes"), "{e}");
     }
 
@@ -879,7 +904,7 @@ mod tests {
                 }
                 Err(_) => refused += 1,
             }
-            match Reply::decode(f) {
+            match Reply::decode(&bytes(f)) {
                 // Headers and users are kept in a canonical order.
                 Ok(Reply::Terms(_)) => accepted += 1,
                 Ok(r) => {
@@ -890,10 +915,22 @@ mod tests {
             }
             for prefix in 0..f.len().min(16) {
                 let _ = Request::decode(&f[..prefix]);
-                let _ = Reply::decode(&f[..prefix]);
+                let _ = Reply::decode(&bytes(&f[..prefix]));
             }
         }
         assert!(accepted > valid && refused > 20_000, "{accepted} {refused}");
+    }
+
+    #[test]
+    fn a_body_header_and_its_bytes_are_the_frame() {
+        let reply = Reply::Body {
+            id: 9,
+            last: false,
+            bytes: Bytes::from_static(b"metrics"),
+        };
+        let mut apart = body_header(9, false, 7);
+        apart.extend_from_slice(b"metrics");
+        assert_eq!(apart, reply.encode());
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 //! at each scrape; `--web.disable-exporter-metrics` leaves them out.
 
 use std::sync::{
-    Arc,
+    Arc, Mutex,
     atomic::{AtomicU32, Ordering},
 };
 
@@ -15,7 +15,10 @@ use prometheus::{
     proto::MetricFamily,
 };
 
-use crate::proc::{Proc, Usage};
+use crate::{
+    locks::lock,
+    proc::{Proc, Usage},
+};
 
 /// The metrics, made afresh at each collection (values are read, not
 /// counted here).
@@ -65,7 +68,7 @@ impl Families {
         }
     }
 
-    fn set(&self, process: &str, u: &Usage) {
+    fn set(&self, process: &str, u: &Usage, max_fds: Option<u64>) {
         let labels = [process];
         self.cpu.with_label_values(&labels).inc_by(u.cpu_seconds);
         self.resident
@@ -80,7 +83,7 @@ impl Families {
         self.open_fds
             .with_label_values(&labels)
             .set(u.open_fds as f64);
-        if let Some(max) = u.max_fds {
+        if let Some(max) = max_fds {
             self.max_fds.with_label_values(&labels).set(max as f64);
         }
     }
@@ -101,6 +104,9 @@ pub struct ProcessMetrics {
     /// The web server's pid, 0 while none runs.
     server: Arc<AtomicU32>,
     descs: Vec<Desc>,
+    /// Each process's limit of open files, read once (by pid): parsing
+    /// /proc/<pid>/limits at every scrape would cost more than the rest.
+    max_fds: Mutex<Vec<(u32, Option<u64>)>>,
 }
 
 impl ProcessMetrics {
@@ -111,7 +117,11 @@ impl ProcessMetrics {
             .iter()
             .flat_map(|c| c.desc().into_iter().cloned())
             .collect();
-        Self { server, descs }
+        Self {
+            server,
+            descs,
+            max_fds: Mutex::default(),
+        }
     }
 }
 
@@ -127,8 +137,26 @@ impl Collector for ProcessMetrics {
             if pid == 0 {
                 continue;
             }
-            match Proc::open(pid).and_then(|p| p.usage()) {
-                Ok(usage) => families.set(process, &usage),
+            let Ok(proc) = Proc::open(pid) else { continue };
+            let max_fds = {
+                let mut known = lock(&self.max_fds);
+                match known.iter().find(|(p, _)| *p == pid) {
+                    Some((_, max)) => *max,
+                    None => {
+                        let max = proc.max_fds().ok().flatten();
+                        // The collector and the running server.
+                        known.retain(|(p, _)| *p == std::process::id() || *p == server);
+                        known.push((pid, max));
+                        max
+                    }
+                }
+            };
+            let usage = match pid == std::process::id() {
+                true => crate::proc::own_usage(),
+                false => proc.usage(),
+            };
+            match usage {
+                Ok(usage) => families.set(process, &usage, max_fds),
                 Err(e) => tracing::debug!(process, pid, "process metrics: {e}"),
             }
         }

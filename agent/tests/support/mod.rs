@@ -33,3 +33,27 @@ pub fn build_evhttp_client() -> PathBuf {
     assert!(status.success(), "compiling {}", src.display());
     out
 }
+
+/// The web server `sockerr run` (pid `collector`) runs now: its child
+/// named `sockerr-server` (the collector starts it from a thread of its
+/// own, so each thread's children are looked at).
+pub fn web_server(collector: u32) -> Option<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{collector}/task")).ok()?;
+    tasks.flatten().find_map(|task| {
+        let children = std::fs::read_to_string(task.path().join("children")).ok()?;
+        children
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim() == "sockerr-server")
+            })
+    })
+}
+
+/// [`web_server`], waited for (it starts once the probes are attached).
+pub fn wait_web_server(collector: u32) -> u32 {
+    eventually(std::time::Duration::from_secs(20), "the web server", || {
+        web_server(collector)
+    })
+}

@@ -18,7 +18,7 @@ use axum::{
 use base64::Engine as _;
 use tokio::sync::Semaphore;
 
-use super::Shared;
+use super::{Shared, collector::Served};
 use crate::locks::lock;
 
 /// Checked against when the user is unknown, so that an unknown user takes
@@ -45,7 +45,9 @@ const BCRYPT_WAIT: Duration = Duration::from_secs(1);
 /// once, so a flood holds at most this many connections waiting.
 const BCRYPT_QUEUE: usize = 16;
 
-/// The kubelet's probes carry no credentials, and "ok" tells nothing.
+/// Answered without authentication, on purpose: the kubelet's liveness
+/// and readiness probes carry no credentials, and "ok" (the collector
+/// answers) tells nothing about the host.
 const UNAUTHENTICATED_PATH: &str = "/healthz";
 
 pub struct Verifier {
@@ -64,7 +66,7 @@ pub struct Verifier {
 }
 
 /// What a request's credentials earned.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Verdict {
     Allowed,
     Denied,
@@ -159,24 +161,81 @@ fn credentials(headers: &HeaderMap) -> Option<(String, Vec<u8>)> {
     Some((user, decoded[colon + 1..].to_vec()))
 }
 
+/// The web configuration a TLS connection's handshake was just made
+/// under: its first request starts under it.
+#[derive(Clone)]
+pub struct Fresh(pub Arc<Served>);
+
+impl Verifier {
+    async fn verdict(&self, active: &Served, path: &str, headers: &HeaderMap) -> Verdict {
+        if active.users().is_empty() || path == UNAUTHENTICATED_PATH {
+            return Verdict::Allowed;
+        }
+        self.check(active.users(), headers).await
+    }
+}
+
 /// The middleware: authenticates when users are configured, then adds the
 /// configured headers to the response (401s included).
-pub async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
-    let active = shared.config.current();
-    let verdict = if active.users.is_empty() || request.uri().path() == UNAUTHENTICATED_PATH {
-        Verdict::Allowed
-    } else {
-        shared
-            .verifier
-            .check(&active.users, request.headers())
-            .await
+///
+/// Every request is answered under the web configuration as its files
+/// stand after it came, at the cost of one round trip to the collector,
+/// the one its answer takes anyway: the collector looks at the files
+/// before it answers anything (and sends a new configuration ahead of the
+/// answer). So a request is let in under the configuration the server
+/// has; once answered, if the configuration changed meanwhile, its
+/// credentials must pass under the new one too. A request refused under
+/// the one the server has is asked about again under a fresh one (a new
+/// password works at once). An answer that asked the collector nothing (the
+/// landing page, a 404) looks at the files on its own.
+pub async fn guard(
+    State(shared): State<Arc<Shared>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let collector = &shared.collector;
+    let since = collector.mark();
+    let path = request.uri().path().to_owned();
+    let mut active = match request.extensions_mut().remove::<Fresh>() {
+        Some(Fresh(served)) => served,
+        None => collector.served(),
     };
+    let mut verdict = shared
+        .verifier
+        .verdict(&active, &path, request.headers())
+        .await;
+    if verdict != Verdict::Allowed {
+        active = collector.current().await;
+        verdict = shared
+            .verifier
+            .verdict(&active, &path, request.headers())
+            .await;
+    }
+    let credentials = request.headers().get(header::AUTHORIZATION).cloned();
     let mut response = match verdict {
         Verdict::Allowed => next.run(request).await,
         Verdict::Denied => unauthorized(),
         Verdict::Busy => busy(),
     };
-    response.headers_mut().extend(active.headers.clone());
+    if verdict == Verdict::Allowed {
+        if !collector.checked_since(since) {
+            collector.current().await;
+        }
+        let now = collector.served();
+        if !Arc::ptr_eq(&now, &active) {
+            let mut headers = HeaderMap::new();
+            if let Some(credentials) = credentials {
+                headers.insert(header::AUTHORIZATION, credentials);
+            }
+            response = match shared.verifier.verdict(&now, &path, &headers).await {
+                Verdict::Allowed => response,
+                Verdict::Denied => unauthorized(),
+                Verdict::Busy => busy(),
+            };
+            active = now;
+        }
+    }
+    response.headers_mut().extend(active.headers().clone());
     response
 }
 

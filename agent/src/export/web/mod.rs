@@ -1,28 +1,41 @@
-//! The daemon's state and the `--web.*` flags in; HTTP responses out.
+//! HTTP: the `--web.*` flags, the web configuration, and the web server.
 //!
-//! How the HTTP endpoints are served: the `--web.*` flags, the
-//! exporter-toolkit web configuration (TLS, basic auth, response headers)
-//! and an accept loop with timeouts and a connection cap. The endpoints
-//! themselves are in [`routes`].
+//! Two processes share this module (docs/design.md §5):
+//!
+//! - the collector (`sockerr run`) reads and reloads the web configuration
+//!   (`config.rs`, `reload.rs`; the files of `tls.rs`) and binds the listen
+//!   address ([`Listener`]), before it attaches anything;
+//! - the web server (`sockerr serve`, [`serve`]), the only process that
+//!   reads the network, accepts connections on it (`server.rs`: timeouts
+//!   and connection caps, TLS, `auth.rs`) and answers the endpoints
+//!   (`routes.rs`) by asking the collector over the channel
+//!   (`collector.rs`).
 
 mod auth;
+mod collector;
 pub(crate) mod config;
-mod reload;
+pub(crate) mod reload;
 mod routes;
 mod server;
 pub(crate) mod tls;
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
-
-use anyhow::{Context as _, Result};
-use axum::Router;
-use tokio::{
-    net::TcpListener,
-    signal::unix::{Signal, SignalKind, signal},
+use std::{
+    net::SocketAddr,
+    os::fd::{FromRawFd as _, RawFd},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
 };
 
+use anyhow::{Context as _, Result};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
 pub use auth::hash_password;
-pub use routes::router;
+
+use crate::{
+    export::channel::Setup,
+    privileges::{self, ServerUser},
+};
 
 #[derive(clap::Args)]
 pub struct WebArgs {
@@ -57,6 +70,42 @@ pub struct WebArgs {
     /// one still waiting for a request (or, if all are busy, is closed).
     #[arg(long = "web.max-connections", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
+    /// Most open connections of one client (an IPv4 address, or an IPv6
+    /// /64); past it, its new connection closes its own oldest one still
+    /// waiting for a request (or, if all are busy, is closed). 0: no limit.
+    #[arg(long = "web.max-connections-per-client", default_value_t = 64)]
+    max_connections_per_client: u32,
+    /// Most scrapes of the telemetry path answered at once; more get 503
+    /// (node_exporter's in-flight limit). 0: no limit.
+    #[arg(long = "web.max-requests", default_value_t = 40)]
+    max_requests: u32,
+    /// Leave out the agent's own process_* and promhttp_* metrics.
+    #[arg(long = "web.disable-exporter-metrics")]
+    pub disable_exporter_metrics: bool,
+    /// The user (and group) the web server, the only process of the agent
+    /// that reads the network, runs as: UID[:GID] or NAME[:GROUP], not
+    /// root. Default: 65534 (nobody, nogroup).
+    #[arg(
+        long = "web.server-user",
+        value_name = "USER",
+        default_value = "65534:65534"
+    )]
+    pub server_user: ServerUser,
+}
+
+impl WebArgs {
+    /// What the web server runs with.
+    pub fn setup(&self) -> Setup {
+        Setup {
+            telemetry_path: self.telemetry_path.clone(),
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            write_timeout: self.write_timeout,
+            max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
+            max_requests: self.max_requests,
+        }
+    }
 }
 
 /// Any path, the empty one included (clap's own parser refuses it): empty
@@ -84,23 +133,17 @@ fn telemetry_path(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
-/// What every connection and request reads.
-struct Shared {
-    config: reload::WebConfig,
-    verifier: auth::Verifier,
-    limits: server::Limits,
-    metrics: server::ConnectionMetrics,
-}
-
-/// The bound, configured HTTP server.
-pub struct Server {
-    listener: TcpListener,
-    shared: Arc<Shared>,
+/// The listen address bound and the web configuration loaded, in the
+/// collector: the web server gets the socket and what the configuration
+/// says, never the files.
+pub struct Listener {
+    pub socket: std::net::TcpListener,
+    pub config: Arc<reload::WebConfig>,
     /// SIGHUPs since the web configuration was read.
-    hangup: Signal,
+    pub hangup: Signal,
 }
 
-impl Server {
+impl Listener {
     /// Loads the web configuration and binds the listen address: a bad file
     /// or a busy port fails here, naming the key or the address.
     pub async fn bind(args: &WebArgs) -> Result<Self> {
@@ -115,52 +158,102 @@ impl Server {
             .clone()
             .filter(|f| !f.as_os_str().is_empty());
         let config = reload::WebConfig::load(file, args.listen, args.allow_remote)?;
-        let listener = TcpListener::bind(args.listen)
+        let socket = tokio::net::TcpListener::bind(args.listen)
             .await
+            .and_then(tokio::net::TcpListener::into_std)
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         Ok(Self {
-            listener,
-            shared: Arc::new(Shared {
-                config,
-                verifier: auth::Verifier::default(),
-                limits: server::Limits {
-                    header_timeout: args.header_timeout,
-                    idle_timeout: args.idle_timeout,
-                    write_timeout: args.write_timeout,
-                    max_connections: args.max_connections,
-                },
-                metrics: server::ConnectionMetrics::new(),
-            }),
+            socket,
+            config: Arc::new(config),
             hangup,
         })
     }
 
     /// The address actually bound (port 0 in the flag becomes a real port).
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        self.listener
+        self.socket
             .local_addr()
             .context("the listen socket's address")
     }
+}
 
-    /// The server's own metrics: open connections, connections dropped,
-    /// reloads of the web configuration.
-    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
-        let connections = self.shared.metrics.collectors();
-        let reloads = self.shared.config.collectors();
-        connections.into_iter().chain(reloads).collect()
-    }
+/// What every connection and request of the web server reads.
+struct Shared {
+    collector: Arc<collector::Collector>,
+    verifier: auth::Verifier,
+    limits: server::Limits,
+}
 
-    /// Serves `app` until `shutdown` completes.
-    pub async fn serve(self, app: Router, shutdown: impl Future<Output = ()>) -> Result<()> {
-        server::serve(self.listener, self.shared, self.hangup, app, shutdown)
-            .await
-            .context("serving HTTP")
+/// `sockerr serve`: the web server, started by the collector as
+/// `--web.server-user` with the listen socket and its end of the channel.
+/// Confined before it reads a byte of either; ends when the collector
+/// closes the channel.
+pub fn serve(listen_fd: RawFd, channel_fd: RawFd) -> Result<()> {
+    privileges::confine_server([listen_fd, channel_fd])?;
+    // Its orders come over the channel: a terminal's Ctrl-C or a
+    // `systemctl stop` reaches the collector, which closes it.
+    for sig in [
+        nix::sys::signal::Signal::SIGHUP,
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        // SAFETY: ignoring a signal installs no handler.
+        unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn) }
+            .with_context(|| format!("ignoring {sig}"))?;
     }
+    crate::hangup(nix::sys::signal::SigmaskHow::SIG_UNBLOCK);
+    // SAFETY: the collector passed these two descriptors for this process
+    // to own; nothing else here uses them.
+    let (listener, channel) = unsafe {
+        (
+            std::net::TcpListener::from_raw_fd(listen_fd),
+            std::os::unix::net::UnixStream::from_raw_fd(channel_fd),
+        )
+    };
+    listener
+        .local_addr()
+        .context("--listen-fd is not a listening socket")?;
+    channel
+        .set_nonblocking(true)
+        .context("--channel-fd is not a socket")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let listener =
+            tokio::net::TcpListener::from_std(listener).context("the listening socket")?;
+        let channel = tokio::net::UnixStream::from_std(channel).context("the channel")?;
+        // Before the first byte of either is read: from here on, only the
+        // calls serving takes.
+        privileges::seccomp::apply()?;
+        let (collector, setup) = collector::Collector::connect(channel).await?;
+        let shared = Arc::new(Shared {
+            collector: collector.clone(),
+            verifier: auth::Verifier::default(),
+            limits: server::Limits {
+                header_timeout: setup.header_timeout,
+                idle_timeout: setup.idle_timeout,
+                write_timeout: setup.write_timeout,
+                max_connections: setup.max_connections,
+                max_connections_per_client: setup.max_connections_per_client,
+            },
+        });
+        let app = routes::router(collector.clone(), &setup);
+        server::serve(
+            listener,
+            shared,
+            app,
+            async move { collector.closed().await },
+        )
+        .await
+        .context("serving HTTP")
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use axum::{body::Body, http::Request, routing::get};
+    use axum::{Router, body::Body, http::Request, routing::get};
     use tower::ServiceExt as _;
 
     use super::*;

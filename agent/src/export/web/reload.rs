@@ -1,11 +1,14 @@
-//! The web configuration in force: certificates loaded, and a non-loopback
-//! address refused without TLS and authentication.
+//! The web configuration in force, in the collector: files read and
+//! validated (certificates loaded), and a non-loopback address refused
+//! without TLS and authentication. The web server gets what was accepted
+//! ([`Active::terms`]) over the channel: it cannot read the files (they
+//! belong to root, mode 0600, and it may open none).
 //!
 //! The file, and the files it names, are read again when one of them
-//! changes (looked at on every connection and request: a few `stat` calls,
-//! so a rotated certificate or a new password needs no restart) and on
-//! SIGHUP. Each is read as a regular file of at most 1 MiB
-//! (`config::read_file`).
+//! changes (looked at whenever the web server asks, on every connection
+//! and request: a few `stat` calls, so a rotated certificate or a new
+//! password needs no restart) and on SIGHUP. Each is read as a regular
+//! file of at most 1 MiB (`config::read_file`).
 //!
 //! A reload cannot weaken what the listener promised: one that would turn
 //! TLS off or on (clients reach the listener by its scheme) or serve
@@ -18,14 +21,14 @@
 //! `sockerr_web_config_reloads_total{result}`.
 //!
 //! Only new TLS terms (certificates, client certificates, versions) close
-//! kept-alive connections, after the response in flight, so that every
-//! client is under them from its next connection on: a client scraping
-//! every few seconds would otherwise keep a connection made under the old
-//! terms forever. Users and headers apply to the next request as they are;
-//! a file read again unchanged (a SIGHUP, a `touch`) changes nothing.
+//! kept-alive connections (the web server compares them), after the
+//! response in flight, so that every client is under them from its next
+//! connection on: a client scraping every few seconds would otherwise keep
+//! a connection made under the old terms forever. Users and headers apply
+//! to the next request as they are; a file read again unchanged (a SIGHUP,
+//! a `touch`) changes nothing.
 
 use std::{
-    collections::BTreeMap,
     fs,
     net::SocketAddr,
     os::unix::fs::MetadataExt,
@@ -35,7 +38,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
-use axum::http::HeaderMap;
 use prometheus::{IntCounterVec, IntGauge, Opts};
 use tokio::sync::watch;
 
@@ -43,18 +45,32 @@ use super::{
     config::{Config, parse, read_file},
     tls,
 };
-use crate::locks::lock;
+use crate::{export::channel::Terms, locks::lock};
 
-/// A configuration in force, certificates loaded.
+/// A configuration in force, its certificates checked.
 pub struct Active {
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    pub users: BTreeMap<String, String>,
-    pub headers: HeaderMap,
+    tls: bool,
     /// Clients must prove who they are (basic auth, or a verified client
     /// certificate).
     authenticates: bool,
     /// What it was made from, to tell a configuration read again unchanged.
     source: Source,
+}
+
+impl Active {
+    /// What the web server needs of it.
+    pub fn terms(&self) -> Terms {
+        let config = &self.source.config;
+        Terms {
+            tls: config.tls.clone().zip(self.source.pem.clone()),
+            users: config.users.clone(),
+            headers: config.headers.clone(),
+        }
+    }
+
+    pub fn users(&self) -> usize {
+        self.source.config.users.len()
+    }
 }
 
 /// A configuration as read: the file's keys and the TLS files' contents.
@@ -92,7 +108,7 @@ fn exposed_error(address: SocketAddr) -> anyhow::Error {
 
 /// Why `new` may not replace `old` while the agent runs, if it may not.
 fn weakens(old: &Active, new: &Active) -> Option<&'static str> {
-    match (old.tls.is_some(), new.tls.is_some()) {
+    match (old.tls, new.tls) {
         (true, false) => Some(
             "it has no tls_server_config, and the listener serves HTTPS: it would serve plain \
              HTTP",
@@ -120,6 +136,8 @@ fn stamp(path: &Path) -> Stamp {
 
 struct Loaded {
     active: Arc<Active>,
+    /// Counts the configurations put in force.
+    generation: u64,
     /// The configuration file and the files it names, as last read.
     watched: Vec<PathBuf>,
     stamps: Vec<Stamp>,
@@ -191,8 +209,8 @@ pub struct WebConfig {
     /// was not given: only TLS with authentication may serve it.
     exposed: Option<SocketAddr>,
     loaded: Mutex<Loaded>,
-    /// Told when new TLS terms are put in force.
-    tls_changed: watch::Sender<()>,
+    /// The generation of the configuration in force.
+    applied: watch::Sender<u64>,
     metrics: ReloadMetrics,
 }
 
@@ -221,17 +239,19 @@ impl WebConfig {
             exposed,
             loaded: Mutex::new(Loaded {
                 active: Arc::new(active),
+                generation: 0,
                 watched,
                 stamps,
             }),
-            tls_changed: watch::Sender::new(()),
+            applied: watch::Sender::new(0),
             metrics,
         })
     }
 
-    /// Completes its `changed()` when new TLS terms are put in force.
-    pub fn subscribe(&self) -> watch::Receiver<()> {
-        self.tls_changed.subscribe()
+    /// Completes its `changed()` when another configuration is put in
+    /// force; holds its generation.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// The reloads' metrics.
@@ -244,8 +264,9 @@ impl WebConfig {
         ]
     }
 
-    /// The configuration in force, first read again if a file changed.
-    pub fn current(&self) -> Arc<Active> {
+    /// The configuration in force and its generation, first read again if
+    /// a file changed.
+    pub fn current(&self) -> (u64, Arc<Active>) {
         let mut loaded = lock(&self.loaded);
         if self.path.is_some()
             && loaded
@@ -256,7 +277,7 @@ impl WebConfig {
         {
             self.reload_locked(&mut loaded);
         }
-        loaded.active.clone()
+        (loaded.generation, loaded.active.clone())
     }
 
     /// Reads the file again even if nothing seems to have changed (SIGHUP).
@@ -292,11 +313,9 @@ impl WebConfig {
                     }
                     None => {
                         describe(path, &active, "web config reloaded");
-                        let new_tls = active.source.tls_terms() != loaded.active.source.tls_terms();
                         loaded.active = Arc::new(active);
-                        if new_tls {
-                            self.tls_changed.send_replace(());
-                        }
+                        loaded.generation += 1;
+                        self.applied.send_replace(loaded.generation);
                         Outcome::Applied
                     }
                 },
@@ -321,18 +340,11 @@ impl WebConfig {
     }
 }
 
-impl Source {
-    /// What a TLS handshake is made under: the keys and the files.
-    fn tls_terms(&self) -> (Option<&super::config::Tls>, Option<&tls::Pem>) {
-        (self.config.tls.as_ref(), self.pem.as_ref())
-    }
-}
-
 fn describe(path: &Path, active: &Active, message: &str) {
     tracing::info!(
         file = %path.display(),
-        tls = active.tls.is_some(),
-        basic_auth_users = active.users.len(),
+        tls = active.tls,
+        basic_auth_users = active.users(),
         "{message}"
     );
 }
@@ -371,14 +383,13 @@ fn activate(source: Source, exposed: Option<SocketAddr>) -> Result<Active> {
             "basic_auth_users without tls_server_config: passwords cross the network in the clear"
         );
     }
-    let tls = match (&config.tls, &source.pem) {
-        (Some(tls), Some(pem)) => Some(tls::server_config(tls, pem)?),
-        _ => None,
-    };
+    // Built to be checked here, where a bad file is reported (at start,
+    // before anything is attached), and built again by the web server.
+    if let (Some(tls), Some(pem)) = (&config.tls, &source.pem) {
+        tls::server_config(tls, pem)?;
+    }
     Ok(Active {
-        tls,
-        users: config.users.clone(),
-        headers: config.headers.clone(),
+        tls: config.tls.is_some(),
         authenticates: config.authenticates(),
         source,
     })
@@ -493,19 +504,19 @@ mod tests {
         let dir = Dir::new("broken");
         dir.write(&users(&["a"]));
         let config = dir.load(LOOPBACK).unwrap();
-        assert_eq!(config.current().users.len(), 1);
+        assert_eq!(config.current().1.users(), 1);
         // A different length: seen without a signal.
         dir.write(&users(&["a", "b"]));
-        assert_eq!(config.current().users.len(), 2);
+        assert_eq!(config.current().1.users(), 2);
         dir.write("basic_auth_users:\n  a: plain\n");
         assert_eq!(
-            config.current().users.len(),
+            config.current().1.users(),
             2,
             "the broken file is not applied"
         );
         assert_eq!(config.metrics.successful.get(), 0);
         fs::remove_file(dir.file()).unwrap();
-        assert_eq!(config.current().users.len(), 2, "nor a missing one");
+        assert_eq!(config.current().1.users(), 2, "nor a missing one");
         dir.write(&users(&["a", "b"]));
         assert_eq!(config.reload(), Some(Outcome::Unchanged));
         assert_eq!(config.metrics.successful.get(), 1);
@@ -533,30 +544,35 @@ mod tests {
         let full = tls("a") + &users(&["a", "b"]);
         dir.write(&full);
         let config = dir.load(LOOPBACK).unwrap();
-        let tls_changed = config.subscribe();
+        let applied = config.subscribe();
+        let tls_terms = || config.current().1.terms().tls;
+        let first = tls_terms();
         for weaker in ["", "# rewriting\n", &tls("a"), &users(&["a"])] {
             dir.write(weaker);
             assert_eq!(config.reload(), Some(Outcome::Refused), "{weaker:?}");
-            let active = config.current();
+            let active = config.current().1;
             assert!(
-                active.tls.is_some() && active.users.len() == 2,
+                active.terms().tls.is_some() && active.users() == 2,
                 "{weaker:?}"
             );
             assert_eq!(config.metrics.successful.get(), 0);
         }
-        // The same again: nothing changes, no connection is closed.
+        // The same again: nothing changes, nothing is sent to the server.
         dir.write(&full);
         assert_eq!(config.reload(), Some(Outcome::Unchanged));
         assert_eq!(config.reload(), Some(Outcome::Unchanged));
-        assert!(!tls_changed.has_changed().unwrap());
+        assert!(!applied.has_changed().unwrap());
         assert_eq!(config.metrics.successful.get(), 1);
-        // Fewer users, TLS the same: applied, connections kept.
+        // Fewer users, TLS the same: applied, the same TLS terms (the
+        // server keeps its connections).
         dir.write(&(tls("a") + &users(&["a"])));
         assert_eq!(config.reload(), Some(Outcome::Applied));
-        assert_eq!(config.current().users.len(), 1);
-        assert!(!tls_changed.has_changed().unwrap());
+        assert_eq!(config.current().0, 1);
+        assert_eq!(config.current().1.users(), 1);
+        assert!(applied.has_changed().unwrap());
+        assert_eq!(tls_terms(), first);
         // A new certificate (the same paths, other contents): new TLS
-        // terms, so kept-alive connections close.
+        // terms, so the server closes kept-alive connections.
         for ext in ["crt", "key"] {
             fs::copy(
                 dir.0.join(format!("b.{ext}")),
@@ -565,7 +581,8 @@ mod tests {
             .unwrap();
         }
         assert_eq!(config.reload(), Some(Outcome::Applied));
-        assert!(tls_changed.has_changed().unwrap());
+        assert_eq!(config.current().0, 2);
+        assert_ne!(tls_terms(), first);
 
         // Started in plain HTTP with basic auth: TLS on would change the
         // scheme clients use, and no users would let anyone in.
@@ -578,7 +595,7 @@ mod tests {
                 Some(Outcome::Refused),
                 "{stronger_or_weaker:?}"
             );
-            assert!(plain.current().tls.is_none());
+            assert!(plain.current().1.terms().tls.is_none());
         }
         // Without authentication to begin with, adding it is fine.
         dir.write("");
@@ -623,6 +640,6 @@ mod tests {
         fs::remove_file(dir.file()).unwrap();
         nix::unistd::mkfifo(&dir.file(), nix::sys::stat::Mode::S_IRWXU).unwrap();
         assert_eq!(config.reload(), Some(Outcome::Invalid));
-        assert_eq!(config.current().users.len(), 1);
+        assert_eq!(config.current().1.users(), 1);
     }
 }

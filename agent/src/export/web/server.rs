@@ -1,5 +1,6 @@
-//! The accept loop: a cap on open connections, TLS, HTTP/1.1 with a
-//! header-read, a write and an idle keep-alive timeout, graceful shutdown.
+//! The accept loop: caps on open connections (in all, and per client),
+//! TLS, HTTP/1.1 with a header-read, a write and an idle keep-alive
+//! timeout, graceful shutdown.
 //!
 //! Slow clients cannot pile up: a connection must finish its TLS handshake
 //! and send complete request headers within the header timeout of being
@@ -17,13 +18,16 @@
 //! however large, holds at most `max_connections` descriptors, and a client
 //! that sends its request promptly (a scrape: within milliseconds) is still
 //! served: the flood would have to open `max_connections` connections in
-//! that time.
+//! that time. The same rule holds within each client's share
+//! (`max_connections_per_client`, a client being an IPv4 address or an
+//! IPv6 /64): a client at its share makes room among its own connections,
+//! or its new one is closed, so one client cannot take every place.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     convert::Infallible,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     os::fd::AsRawFd as _,
     pin::Pin,
     sync::{Arc, Mutex, Weak},
@@ -44,19 +48,16 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::TokioIo;
-use prometheus::{IntCounterVec, IntGauge, Opts};
-use strum::IntoEnumIterator as _;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    signal::unix::Signal,
     sync::{Notify, OwnedSemaphorePermit, Semaphore, watch},
     time::{Instant, sleep, sleep_until, timeout},
 };
 use tower::ServiceExt as _;
 
-use super::{Shared, auth};
-use crate::locks::lock;
+use super::{Shared, auth, collector::Served};
+use crate::{export::channel::Dropped, locks::lock};
 
 #[derive(Clone, Copy)]
 pub struct Limits {
@@ -64,6 +65,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub max_connections: u32,
+    /// 0: no limit.
+    pub max_connections_per_client: u32,
 }
 
 /// Request headers (and unread request bytes) a connection may buffer.
@@ -75,59 +78,27 @@ const MAX_BUF: usize = 16 * 1024;
 /// it to end (it ends as soon as it runs).
 const HANDOVER: Duration = Duration::from_secs(1);
 
-/// After SIGTERM: how long responses in flight may take to finish.
+/// After the collector closes the channel (it stops): how long responses
+/// in flight may take to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
-/// Why the server closed a connection before the client did; the label
-/// is the snake_case name.
-#[derive(Clone, Copy, Debug, PartialEq, strum::EnumIter, strum::IntoStaticStr)]
-#[strum(serialize_all = "snake_case")]
-enum Dropped {
-    MaxConnections,
-    TlsHandshake,
-    HeaderTimeout,
-    IdleTimeout,
-    WriteTimeout,
+/// Who a connection's limit is counted against: an IPv4 address, or the
+/// /64 of an IPv6 one (a host is given a /64, not an address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Client {
+    V4(u32),
+    V6(u64),
 }
 
-#[derive(Clone)]
-pub struct ConnectionMetrics {
-    open: IntGauge,
-    dropped: IntCounterVec,
-}
-
-impl ConnectionMetrics {
-    pub fn new() -> Self {
-        let dropped = IntCounterVec::new(
-            Opts::new(
-                "sockerr_http_connections_dropped_total",
-                "HTTP connections the agent closed, by reason: max_connections (closed to \
-                 make room for a new one, or the new one when none could be), tls_handshake \
-                 (failed), header_timeout, idle_timeout, write_timeout (the client took \
-                 nothing of a response for --web.write-timeout).",
-            ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        for reason in Dropped::iter() {
-            dropped.with_label_values(&[<&str>::from(reason)]);
+impl Client {
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Client::V4(v4.into()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Client::V4(v4.into()),
+                None => Client::V6((u128::from(v6) >> 64) as u64),
+            },
         }
-        Self {
-            open: IntGauge::new(
-                "sockerr_http_connections",
-                "Open HTTP connections (at most --web.max-connections).",
-            )
-            .expect("valid metric"),
-            dropped,
-        }
-    }
-
-    pub fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 2] {
-        [Box::new(self.open.clone()), Box::new(self.dropped.clone())]
-    }
-
-    fn dropped(&self, why: Dropped) {
-        self.dropped.with_label_values(&[<&str>::from(why)]).inc();
     }
 }
 
@@ -135,12 +106,12 @@ impl ConnectionMetrics {
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
-    mut hangup: Signal,
     app: Router,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let app = app.layer(middleware::from_fn_with_state(shared.clone(), auth::guard));
-    let max = shared.limits.max_connections;
+    let limits = shared.limits;
+    let max = limits.max_connections;
     let permits = Arc::new(Semaphore::new(max as usize));
     let open = Arc::new(Open::default());
     let (stop, stopping) = watch::channel(());
@@ -149,10 +120,24 @@ pub async fn serve(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            Some(()) = hangup.recv() => drop(shared.config.reload()),
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     limit_send_buffer(&stream);
+                    let client = Client::of(peer.ip());
+                    // At its share, a client makes room among its own
+                    // connections; the one closed then gives its permit.
+                    let per_client = limits.max_connections_per_client;
+                    let made_room = if per_client > 0 && open.count(client) >= per_client {
+                        if !open.make_room(Some(client)) {
+                            drop(stream);
+                            shared.collector.dropped(Dropped::MaxConnectionsPerClient);
+                            refusals.note(&peer, "--web.max-connections-per-client", per_client);
+                            continue;
+                        }
+                        true
+                    } else {
+                        false
+                    };
                     let permit = match permits.clone().try_acquire_owned() {
                         Ok(permit) => Some(permit),
                         // The connection closed to make room hands its
@@ -160,7 +145,7 @@ pub async fn serve(
                         // Waiting for it here keeps the accept loop from
                         // outrunning the closing, and the descriptors
                         // within the cap.
-                        Err(_) if open.make_room() => {
+                        Err(_) if made_room || open.make_room(None) => {
                             timeout(HANDOVER, permits.clone().acquire_owned())
                                 .await
                                 .ok()
@@ -170,20 +155,22 @@ pub async fn serve(
                     };
                     match permit {
                         Some(permit) => {
+                            let phase = Arc::new(Phase::new(limits));
+                            let listed = open.insert(&phase, client);
                             tokio::spawn(connection(
                                 stream,
                                 peer,
                                 shared.clone(),
                                 app.clone(),
-                                open.clone(),
-                                permit,
+                                phase,
+                                (listed, permit),
                                 stopping.clone(),
                             ));
                         }
                         None => {
                             drop(stream);
-                            shared.metrics.dropped(Dropped::MaxConnections);
-                            refusals.note(max);
+                            shared.collector.dropped(Dropped::MaxConnections);
+                            refusals.note(&peer, "--web.max-connections", max);
                         }
                     }
                 }
@@ -239,7 +226,7 @@ struct Refusals {
 }
 
 impl Refusals {
-    fn note(&mut self, max: u32) {
+    fn note(&mut self, peer: &SocketAddr, flag: &str, max: u32) {
         self.since_log += 1;
         if self
             .logged
@@ -247,7 +234,8 @@ impl Refusals {
         {
             tracing::warn!(
                 refused = self.since_log,
-                "HTTP connections refused: {max} open (--web.max-connections), all busy answering"
+                last = %peer.ip(),
+                "HTTP connections refused: {max} open ({flag}), all busy answering"
             );
             self.since_log = 0;
             self.logged = Some(Instant::now());
@@ -260,23 +248,30 @@ async fn connection(
     peer: SocketAddr,
     shared: Arc<Shared>,
     app: Router,
-    open: Arc<Open>,
-    _permit: OwnedSemaphorePermit,
+    phase: Arc<Phase>,
+    _held: (Listed, OwnedSemaphorePermit),
     stopping: watch::Receiver<()>,
 ) {
-    shared.metrics.open.inc();
-    let limits = shared.limits;
-    let phase = Arc::new(Phase::new(limits));
-    let _listed = open.insert(&phase);
-    // In this order, so that a reload this very call makes does not close
-    // the connection it is for.
-    let tls = shared.config.current().tls.clone();
+    let collector = shared.collector.clone();
+    collector.count(|s| s.open += 1);
+    // A TLS connection's handshake is made under the configuration in
+    // force, its files looked at now (a new certificate applies from the
+    // next connection on); its first request is authenticated under the
+    // same, looked at a moment ago. A plain one has no handshake (no
+    // reload can turn TLS on): its requests look on their own. In this
+    // order, so that a reload this very call makes does not close the
+    // connection it is for.
+    let fresh = match collector.served().tls {
+        Some(_) => Some(collector.current().await),
+        None => None,
+    };
+    let tls = fresh.as_ref().and_then(|served| served.tls.clone());
     let drain = Drain {
         stopping,
-        tls_changed: shared.config.subscribe(),
+        tls_changed: collector.subscribe_tls(),
     };
     let dropped = match tls {
-        None => http(stream, app, phase, drain).await,
+        None => http(stream, app, phase, drain, fresh).await,
         Some(tls) => {
             // The header timeout (or making room) covers the handshake too.
             let handshake = tokio::select! {
@@ -285,7 +280,7 @@ async fn connection(
                 handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream) => Ok(handshake),
             };
             match handshake {
-                Ok(Ok(stream)) => http(stream, app, phase, drain).await,
+                Ok(Ok(stream)) => http(stream, app, phase, drain, fresh).await,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, "TLS handshake failed: {e}");
                     Some(Dropped::TlsHandshake)
@@ -296,9 +291,9 @@ async fn connection(
     };
     if let Some(why) = dropped {
         tracing::debug!(%peer, reason = <&str>::from(why), "HTTP connection closed");
-        shared.metrics.dropped(why);
+        collector.dropped(why);
     }
-    shared.metrics.open.dec();
+    collector.count(|s| s.open -= 1);
 }
 
 /// When a connection should stop keeping alive: the server stops, or new
@@ -324,17 +319,28 @@ impl Drain {
 
 /// Serves HTTP/1.1 on one connection until either side closes it or a
 /// timeout drops it (then says which).
-async fn http<S>(io: S, app: Router, phase: Arc<Phase>, mut drain: Drain) -> Option<Dropped>
+async fn http<S>(
+    io: S,
+    app: Router,
+    phase: Arc<Phase>,
+    mut drain: Drain,
+    fresh: Option<Arc<Served>>,
+) -> Option<Dropped>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = {
         let phase = phase.clone();
+        let fresh = Mutex::new(fresh.map(auth::Fresh));
         service_fn(move |request: Request<hyper::body::Incoming>| {
             phase.busy();
             let (phase, app) = (phase.clone(), app.clone());
+            let mut request = request.map(axum::body::Body::new);
+            if let Some(fresh) = lock(&fresh).take() {
+                request.extensions_mut().insert(fresh);
+            }
             async move {
-                let Ok(mut response) = app.oneshot(request.map(axum::body::Body::new)).await;
+                let Ok(mut response) = app.oneshot(request).await;
                 if phase.writing() {
                     response
                         .headers_mut()
@@ -378,9 +384,30 @@ where
     }
 }
 
-/// The open connections by age, to find which to close at the cap.
+/// The open connections by age (to find which to close at a cap), and how
+/// many each client has.
 #[derive(Default)]
-struct Open(Mutex<(u64, BTreeMap<u64, Weak<Phase>>)>);
+struct Open(Mutex<Connections>);
+
+#[derive(Default)]
+struct Connections {
+    next: u64,
+    by_age: BTreeMap<u64, (Weak<Phase>, Client)>,
+    by_client: HashMap<Client, u32>,
+}
+
+impl Connections {
+    fn remove(&mut self, id: u64) {
+        if let Some((_, client)) = self.by_age.remove(&id)
+            && let Some(n) = self.by_client.get_mut(&client)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.by_client.remove(&client);
+            }
+        }
+    }
+}
 
 /// A connection's place in [`Open`], left when dropped.
 struct Listed {
@@ -390,34 +417,47 @@ struct Listed {
 
 impl Drop for Listed {
     fn drop(&mut self) {
-        lock(&self.open.0).1.remove(&self.id);
+        lock(&self.open.0).remove(self.id);
     }
 }
 
 impl Open {
-    fn insert(self: &Arc<Self>, phase: &Arc<Phase>) -> Listed {
+    fn insert(self: &Arc<Self>, phase: &Arc<Phase>, client: Client) -> Listed {
         let mut inner = lock(&self.0);
-        let id = inner.0;
-        inner.0 += 1;
-        inner.1.insert(id, Arc::downgrade(phase));
+        let id = inner.next;
+        inner.next += 1;
+        inner.by_age.insert(id, (Arc::downgrade(phase), client));
+        *inner.by_client.entry(client).or_default() += 1;
         Listed {
             open: self.clone(),
             id,
         }
     }
 
-    /// Closes the oldest connection still waiting for its request's
-    /// headers or, failing that, the oldest idle kept-alive one; false
-    /// when every connection is busy answering.
-    fn make_room(&self) -> bool {
+    /// Open connections of `client`.
+    fn count(&self, client: Client) -> u32 {
+        lock(&self.0).by_client.get(&client).copied().unwrap_or(0)
+    }
+
+    /// Closes the oldest connection (of `client` only, if given) still
+    /// waiting for its request's headers or, failing that, the oldest idle
+    /// kept-alive one; false when every such connection is busy answering.
+    fn make_room(&self, client: Option<Client>) -> bool {
         let mut inner = lock(&self.0);
         for idle in [false, true] {
-            let oldest = inner.1.iter().find_map(|(id, phase)| {
+            let oldest = inner.by_age.iter().find_map(|(id, (phase, of))| {
+                if client.is_some_and(|c| c != *of) {
+                    return None;
+                }
                 let phase = phase.upgrade()?;
-                phase.close_to_make_room(idle).then_some(*id)
+                let why = match client {
+                    Some(_) => Dropped::MaxConnectionsPerClient,
+                    None => Dropped::MaxConnections,
+                };
+                phase.close_to_make_room(idle, why).then_some(*id)
             });
             if let Some(id) = oldest {
-                inner.1.remove(&id);
+                inner.remove(id);
                 return true;
             }
         }
@@ -591,16 +631,20 @@ impl Phase {
 
     /// Closes the connection now if it waits for a request (`idle`: kept
     /// alive, no byte of the next request yet) and is not closing already.
-    fn close_to_make_room(&self, idle: bool) -> bool {
+    fn close_to_make_room(&self, idle: bool, reason: Dropped) -> bool {
         let mut closed = false;
         self.set(|state| match state {
             State::Waiting { idle: i, why, .. }
-                if i == idle && !matches!(why, Dropped::MaxConnections) =>
+                if i == idle
+                    && !matches!(
+                        why,
+                        Dropped::MaxConnections | Dropped::MaxConnectionsPerClient
+                    ) =>
             {
                 closed = true;
                 Some(State::Waiting {
                     deadline: Instant::now(),
-                    why: Dropped::MaxConnections,
+                    why: reason,
                     idle,
                 })
             }
@@ -741,6 +785,7 @@ mod tests {
             idle_timeout: Duration::from_secs(90),
             write_timeout: Duration::from_secs(30),
             max_connections: 1,
+            max_connections_per_client: 0,
         }
     }
 
@@ -764,7 +809,10 @@ mod tests {
         );
         // Flushed mid-body (hyper flushes between chunks): still writing.
         phase.flushed();
-        assert!(!phase.close_to_make_room(false) && !phase.close_to_make_room(true));
+        let at_cap = Dropped::MaxConnections;
+        assert!(
+            !phase.close_to_make_room(false, at_cap) && !phase.close_to_make_room(true, at_cap)
+        );
         assert_eq!(phase.deadline().unwrap().1, Dropped::WriteTimeout);
         phase.body_done();
         assert_eq!(
@@ -774,7 +822,10 @@ mod tests {
         );
         phase.flushed();
         assert_eq!(phase.deadline().unwrap().1, Dropped::IdleTimeout);
-        assert!(phase.close_to_make_room(true), "idle now: room can be made");
+        assert!(
+            phase.close_to_make_room(true, at_cap),
+            "idle now: room can be made"
+        );
         // A pipelined request's bytes during the response: its headers are
         // timed from the end of the response.
         let phase = Phase::new(limits());
@@ -808,18 +859,49 @@ mod tests {
         assert!(busy.writing());
     }
 
+    /// At a client's share, room is made among that client's waiting
+    /// connections only, oldest first, and a client's connections are
+    /// counted until they end; an IPv6 client is its /64.
     #[test]
-    fn drop_reasons_label_in_snake_case() {
-        let labels: Vec<&str> = Dropped::iter().map(<&str>::from).collect();
-        assert_eq!(
-            labels,
-            [
-                "max_connections",
-                "tls_handshake",
-                "header_timeout",
-                "idle_timeout",
-                "write_timeout"
-            ]
+    fn a_client_makes_room_among_its_own_connections() {
+        let open = Arc::new(Open::default());
+        let (a, b) = (
+            Client::of("10.0.0.1".parse().unwrap()),
+            Client::of("::ffff:10.0.0.2".parse().unwrap()),
         );
+        assert_eq!(b, Client::of("10.0.0.2".parse().unwrap()));
+        assert_eq!(
+            Client::of("2001:db8::1".parse().unwrap()),
+            Client::of("2001:db8::ffff:1".parse().unwrap())
+        );
+        assert_ne!(
+            Client::of("2001:db8::1".parse().unwrap()),
+            Client::of("2001:db8:0:1::1".parse().unwrap())
+        );
+        let phases: Vec<(Arc<Phase>, Client)> = [b, a, a, b]
+            .into_iter()
+            .map(|c| (Arc::new(Phase::new(limits())), c))
+            .collect();
+        let listed: Vec<Listed> = phases.iter().map(|(p, c)| open.insert(p, *c)).collect();
+        assert_eq!((open.count(a), open.count(b)), (2, 2));
+        // a's oldest (the second connection) is closed, for a.
+        phases[1].0.busy();
+        assert!(open.make_room(Some(a)));
+        assert_eq!(phases[1].0.deadline(), None, "busy: not closed");
+        assert_eq!(
+            phases[2].0.deadline().map(|d| d.1),
+            Some(Dropped::MaxConnectionsPerClient)
+        );
+        assert_eq!((open.count(a), open.count(b)), (1, 2));
+        assert!(!open.make_room(Some(a)), "a's other one is busy");
+        // At the global cap: anyone's oldest waiting, b's first.
+        assert!(open.make_room(None));
+        assert_eq!(
+            phases[0].0.deadline().map(|d| d.1),
+            Some(Dropped::MaxConnections)
+        );
+        drop(listed);
+        assert_eq!((open.count(a), open.count(b)), (0, 0));
+        assert!(lock(&open.0).by_client.is_empty());
     }
 }

@@ -96,8 +96,13 @@ pub fn server_config(tls: &Tls, pem: &Pem) -> Result<Arc<ServerConfig>> {
     .map(|(_, p)| p)
     .collect();
     let verified = |optional: bool| -> Result<Arc<dyn ClientCertVerifier>> {
-        let path = tls.client_ca_file.as_deref().expect("validated");
-        let roots = client_roots(path, pem.client_ca.as_deref().expect("read with its path"))?;
+        // Validated with the file (`config.rs`), and decoded with it
+        // (`channel.rs`): an error only if that changed.
+        let (Some(path), Some(ca)) = (tls.client_ca_file.as_deref(), pem.client_ca.as_deref())
+        else {
+            bail!("tls_server_config.client_ca_file: missing");
+        };
+        let roots = client_roots(path, ca)?;
         let builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
         let builder = if optional {
             builder.allow_unauthenticated()
