@@ -342,9 +342,14 @@ fn start(options: &kernel::Options, args: &ProbeArgs) -> Result<Started> {
     }
     drop(btf);
     // Loading parsed the kernel's BTF (megabytes, now freed): hand that
-    // memory back to the system instead of keeping it in the heap.
+    // memory back to the system instead of keeping it in the heap. (musl's
+    // allocator, of the static release build, gives freed pages back by
+    // itself and has no malloc_trim.)
+    #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim has no preconditions.
-    unsafe { libc::malloc_trim(0) };
+    unsafe {
+        libc::malloc_trim(0)
+    };
     let maps = kernel.take_maps()?;
     let locator = callsites::Locator::new(
         &mut kernel,
