@@ -21,8 +21,19 @@ use crate::{
     pipeline::{attribution, callsites, cgroups, containers, table},
 };
 
+/// `sockerr --version`: the release, the commit it was built from (see
+/// build.rs) and the target it was built for.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("SOCKERR_REVISION"),
+    ", ",
+    env!("SOCKERR_TARGET"),
+    ")"
+);
+
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
