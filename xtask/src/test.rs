@@ -88,7 +88,7 @@ fn run_counting(cmd: &mut Command) -> Result<(u64, u64)> {
 }
 
 pub fn lint() -> Result<()> {
-    setup::run()?;
+    setup::build()?;
     setup::export_path()?;
     println!("xtask lint: checking formatting");
     cmd::run(cmd::cargo().args(["fmt", "--all", "--", "--check"]))?;
