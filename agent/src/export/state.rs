@@ -5,7 +5,7 @@
 
 use std::{
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Instant, SystemTime},
 };
 
 use super::{logging, metrics::Metrics, sampler::Sampler};
@@ -14,7 +14,7 @@ use crate::{
     pipeline::{
         Output,
         callsites::uprobes::Usage,
-        table::{FindingView, Findings},
+        table::{Filter, FindingView, Findings},
     },
 };
 
@@ -48,15 +48,13 @@ impl State {
             } => {
                 let (pid, kind) = (finding.pid, finding.kind);
                 let recorded = findings.record(*finding, start_boot_ns, tally, Instant::now());
-                // Only a new entry's finding is logged: cloned for it alone.
-                let line = recorded
-                    .new
-                    .then(|| findings.latest(pid, kind).cloned())
-                    .flatten();
-                drop(findings);
-                if let Some(line) = line {
-                    logging::finding(&line);
+                // Only a new entry's finding is logged, in full.
+                if recorded.new
+                    && let Some(view) = findings.view(pid, kind)
+                {
+                    logging::finding(&view);
                 }
+                drop(findings);
                 if recorded.evicted {
                     self.metrics.flagged_evicted();
                 }
@@ -72,8 +70,8 @@ impl State {
 
     /// One summary line per (process, kind) whose findings went on.
     pub fn log_summaries(&self) {
-        for summary in lock(&self.findings).summaries(Instant::now()) {
-            logging::summary(&summary);
+        for (view, new) in lock(&self.findings).summaries(Instant::now()) {
+            logging::summary(&view, new);
         }
     }
 
@@ -103,14 +101,11 @@ impl State {
         self.metrics.render()
     }
 
-    /// `/findings` as JSON.
-    pub fn findings_json(
-        &self,
-        kind: Option<sockerr_common::FindingKind>,
-        limit: usize,
-    ) -> serde_json::Value {
+    /// `/findings` as JSON: the entries `filter` matches, newest first.
+    pub fn findings_json(&self, filter: &Filter, limit: usize) -> serde_json::Value {
         let mut findings = lock(&self.findings);
-        let views: Vec<FindingView<'_>> = findings.findings(Instant::now(), kind, limit);
+        let views: Vec<FindingView<'_>> =
+            findings.findings((Instant::now(), SystemTime::now()), filter, limit);
         serde_json::to_value(views).expect("serializable")
     }
 }

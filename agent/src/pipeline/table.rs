@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sockerr_common::FindingKind;
 use strum::{EnumCount as _, IntoEnumIterator as _};
 
@@ -80,14 +80,62 @@ pub struct Recorded {
     pub evicted: bool,
 }
 
-/// A (process, kind) whose count grew since it was last logged.
-pub struct Summary<'a> {
-    pub latest: &'a Finding,
-    pub count: u64,
-    /// Findings since the previous log line of this (process, kind).
-    pub new: u64,
-    pub first_seen: SystemTime,
-    pub last_seen: SystemTime,
+/// Which entries `/findings` shows: those matching every criterion given
+/// (none: all of them).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Filter {
+    pub kind: Option<FindingKind>,
+    /// The process's name (`comm`), exactly.
+    pub comm: Option<String>,
+    pub pid: Option<u32>,
+    /// Kubernetes namespace and pod, exactly.
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    /// Only entries with a finding (`last_seen`) at or after this.
+    pub since: Option<Since>,
+}
+
+/// A point in time, as `since=` takes it: a duration back from now (`5m`,
+/// `1h30m`), or an RFC 3339 time (`2026-12-03T15:00:00Z`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Since {
+    Ago(Duration),
+    At(SystemTime),
+}
+
+impl TryFrom<String> for Since {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        if let Ok(ago) = humantime::parse_duration(&s) {
+            return Ok(Since::Ago(ago));
+        }
+        humantime::parse_rfc3339_weak(&s)
+            .map(Since::At)
+            .map_err(|_| format!("since: {s:?} is neither a duration (5m) nor an RFC 3339 time"))
+    }
+}
+
+impl Since {
+    fn time(self, now: SystemTime) -> SystemTime {
+        match self {
+            Since::Ago(ago) => now.checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH),
+            Since::At(at) => at,
+        }
+    }
+}
+
+impl Filter {
+    fn matches(&self, entry: &Entry, since: Option<SystemTime>) -> bool {
+        let f = &entry.latest;
+        self.kind.is_none_or(|k| f.kind == k)
+            && self.comm.as_ref().is_none_or(|c| *c == f.comm)
+            && self.pid.is_none_or(|p| p == f.pid)
+            && (self.namespace.is_none() || self.namespace == f.namespace)
+            && (self.pod.is_none() || self.pod == f.pod)
+            && since.is_none_or(|t| entry.last_seen >= t)
+    }
 }
 
 pub struct Findings {
@@ -179,11 +227,11 @@ impl Findings {
         recorded
     }
 
-    /// The latest finding of `kind` of `pid`.
-    pub fn latest(&self, pid: u32, kind: FindingKind) -> Option<&Finding> {
+    /// The entry of `kind` of `pid`, as `/findings` shows it.
+    pub fn view(&self, pid: u32, kind: FindingKind) -> Option<FindingView<'_>> {
         self.procs.get(&pid)?.kinds[slot(kind)]
             .as_ref()
-            .map(|e| &e.latest)
+            .map(Entry::view)
     }
 
     /// A tally read from the kernel: findings since the last record.
@@ -248,32 +296,29 @@ impl Findings {
         self.procs.values().flat_map(|p| p.kinds.iter().flatten())
     }
 
-    /// Latest findings, newest first.
+    /// Latest findings of the entries `filter` matches, newest first; `now`
+    /// (the wall clock) is what `since=5m` counts back from.
     pub fn findings(
         &mut self,
-        now: Instant,
-        kind: Option<FindingKind>,
+        now: (Instant, SystemTime),
+        filter: &Filter,
         limit: usize,
     ) -> Vec<FindingView<'_>> {
-        self.expire(now);
+        self.expire(now.0);
+        let since = filter.since.map(|s| s.time(now.1));
         let mut views: Vec<FindingView<'_>> = self
             .entries()
-            .filter(|e| kind.is_none_or(|k| e.latest.kind == k))
-            .map(|e| FindingView {
-                finding: &e.latest,
-                count: e.count,
-                first_seen: e.first_seen,
-                last_seen: e.last_seen,
-            })
+            .filter(|e| filter.matches(e, since))
+            .map(Entry::view)
             .collect();
         views.sort_by_key(|v| std::cmp::Reverse(v.last_seen));
         views.truncate(limit);
         views
     }
 
-    /// Entries whose count grew since they were last logged; each is then
-    /// marked logged.
-    pub fn summaries(&mut self, now: Instant) -> Vec<Summary<'_>> {
+    /// Entries whose count grew since they were last logged, with how much;
+    /// each is then marked logged.
+    pub fn summaries(&mut self, now: Instant) -> Vec<(FindingView<'_>, u64)> {
         self.expire(now);
         self.procs
             .values_mut()
@@ -282,15 +327,20 @@ impl Findings {
             .map(|e| {
                 let new = e.count - e.logged;
                 e.logged = e.count;
-                Summary {
-                    latest: &e.latest,
-                    count: e.count,
-                    new,
-                    first_seen: e.first_seen,
-                    last_seen: e.last_seen,
-                }
+                (e.view(), new)
             })
             .collect()
+    }
+}
+
+impl Entry {
+    fn view(&self) -> FindingView<'_> {
+        FindingView {
+            finding: &self.latest,
+            count: self.count,
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+        }
     }
 }
 
@@ -356,7 +406,7 @@ mod tests {
             SystemTime::UNIX_EPOCH,
             now,
         );
-        let views = t.findings(now, None, 10);
+        let views = t.findings((now, SystemTime::now()), &Filter::default(), 10);
         assert_eq!(views[0].count, 800);
         assert_eq!(
             views[0].first_seen,
@@ -377,7 +427,10 @@ mod tests {
             SystemTime::UNIX_EPOCH,
             now,
         );
-        assert_eq!(t.findings(now, None, 10)[0].count, 805);
+        assert_eq!(
+            t.findings((now, SystemTime::now()), &Filter::default(), 10)[0].count,
+            805
+        );
         // A tally of a process the table does not know is left for its record.
         t.tally(
             2,
@@ -387,7 +440,14 @@ mod tests {
             now,
         );
         t.record(finding(2, FindingKind::SoErrorReread, 3), 7, tally(4), now);
-        let reread = t.findings(now, Some(FindingKind::SoErrorReread), 10);
+        let reread = t.findings(
+            (now, SystemTime::now()),
+            &Filter {
+                kind: Some(FindingKind::SoErrorReread),
+                ..Filter::default()
+            },
+            10,
+        );
         assert_eq!(reread[0].count, 4);
     }
 
@@ -406,7 +466,7 @@ mod tests {
         t.record(finding(2, FindingKind::SoErrorReread, 4), 8, tally(1), now);
         assert_eq!(t.flagged_by_kind(now), [1, 1, 1]);
         let order: Vec<_> = t
-            .findings(now, None, 100)
+            .findings((now, SystemTime::now()), &Filter::default(), 100)
             .iter()
             .map(|v| (v.finding.pid, v.finding.kind_name(), v.count))
             .collect();
@@ -418,7 +478,11 @@ mod tests {
                 (1, "so_error_masked", 2)
             ]
         );
-        assert_eq!(t.findings(now, None, 1).len(), 1);
+        assert_eq!(
+            t.findings((now, SystemTime::now()), &Filter::default(), 1)
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -426,7 +490,9 @@ mod tests {
         let now = Instant::now();
         let mut t = Findings::new(10, Duration::from_secs(60));
         t.record(finding(7, FindingKind::SoErrorMasked, 5), 7, tally(3), now);
-        let json = serde_json::to_value(t.findings(now, None, 10)).unwrap();
+        let json =
+            serde_json::to_value(t.findings((now, SystemTime::now()), &Filter::default(), 10))
+                .unwrap();
         let f = &json[0];
         for key in [
             "kind",
@@ -464,6 +530,115 @@ mod tests {
     }
 
     #[test]
+    fn filters_by_comm_pid_namespace_pod_kind_and_since() {
+        let now = Instant::now();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let mut t = Findings::new(10, Duration::from_secs(60));
+        let mut in_pod = finding(1, FindingKind::SoErrorMasked, 900);
+        in_pod.comm = "nginx".into();
+        in_pod.namespace = Some("shop".into());
+        in_pod.pod = Some("web-0".into());
+        t.record(in_pod, 7, tally(1), now);
+        t.record(
+            finding(2, FindingKind::SoErrorReread, 990),
+            7,
+            tally(1),
+            now,
+        );
+        t.record(
+            finding(3, FindingKind::SoErrorMasked, 999),
+            7,
+            tally(1),
+            now,
+        );
+        let mut pids = |filter: Filter| -> Vec<u32> {
+            t.findings((now, wall), &filter, 10)
+                .iter()
+                .map(|v| v.finding.pid)
+                .collect()
+        };
+        let since = |s: &str| Some(Since::try_from(s.to_owned()).unwrap());
+        for (filter, expected) in [
+            (Filter::default(), &[3, 2, 1][..]),
+            (
+                Filter {
+                    comm: Some("nginx".into()),
+                    ..Filter::default()
+                },
+                &[1],
+            ),
+            (
+                Filter {
+                    comm: Some("client".into()),
+                    ..Filter::default()
+                },
+                &[3, 2],
+            ),
+            (
+                Filter {
+                    pid: Some(2),
+                    ..Filter::default()
+                },
+                &[2],
+            ),
+            (
+                Filter {
+                    namespace: Some("shop".into()),
+                    ..Filter::default()
+                },
+                &[1],
+            ),
+            (
+                Filter {
+                    pod: Some("web-0".into()),
+                    ..Filter::default()
+                },
+                &[1],
+            ),
+            (
+                Filter {
+                    pod: Some("web-1".into()),
+                    ..Filter::default()
+                },
+                &[],
+            ),
+            (
+                Filter {
+                    kind: Some(FindingKind::SoErrorMasked),
+                    ..Filter::default()
+                },
+                &[3, 1],
+            ),
+            // 20 s back from 1000 s: the findings at 990 s and 999 s.
+            (
+                Filter {
+                    since: since("20s"),
+                    ..Filter::default()
+                },
+                &[3, 2],
+            ),
+            (
+                Filter {
+                    since: since("1970-01-01T00:16:35Z"),
+                    ..Filter::default()
+                },
+                &[3],
+            ),
+            (
+                Filter {
+                    comm: Some("client".into()),
+                    kind: Some(FindingKind::SoErrorReread),
+                    ..Filter::default()
+                },
+                &[2],
+            ),
+        ] {
+            assert_eq!(pids(filter.clone()), expected, "{filter:?}");
+        }
+        assert!(Since::try_from("yesterday".to_owned()).is_err());
+    }
+
+    #[test]
     fn bounded_evicting_the_least_recently_seen() {
         let start = Instant::now();
         let mut t = Findings::new(3, Duration::from_secs(60));
@@ -477,7 +652,7 @@ mod tests {
         assert_eq!(t.len(), 3);
         assert_eq!(evicted, [false, false, false, true, true]);
         let mut pids: Vec<_> = t
-            .findings(start, None, 10)
+            .findings((start, SystemTime::now()), &Filter::default(), 10)
             .iter()
             .map(|v| v.finding.pid)
             .collect();
@@ -504,8 +679,12 @@ mod tests {
         assert_eq!(t.flagged_by_kind(start + Duration::from_secs(59))[0], 2);
         assert_eq!(t.flagged_by_kind(start + Duration::from_secs(61))[0], 1);
         assert!(
-            t.findings(start + Duration::from_secs(91), None, 10)
-                .is_empty()
+            t.findings(
+                (start + Duration::from_secs(91), SystemTime::now()),
+                &Filter::default(),
+                10
+            )
+            .is_empty()
         );
     }
 
@@ -535,7 +714,7 @@ mod tests {
             now,
         );
         let s = t.summaries(now);
-        assert_eq!((s.len(), s[0].count, s[0].new), (1, 40, 39));
+        assert_eq!((s.len(), s[0].0.count, s[0].1), (1, 40, 39));
         assert!(t.summaries(now).is_empty());
     }
 }

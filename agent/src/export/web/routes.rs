@@ -10,7 +10,10 @@ use axum::{
 use serde::Deserialize;
 use sockerr_common::FindingKind;
 
-use crate::export::state::State;
+use crate::{
+    export::state::State,
+    pipeline::table::{Filter, Since},
+};
 
 const LIMIT_DEFAULT: usize = 1000;
 
@@ -44,7 +47,25 @@ async fn metrics(Extract(state): Extract<State>) -> Response {
 #[serde(deny_unknown_fields)]
 struct FindingsQuery {
     kind: Option<FindingKind>,
+    comm: Option<String>,
+    pid: Option<u32>,
+    namespace: Option<String>,
+    pod: Option<String>,
+    since: Option<Since>,
     limit: Option<usize>,
+}
+
+impl FindingsQuery {
+    fn filter(self) -> Filter {
+        Filter {
+            kind: self.kind,
+            comm: self.comm,
+            pid: self.pid,
+            namespace: self.namespace,
+            pod: self.pod,
+            since: self.since,
+        }
+    }
 }
 
 async fn findings(
@@ -53,7 +74,8 @@ async fn findings(
 ) -> Response {
     match query {
         Ok(Query(q)) => {
-            Json(state.findings_json(q.kind, q.limit.unwrap_or(LIMIT_DEFAULT))).into_response()
+            let limit = q.limit.unwrap_or(LIMIT_DEFAULT);
+            Json(state.findings_json(&q.filter(), limit)).into_response()
         }
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     }
