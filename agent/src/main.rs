@@ -11,7 +11,7 @@ mod pipeline;
 mod privileges;
 mod proc;
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
@@ -74,6 +74,10 @@ struct ProbeArgs {
     call_sites: CallSiteArgs,
     #[command(flatten)]
     containers: ContainerArgs,
+    /// The node's name in findings (`node`). The DaemonSet sets NODE_NAME
+    /// from the pod's spec.nodeName. Default: the host's name.
+    #[arg(long = "findings.node-name", env = "NODE_NAME", value_name = "NAME")]
+    node_name: Option<String>,
 }
 
 #[derive(Args)]
@@ -81,10 +85,14 @@ struct RunArgs {
     #[command(flatten)]
     web: web::WebArgs,
     /// How long a flagged process stays in /findings and sockerr_flagged_processes.
-    #[arg(long, default_value = "15m", value_parser = parse::positive_duration)]
+    /// (Formerly --retention.)
+    #[arg(long = "findings.retention", alias = "retention", default_value = "15m",
+          value_parser = parse::positive_duration)]
     retention: Duration,
-    /// Most flagged processes kept; the least recently seen are dropped first.
-    #[arg(long = "max-processes", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Most flagged processes kept; the least recently seen are dropped
+    /// first. (Formerly --max-processes.)
+    #[arg(long = "findings.max-processes", alias = "max-processes", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
     max_processes: u32,
     /// Distinct comm label values in metrics; the rest are reported as "other".
     #[arg(long = "metrics.max-comms", default_value_t = 100)]
@@ -144,8 +152,14 @@ struct KernelArgs {
 #[derive(Args)]
 struct CallSiteArgs {
     /// Where findings' call sites come from: uprobes on the C library of
-    /// each flagged process from its first finding on, of every process, or none.
-    #[arg(long = "call-sites", value_enum, default_value = "flagged")]
+    /// each flagged process from its first finding on, of every process, or
+    /// none. Uprobes need CAP_SYS_ADMIN. (Formerly --call-sites.)
+    #[arg(
+        long = "call-sites.mode",
+        alias = "call-sites",
+        value_enum,
+        default_value = "flagged"
+    )]
     mode: callsites::uprobes::Mode,
     /// Most processes instrumented with call-site uprobes at once.
     #[arg(long = "call-sites.max-processes", default_value_t = 64)]
@@ -171,10 +185,12 @@ struct TraceArgs {
     /// Print JSON lines instead of human-readable lines.
     #[arg(long)]
     json: bool,
-    /// Only findings of these processes (repeatable).
+    /// Only findings of these processes (repeatable); no other process is
+    /// instrumented for call sites.
     #[arg(long)]
     pid: Vec<u32>,
-    /// Only findings of processes with these comms (repeatable).
+    /// Only findings of processes with these comms (repeatable); no other
+    /// process is instrumented for call sites.
     #[arg(long)]
     comm: Vec<String>,
     /// Also print the captured user stack of each call site.
@@ -240,7 +256,7 @@ async fn run(args: RunArgs) -> Result<()> {
         .probes
         .kernel
         .options(Duration::from_secs(10), args.pod_labels);
-    let started = start(&options, &args.probes)?;
+    let started = start(&options, &args.probes, pipeline::Selection::default())?;
     let metrics = metrics::Metrics::new(
         args.max_comms,
         args.max_remotes,
@@ -295,22 +311,46 @@ async fn periodic(state: state::State, summaries: Duration) {
 }
 
 async fn trace(args: TraceArgs) -> Result<()> {
+    // Records of other processes are dropped before anything is done with
+    // them: they are neither attributed nor instrumented.
+    let selection = pipeline::Selection {
+        pids: args.pid.clone(),
+        comms: args.comm.clone(),
+    };
     let started = start(
         &args.probes.kernel.options(Duration::ZERO, false),
         &args.probes,
+        selection,
     )?;
     eprintln!("sockerr: tracing; Ctrl-C to stop");
+    // Counts and first/last seen as `run` keeps them, so that a line of
+    // `--json` is the process's /findings entry.
+    let mut findings = table::Findings::new(10_000, Duration::from_secs(15 * 60));
     let mut pipeline = pipeline::Running::spawn(started.pipeline, move |output| {
-        let pipeline::Output::Finding { finding: f, .. } = output else {
+        let now = std::time::Instant::now();
+        let (pid, kind) = match output {
+            pipeline::Output::Finding {
+                finding,
+                start_boot_ns,
+                tally,
+            } => {
+                let key = (finding.pid, finding.kind);
+                findings.record(*finding, start_boot_ns, tally, now);
+                key
+            }
+            pipeline::Output::Tally {
+                pid,
+                kind,
+                read,
+                last,
+            } => return findings.tally(pid, kind, read, last, now),
+        };
+        let Some(view) = findings.view(pid, kind) else {
             return;
         };
-        if (!args.pid.is_empty() && !args.pid.contains(&f.pid))
-            || (!args.comm.is_empty() && !args.comm.contains(&f.comm))
-        {
-            return;
-        }
+        let f = view.finding;
         let line = if args.json {
-            serde_json::to_string(&f).expect("serializable")
+            serde_json::to_string(&view).expect("serializable")
         } else if args.stacks {
             format!("{}\n{}", f.human(), f.call_sites.stacks(&f.so_error_reads))
         } else {
@@ -334,7 +374,11 @@ struct Started {
 
 /// Checks the host, loads and attaches the probes, and drops the
 /// capabilities that needed (keeping those of per-process uprobes).
-fn start(options: &kernel::Options, args: &ProbeArgs) -> Result<Started> {
+fn start(
+    options: &kernel::Options,
+    args: &ProbeArgs,
+    selection: pipeline::Selection,
+) -> Result<Started> {
     let (call_sites, containers) = (&args.call_sites, &args.containers);
     // Read once: checking, loading and attaching all use it.
     let btf = check::kernel_btf();
@@ -373,13 +417,20 @@ fn start(options: &kernel::Options, args: &ProbeArgs) -> Result<Started> {
     privileges::drop_after_attach(call_sites.mode == callsites::uprobes::Mode::Flagged)?;
     let cgroups = cgroups::CgroupNames::new(proc::cgroup2_root().ok());
     let containers = containers::Containers::new(containers.root.clone());
+    let node: Option<Arc<str>> = args
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .or_else(proc::hostname)
+        .map(Into::into);
     Ok(Started {
         pipeline: pipeline::Pipeline {
             kernel,
             ring: maps.findings,
             tallies: maps.tallies,
             locator,
-            attributor: attribution::Attributor::new(cgroups.clone(), containers.clone()),
+            attributor: attribution::Attributor::new(cgroups.clone(), containers.clone(), node),
+            selection,
         },
         sampler: sampler::Sampler::new(
             maps.counters,
@@ -401,9 +452,11 @@ fn log_attached(attached: &kernel::Attached) {
         .filter_map(|(p, r)| r.as_ref().ok().map(|h| format!("{}={}", p.name, h.attach)))
         .collect();
     tracing::info!(hooks = hooks.join(" "), "probes attached");
+    // Only optional probes can be missing here (a required one stops the
+    // agent): a fact about this kernel, not a fault.
     for (probe, result) in attached.iter() {
         if let Err(why) = result {
-            tracing::warn!(
+            tracing::info!(
                 probe = probe.name,
                 "not observed on this kernel: {} ({why})",
                 probe.observes
@@ -437,7 +490,7 @@ mod tests {
     #[test]
     fn zero_durations_are_refused() {
         for args in [
-            &["--retention", "0"][..],
+            &["--findings.retention", "0"][..],
             &["--retention", "0s"],
             &["--web.header-timeout", "0ms"],
             &["--web.idle-timeout", "0"],
@@ -448,5 +501,38 @@ mod tests {
             assert!(err.to_string().contains("must be more than 0"), "{err}");
         }
         assert!(Cli::try_parse_from(["sockerr", "run", "--retention", "1s"]).is_ok());
+    }
+
+    /// The flags renamed into their namespaces still take their old names,
+    /// which `--help` no longer shows.
+    #[test]
+    fn old_flag_names_are_hidden_aliases() {
+        for (old, new) in [
+            ("--retention=5m", "--findings.retention=5m"),
+            ("--max-processes=7", "--findings.max-processes=7"),
+            ("--call-sites=off", "--call-sites.mode=off"),
+        ] {
+            for flag in [old, new] {
+                assert!(
+                    Cli::try_parse_from(["sockerr", "run", flag]).is_ok(),
+                    "{flag} refused"
+                );
+            }
+            let mut run = <Cli as clap::CommandFactory>::command();
+            let help = run
+                .find_subcommand_mut("run")
+                .unwrap()
+                .render_long_help()
+                .to_string();
+            let name = old.split('=').next().unwrap();
+            assert!(
+                help.contains(new.split('=').next().unwrap())
+                    && !help
+                        .lines()
+                        .any(|l| l.trim_start().starts_with(&format!("{name} "))
+                            || l.trim_start().starts_with(&format!("{name}="))),
+                "{help}"
+            );
+        }
     }
 }
