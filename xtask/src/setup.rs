@@ -99,6 +99,22 @@ const PACKAGES: &[(&str, &str)] = &[
         "busybox-static",
         "the kernel matrix VMs' init and shell (a static binary in the initramfs)",
     ),
+    (
+        "golang-go",
+        "tests read the agent's logfmt with go-logfmt, the parser Loki and Promtail use",
+    ),
+    (
+        "golang-github-go-logfmt-logfmt-dev",
+        "tests read the agent's logfmt with go-logfmt (its source, built offline)",
+    ),
+    (
+        "umoci",
+        "tests unpack the release image into a runtime bundle (runc runs it)",
+    ),
+    (
+        "skopeo",
+        "tests read the release image as oci-archive and docker-archive",
+    ),
 ];
 
 /// What building the agent needs: the toolchains' components and bpf-linker.

@@ -27,7 +27,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cmd, setup};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct Options {
     /// Rust target triple to build for (repeatable); default: every target
     /// of the table in xtask/src/dist/mod.rs.
