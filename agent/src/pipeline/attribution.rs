@@ -125,8 +125,8 @@ impl Attributor {
                     cgroup_id = id,
                     "cgroup not in the v2 tree"
                 );
-                "the process's cgroup was removed before the agent could name it: no container \
-                 or pod either"
+                "the process's cgroup was removed before it could be named, and with it its \
+                 container and pod"
                     .to_owned()
             }
         });
