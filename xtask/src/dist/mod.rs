@@ -44,6 +44,10 @@ pub struct Target {
     /// Debian packages that building for it needs on this machine, with
     /// why (as in `setup`).
     pub packages: &'static [(&'static str, &'static str)],
+    /// Environment of its build: a cross target names its C compiler
+    /// (`CC_<triple>`, for ring) and linker
+    /// (`CARGO_TARGET_<TRIPLE>_LINKER`) here.
+    pub env: &'static [(&'static str, &'static str)],
 }
 
 /// The targets releases are built for. Another architecture is one more
@@ -57,6 +61,7 @@ pub const TARGETS: &[Target] = &[Target {
         "musl-tools",
         "ring's C code is compiled for musl with musl-gcc (release artifacts)",
     )],
+    env: &[],
 }];
 
 /// The artifacts, in `target/dist/`.
@@ -167,15 +172,12 @@ fn build(target: &Target) -> Result<PathBuf> {
         "xtask dist: building the release agent for {}",
         target.triple
     );
-    cmd::run(cmd::cargo().args([
-        "build",
-        "--locked",
-        "--release",
-        "-p",
-        "sockerr",
-        "--target",
-        target.triple,
-    ]))?;
+    cmd::run(
+        cmd::cargo()
+            .args(["build", "--locked", "--release", "-p", "sockerr"])
+            .args(["--target", target.triple])
+            .envs(target.env.iter().copied()),
+    )?;
     let binary = cmd::workspace_root()
         .join("target")
         .join(target.triple)
