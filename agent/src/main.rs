@@ -15,6 +15,7 @@ use std::{
     io::{self, Write as _},
     path::PathBuf,
     process::ExitCode,
+    sync::Arc,
     time::Duration,
 };
 
@@ -27,8 +28,19 @@ use crate::{
     pipeline::{attribution, callsites, cgroups, containers, table},
 };
 
+/// `sockerr --version`: the release, the commit it was built from (see
+/// build.rs) and the target it was built for.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("SOCKERR_REVISION"),
+    ", ",
+    env!("SOCKERR_TARGET"),
+    ")"
+);
+
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,6 +81,10 @@ struct ProbeArgs {
     call_sites: CallSiteArgs,
     #[command(flatten)]
     containers: ContainerArgs,
+    /// The node's name in findings (`node`). The DaemonSet sets NODE_NAME
+    /// from the pod's spec.nodeName. Default: the host's name.
+    #[arg(long = "findings.node-name", env = "NODE_NAME", value_name = "NAME")]
+    node_name: Option<String>,
 }
 
 #[derive(Args)]
@@ -76,10 +92,14 @@ struct RunArgs {
     #[command(flatten)]
     web: web::WebArgs,
     /// How long a flagged process stays in /findings and sockerr_flagged_processes.
-    #[arg(long, default_value = "15m", value_parser = parse::positive_duration)]
+    /// (Formerly --retention.)
+    #[arg(long = "findings.retention", alias = "retention", default_value = "15m",
+          value_parser = parse::positive_duration)]
     retention: Duration,
-    /// Most flagged processes kept; the least recently seen are dropped first.
-    #[arg(long = "max-processes", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Most flagged processes kept; the least recently seen are dropped
+    /// first. (Formerly --max-processes.)
+    #[arg(long = "findings.max-processes", alias = "max-processes", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
     max_processes: u32,
     /// Distinct comm label values in metrics; the rest are reported as
     /// "(over max-comms)", which no process's name can be.
@@ -142,8 +162,14 @@ struct KernelArgs {
 #[derive(Args)]
 struct CallSiteArgs {
     /// Where findings' call sites come from: uprobes on the C library of
-    /// each flagged process from its first finding on, of every process, or none.
-    #[arg(long = "call-sites", value_enum, default_value = "flagged")]
+    /// each flagged process from its first finding on, of every process, or
+    /// none. Uprobes need CAP_SYS_ADMIN. (Formerly --call-sites.)
+    #[arg(
+        long = "call-sites.mode",
+        alias = "call-sites",
+        value_enum,
+        default_value = "flagged"
+    )]
     mode: callsites::uprobes::Mode,
     /// Most processes instrumented with call-site uprobes at once.
     #[arg(long = "call-sites.max-processes", default_value_t = 64)]
@@ -176,10 +202,12 @@ struct TraceArgs {
     /// Print JSON lines instead of human-readable lines.
     #[arg(long)]
     json: bool,
-    /// Only findings of these processes (repeatable).
+    /// Only findings of these processes (repeatable); no other process is
+    /// instrumented for call sites.
     #[arg(long)]
     pid: Vec<u32>,
-    /// Only findings of processes with these comms (repeatable).
+    /// Only findings of processes with these comms (repeatable); no other
+    /// process is instrumented for call sites.
     #[arg(long)]
     comm: Vec<String>,
     /// Also print the captured user stack of each call site.
@@ -273,7 +301,12 @@ async fn run(args: RunArgs) -> Result<()> {
         max_remotes: args.max_remotes,
     };
     let options = args.probes.kernel.options(Duration::from_secs(10), counted);
-    let started = start(&options, &args.probes, Duration::from_secs(1))?;
+    let started = start(
+        &options,
+        &args.probes,
+        Duration::from_secs(1),
+        pipeline::Selection::default(),
+    )?;
     // Everything is loaded: a SIGHUP that came meanwhile, held back, goes
     // to the reload handler now (the server installed it before reading
     // the web configuration).
@@ -332,6 +365,12 @@ async fn periodic(state: state::State, summaries: Duration) {
 }
 
 async fn trace(args: TraceArgs) -> Result<()> {
+    // Records of other processes are dropped before anything is done with
+    // them: they are neither attributed nor instrumented.
+    let selection = pipeline::Selection {
+        pids: args.pid.clone(),
+        comms: args.comm.clone(),
+    };
     let started = start(
         &args
             .probes
@@ -339,6 +378,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
             .options(Duration::ZERO, kernel::Counted::default()),
         &args.probes,
         Duration::ZERO,
+        selection,
     )?;
     let _ = writeln!(io::stderr(), "sockerr: tracing; Ctrl-C to stop");
     // A reader that goes away (`sockerr trace | head -1`) ends the trace,
@@ -346,17 +386,34 @@ async fn trace(args: TraceArgs) -> Result<()> {
     let (gone, reader_gone) = tokio::sync::oneshot::channel::<()>();
     let mut gone = Some(gone);
     let mut stdout = io::stdout();
+    // Counts and first/last seen as `run` keeps them, so that a line of
+    // `--json` is the process's /findings entry.
+    let mut findings = table::Findings::new(10_000, Duration::from_secs(15 * 60));
     let mut pipeline = pipeline::Running::spawn(started.pipeline, move |output| {
-        let pipeline::Output::Finding { finding: f, .. } = output else {
+        let now = std::time::Instant::now();
+        let (pid, kind) = match output {
+            pipeline::Output::Finding {
+                finding,
+                start_boot_ns,
+                tally,
+            } => {
+                let key = (finding.pid, finding.kind);
+                findings.record(*finding, start_boot_ns, tally, now);
+                key
+            }
+            pipeline::Output::Tally {
+                pid,
+                kind,
+                read,
+                last,
+            } => return findings.tally(pid, kind, read, last, now),
+        };
+        let Some(view) = findings.latest_view(pid, kind) else {
             return;
         };
-        if (!args.pid.is_empty() && !args.pid.contains(&f.pid))
-            || (!args.comm.is_empty() && !args.comm.contains(&f.comm))
-        {
-            return;
-        }
+        let f = view.finding;
         let line = if args.json {
-            serde_json::to_string(&f).expect("serializable")
+            serde_json::to_string(&view).expect("serializable")
         } else if args.stacks {
             format!("{}\n{}", f.human(), f.call_sites.stacks(&f.so_error_reads))
         } else {
@@ -388,8 +445,15 @@ struct Started {
 
 /// Checks the host, loads and attaches the probes, and drops the
 /// capabilities that needed (keeping those of per-process uprobes).
-/// `delay_default`: the call-site delay when `--call-sites.delay` is not given.
-fn start(options: &kernel::Options, args: &ProbeArgs, delay_default: Duration) -> Result<Started> {
+/// `delay_default`: the call-site delay when `--call-sites.delay` is not
+/// given; `selection`: the processes whose records are handled (trace's
+/// `--pid`, `--comm`).
+fn start(
+    options: &kernel::Options,
+    args: &ProbeArgs,
+    delay_default: Duration,
+    selection: pipeline::Selection,
+) -> Result<Started> {
     let (call_sites, containers) = (&args.call_sites, &args.containers);
     // Read once: checking, loading and attaching all use it.
     let btf = check::kernel_btf();
@@ -408,9 +472,14 @@ fn start(options: &kernel::Options, args: &ProbeArgs, delay_default: Duration) -
     }
     drop(btf);
     // Loading parsed the kernel's BTF (megabytes, now freed): hand that
-    // memory back to the system instead of keeping it in the heap.
+    // memory back to the system instead of keeping it in the heap. (musl's
+    // allocator, of the static release build, gives freed pages back by
+    // itself and has no malloc_trim.)
+    #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim has no preconditions.
-    unsafe { libc::malloc_trim(0) };
+    unsafe {
+        libc::malloc_trim(0)
+    };
     let maps = kernel.take_maps()?;
     let locator = callsites::Locator::new(
         &mut kernel,
@@ -424,13 +493,20 @@ fn start(options: &kernel::Options, args: &ProbeArgs, delay_default: Duration) -
     privileges::drop_after_attach(call_sites.mode == callsites::uprobes::Mode::Flagged)?;
     let cgroups = cgroups::CgroupNames::new(proc::cgroup2_root().ok());
     let containers = containers::Containers::new(containers.root.clone());
+    let node: Option<Arc<str>> = args
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .or_else(proc::hostname)
+        .map(Into::into);
     Ok(Started {
         pipeline: pipeline::Pipeline {
             kernel,
             ring: maps.findings,
             tallies: maps.tallies,
             locator,
-            attributor: attribution::Attributor::new(cgroups.clone(), containers.clone()),
+            attributor: attribution::Attributor::new(cgroups.clone(), containers.clone(), node),
+            selection,
         },
         sampler: sampler::Sampler::new(
             maps.counters,
@@ -453,9 +529,11 @@ fn log_attached(attached: &kernel::Attached) {
         .filter_map(|(p, r)| r.as_ref().ok().map(|h| format!("{}={}", p.name, h.attach)))
         .collect();
     tracing::info!(hooks = hooks.join(" "), "probes attached");
+    // Only optional probes can be missing here (a required one stops the
+    // agent): a fact about this kernel, not a fault.
     for (probe, result) in attached.iter() {
         if let Err(why) = result {
-            tracing::warn!(
+            tracing::info!(
                 probe = probe.name,
                 "not observed on this kernel: {} ({why})",
                 probe.observes
@@ -489,7 +567,7 @@ mod tests {
     #[test]
     fn zero_durations_are_refused() {
         for args in [
-            &["--retention", "0"][..],
+            &["--findings.retention", "0"][..],
             &["--retention", "0s"],
             &["--web.header-timeout", "0ms"],
             &["--web.idle-timeout", "0"],
@@ -500,5 +578,38 @@ mod tests {
             assert!(err.to_string().contains("must be more than 0"), "{err}");
         }
         assert!(Cli::try_parse_from(["sockerr", "run", "--retention", "1s"]).is_ok());
+    }
+
+    /// The flags renamed into their namespaces still take their old names,
+    /// which `--help` no longer shows.
+    #[test]
+    fn old_flag_names_are_hidden_aliases() {
+        for (old, new) in [
+            ("--retention=5m", "--findings.retention=5m"),
+            ("--max-processes=7", "--findings.max-processes=7"),
+            ("--call-sites=off", "--call-sites.mode=off"),
+        ] {
+            for flag in [old, new] {
+                assert!(
+                    Cli::try_parse_from(["sockerr", "run", flag]).is_ok(),
+                    "{flag} refused"
+                );
+            }
+            let mut run = <Cli as clap::CommandFactory>::command();
+            let help = run
+                .find_subcommand_mut("run")
+                .unwrap()
+                .render_long_help()
+                .to_string();
+            let name = old.split('=').next().unwrap();
+            assert!(
+                help.contains(new.split('=').next().unwrap())
+                    && !help
+                        .lines()
+                        .any(|l| l.trim_start().starts_with(&format!("{name} "))
+                            || l.trim_start().starts_with(&format!("{name}="))),
+                "{help}"
+            );
+        }
     }
 }

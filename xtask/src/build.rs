@@ -29,7 +29,7 @@ pub fn run(args: &[String]) -> Result<()> {
              run `sudo -E cargo xtask run` instead"
         );
     }
-    setup::run()?;
+    setup::build()?;
     let agent = release()?;
     println!(
         "xtask run: starting {} run {}",

@@ -5,6 +5,7 @@ mod bench;
 mod build;
 mod cache;
 mod cmd;
+mod dist;
 mod install;
 mod kernels;
 mod matrix;
@@ -23,11 +24,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what building and testing need (rust-src, bpf-linker, tracefs,
-    /// Debian packages; QEMU and Debian's kernels for the matrix). Idempotent.
-    Setup,
+    /// Install what building needs (rustup components, bpf-linker);
+    /// idempotent. `cargo xtask test`, `dist` and `bench` run what they need
+    /// of it themselves.
+    Setup {
+        /// Also what the tests, benchmarks and the kernel matrix use:
+        /// tracefs, Debian packages, Python tools, QEMU and Debian's kernels.
+        #[arg(long)]
+        tests: bool,
+        /// Also what release artifacts need (`cargo xtask dist`): the
+        /// targets' standard libraries and C toolchains, cargo-deb.
+        #[arg(long)]
+        dist: bool,
+    },
     /// Build the release agent with the eBPF object embedded.
     Build,
+    /// Release artifacts in target/dist: per target a static binary in a
+    /// tarball, a .deb and an OCI image archive (the same binary in each),
+    /// and SHA256SUMS.
+    Dist(dist::Options),
     /// Setup, build, then run `sockerr run ARGS` (needs root).
     Run {
         /// Arguments passed to `sockerr run`.
@@ -51,7 +66,8 @@ enum Command {
     Lint,
     /// `lint`, then `test`.
     Ci,
-    /// Install the release agent, its systemd unit and defaults file (root).
+    /// Build the .deb for this machine (`dist`) and install it with dpkg:
+    /// the agent, its systemd unit and /etc/default/sockerr (root).
     Install,
     /// Overhead benchmarks against no tracing, bpftrace and strace.
     Bench(bench::Options),
@@ -59,8 +75,19 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Setup => setup::all(),
+        Command::Setup { tests, dist } => {
+            if tests {
+                setup::all()?;
+            } else {
+                setup::build()?;
+            }
+            if dist {
+                setup::dist(&dist::TARGETS.iter().collect::<Vec<_>>())?;
+            }
+            Ok(())
+        }
         Command::Build => build::release().map(drop),
+        Command::Dist(options) => dist::run(&options).map(drop),
         Command::Run { args } => build::run(&args),
         Command::Test { no_matrix, args } => test::run(&args, !no_matrix),
         Command::Matrix(options) => setup::run().and_then(|()| matrix::run(&options)),

@@ -26,8 +26,10 @@ pub use routes::router;
 
 #[derive(clap::Args)]
 pub struct WebArgs {
-    /// Address to serve /metrics, /findings and /healthz on.
-    #[arg(long = "web.listen-address", default_value = "127.0.0.1:9809")]
+    /// Address to serve /metrics, /findings and /healthz on: IP:PORT,
+    /// HOST:PORT (resolved at start) or :PORT (every address).
+    #[arg(long = "web.listen-address", default_value = "127.0.0.1:9809",
+          value_parser = crate::parse::listen_address)]
     pub listen: SocketAddr,
     /// Path of the Prometheus metrics.
     #[arg(long = "web.telemetry-path", default_value = "/metrics", value_parser = telemetry_path)]

@@ -13,7 +13,7 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use axum::{
@@ -32,7 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::{
     export::state::State,
     locks::lock,
-    pipeline::table::{EntryKey, Findings},
+    pipeline::table::{EntryKey, Filter, Findings, Since},
 };
 
 /// Entries of a `/findings` without `?limit=`.
@@ -94,12 +94,30 @@ async fn metrics(Extract(endpoints): Extract<Endpoints>) -> Response {
     }
 }
 
-/// `?kind=` and `?limit=`; any other parameter (a cache-buster such as
-/// `_=1`) is ignored.
+/// What `/findings` filters by, and `?limit=`; any other parameter (a
+/// cache-buster such as `_=1`) is ignored.
 #[derive(Deserialize)]
 struct FindingsQuery {
     kind: Option<FindingKind>,
+    comm: Option<String>,
+    pid: Option<u32>,
+    namespace: Option<String>,
+    pod: Option<String>,
+    since: Option<Since>,
     limit: Option<usize>,
+}
+
+impl FindingsQuery {
+    fn filter(self) -> Filter {
+        Filter {
+            kind: self.kind,
+            comm: self.comm,
+            pid: self.pid,
+            namespace: self.namespace,
+            pod: self.pod,
+            since: self.since,
+        }
+    }
 }
 
 async fn findings(
@@ -132,7 +150,8 @@ async fn findings(
             .into_response();
     };
     let table = endpoints.state.findings();
-    let order = lock(&table).order(Instant::now(), q.kind, limit);
+    let now = (Instant::now(), SystemTime::now());
+    let order = lock(&table).order(now, &q.filter(), limit);
     let body = FindingsBody {
         table,
         order,
@@ -239,7 +258,8 @@ mod tests {
 
     /// The whole body, chunk by chunk, with `body_max`.
     fn body(table: &Arc<Mutex<Findings>>, limit: usize, body_max: usize) -> (Vec<u8>, usize) {
-        let order = lock(table).order(Instant::now(), None, limit);
+        let now = (Instant::now(), SystemTime::now());
+        let order = lock(table).order(now, &Filter::default(), limit);
         let mut body = FindingsBody {
             table: table.clone(),
             order,
