@@ -1,6 +1,7 @@
 //! `cargo xtask`: the single entry point for bootstrapping, building, running,
 //! testing and benchmarking sockerr. Every step says what it does.
 
+mod arch;
 mod bench;
 mod build;
 mod cache;
@@ -26,8 +27,15 @@ enum Command {
     /// Install what building and testing need (rust-src, bpf-linker, tracefs,
     /// Debian packages; QEMU and Debian's kernels for the matrix). Idempotent.
     Setup,
-    /// Build the release agent with the eBPF object embedded.
-    Build,
+    /// Build the release agent with the eBPF object embedded, and the
+    /// scenario program.
+    Build {
+        /// Cross-build for this Rust target (e.g. aarch64-unknown-linux-gnu;
+        /// `cargo xtask setup` installs its Rust target and Debian's cross
+        /// compiler): into target/<TARGET>/release/.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Setup, build, then run `sockerr run ARGS` (needs root).
     Run {
         /// Arguments passed to `sockerr run`.
@@ -60,7 +68,7 @@ enum Command {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::all(),
-        Command::Build => build::release().map(drop),
+        Command::Build { target } => build::release(target.as_deref()).map(drop),
         Command::Run { args } => build::run(&args),
         Command::Test { no_matrix, args } => test::run(&args, !no_matrix),
         Command::Matrix(options) => setup::run().and_then(|()| matrix::run(&options)),

@@ -9,7 +9,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cache, cmd, kernels};
+use crate::{
+    arch::{ARCHES, Arch},
+    cache, cmd, kernels,
+};
 
 /// Debian packages the build, tests and benchmarks use, with the reason.
 const PACKAGES: &[(&str, &str)] = &[
@@ -107,6 +110,7 @@ const PACKAGES: &[(&str, &str)] = &[
 pub fn run() -> Result<()> {
     println!("xtask setup: checking what building and testing sockerr needs");
     rust_components()?;
+    rust_targets()?;
     let linker = bpf_linker()?;
     println!("xtask setup: bpf-linker ready at {}", linker.display());
     tracefs()?;
@@ -177,6 +181,34 @@ fn rust_components() -> Result<()> {
         println!("xtask setup: adding {} to {name}", missing.join(", "));
         let mut add = rustup(toolchain, &["component", "add"]);
         cmd::run(add.args(missing))?;
+    }
+    Ok(())
+}
+
+/// The architectures other than this host's: the kernel matrix runs the
+/// agent on each, so it is cross-built for them.
+fn cross_arches() -> Vec<Arch> {
+    ARCHES.into_iter().filter(|a| !a.is_host()).collect()
+}
+
+/// The Rust standard library of every other architecture, for the active
+/// toolchain (`cargo xtask build --target`). The eBPF object needs no
+/// target of its own: it is bpfel whatever the agent's architecture.
+fn rust_targets() -> Result<()> {
+    let installed = cmd::output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .context("rustup target list --installed")?;
+    for arch in cross_arches() {
+        let target = arch.rust_target();
+        if installed.lines().any(|l| l.trim() == target) {
+            println!("xtask setup: the Rust target {target} is installed");
+            continue;
+        }
+        println!(
+            "xtask setup: adding the Rust target {target}: the kernel matrix runs a cross-built \
+             {} agent",
+            arch.debian()
+        );
+        cmd::run(Command::new("rustup").args(["target", "add", target]))?;
     }
     Ok(())
 }
@@ -325,7 +357,26 @@ fn python_tools() -> Result<()> {
 }
 
 fn debian_packages() -> Result<()> {
-    let missing: Vec<_> = PACKAGES
+    let mut wanted: Vec<(String, String)> = PACKAGES
+        .iter()
+        .map(|(name, why)| (name.to_string(), why.to_string()))
+        .collect();
+    for arch in cross_arches() {
+        let [gcc, libc] = arch.cross_packages();
+        wanted.push((
+            gcc,
+            format!(
+                "cargo xtask build --target {} links with it (the {} kernel matrix rows)",
+                arch.rust_target(),
+                arch.debian()
+            ),
+        ));
+        wanted.push((
+            libc,
+            format!("the C library {} links against", arch.rust_target()),
+        ));
+    }
+    let missing: Vec<_> = wanted
         .iter()
         .filter(|(name, _)| {
             !cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", name]))
@@ -339,7 +390,7 @@ fn debian_packages() -> Result<()> {
     for (name, why) in &missing {
         println!("xtask setup: missing Debian package {name}: {why}");
     }
-    let names: Vec<_> = missing.iter().map(|(n, _)| *n).collect();
+    let names: Vec<_> = missing.iter().map(|(n, _)| n.as_str()).collect();
     if !cmd::is_root() {
         bail!(
             "not root, so not installing packages; run:\n  sudo apt-get update && sudo apt-get install -y --no-install-recommends {}",

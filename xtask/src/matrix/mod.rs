@@ -113,7 +113,7 @@ pub fn matrix(options: &Options) -> Result<Outcome> {
     let kernels = kernels::ensure(&series, options.refresh)?;
     let fetch_time = t.elapsed();
 
-    let agent = build::release()?;
+    let agent = build::release(None)?;
     let scenario = agent.with_file_name("sockerr-scenario");
     let out = cmd::workspace_root().join("target/matrix");
     fs::create_dir_all(&out)?;
