@@ -141,7 +141,7 @@ mod tests {
     #[test]
     fn parses_the_summary_line() {
         let s = Summary::parse(
-            "MATRIX kernel=6.1.0-56-cloud-amd64 check=fail trace=fail rows=13 pass=0 fail=13 failed=1,2,13 unreach=fail transparent=error secs=3.0",
+            "MATRIX kernel=6.1.0-56-cloud-amd64 check=fail trace=fail rows=13 pass=0 fail=13 failed=1,2,13 unreach=fail transparent=error sites=ok secs=3.0",
         )
         .unwrap();
         assert_eq!(s.kernel, "6.1.0-56-cloud-amd64");
@@ -150,7 +150,7 @@ mod tests {
         assert_eq!(s.failed, [1, 2, 13]);
         assert_eq!(s.unreach, "fail");
         let s = Summary::parse(
-            "MATRIX kernel=x check=ok trace=ok rows=13 pass=13 fail=0 failed=- unreach=absent transparent=ok secs=1",
+            "MATRIX kernel=x check=ok trace=ok rows=13 pass=13 fail=0 failed=- unreach=absent transparent=ok sites=ok secs=1",
         )
         .unwrap();
         assert!(s.failed.is_empty());
@@ -161,7 +161,7 @@ mod tests {
             boot: None,
             table: None,
             summary: Summary::parse(
-                "MATRIX kernel=x check=ok trace=ok rows=13 pass=13 fail=0 failed=- unreach=absent transparent=ok secs=1",
+                "MATRIX kernel=x check=ok trace=ok rows=13 pass=13 fail=0 failed=- unreach=absent transparent=ok sites=ok secs=1",
             ),
             note: None,
             lines: Vec::new(),
@@ -172,7 +172,7 @@ mod tests {
         assert!(!row("6.1").passed());
         let changed = Row {
             summary: Summary::parse(
-                "MATRIX kernel=x check=ok trace=ok rows=13 pass=13 fail=0 failed=- unreach=absent transparent=differs:2 secs=1",
+                "MATRIX kernel=x check=ok trace=ok rows=13 pass=13 fail=0 failed=- unreach=absent transparent=differs:2 sites=ok secs=1",
             ),
             ..row("host")
         };
