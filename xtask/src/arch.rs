@@ -68,6 +68,25 @@ impl Arch {
             format!("libc6-dev-{}-cross", self.debian()),
         ]
     }
+
+    /// A binutils program that handles this architecture's ELF files: the
+    /// host's own, or the cross one (the host's objcopy knows no other
+    /// machine).
+    pub fn binutil(self, tool: &str) -> String {
+        if self.is_host() {
+            tool.to_owned()
+        } else {
+            format!("{}-{tool}", self.gnu())
+        }
+    }
+
+    /// The QEMU that emulates it, and Debian's package of it.
+    pub fn qemu(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Amd64 => ("qemu-system-x86_64", "qemu-system-x86"),
+            Self::Arm64 => ("qemu-system-aarch64", "qemu-system-arm"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -121,12 +121,17 @@ pub fn run() -> Result<()> {
 }
 
 /// `cargo xtask setup`: all of [`run`], and what the kernel matrix boots
-/// (QEMU, Debian's kernels), which the matrix otherwise fetches when it runs.
+/// (QEMU for each architecture, Debian's kernels, the arm64 VMs' busybox
+/// and iptables), which the matrix otherwise fetches when it runs.
 pub fn all() -> Result<()> {
     run()?;
-    kernels::qemu()?;
+    kernels::qemu(&ARCHES)?;
     let series: Vec<_> = kernels::SERIES.iter().collect();
-    kernels::ensure(&series, false).map(drop)
+    kernels::ensure(&series, false)?;
+    for arch in cross_arches() {
+        kernels::userland(arch, false)?;
+    }
+    Ok(())
 }
 
 /// Puts the bpf-linker built by `setup` first on PATH for child processes, so
