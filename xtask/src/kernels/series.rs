@@ -92,10 +92,11 @@ pub const SERIES: &[Series] = &[
         kprobes_row: true,
         read_sites: true,
     },
-    // arm64 before 6.4 has no ftrace direct calls, so no BPF trampoline
-    // attaches to a kernel function: fentry and fexit are refused, and
-    // sends and receives fall back to kprobes (this row tests that
-    // fallback on arm64).
+    // arm64's 6.1 has no ftrace direct calls (its config lacks
+    // HAVE_DYNAMIC_FTRACE_WITH_DIRECT_CALLS; 6.12's has it), which BPF
+    // trampolines on kernel functions need: fentry and fexit attach with
+    // 524 (ENOTSUPP), so sends and receives fall back to kprobes (this row
+    // tests that fallback on arm64) and connect()'s own errors go uncounted.
     Series {
         name: "arm64-6.1",
         version: "6.1",
