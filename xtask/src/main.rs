@@ -1,6 +1,7 @@
 //! `cargo xtask`: the single entry point for bootstrapping, building, running,
 //! testing and benchmarking sockerr. Every step says what it does.
 
+mod arch;
 mod bench;
 mod build;
 mod cache;
@@ -14,6 +15,8 @@ mod test;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+
+use crate::arch::Arch;
 
 #[derive(Parser)]
 #[command(about = "Build, run and test sockerr")]
@@ -37,8 +40,15 @@ enum Command {
         #[arg(long)]
         dist: bool,
     },
-    /// Build the release agent with the eBPF object embedded.
-    Build,
+    /// Build the release agent with the eBPF object embedded, and the
+    /// scenario program.
+    Build {
+        /// Cross-build for this Rust target (e.g. aarch64-unknown-linux-gnu;
+        /// its Rust target and Debian's cross compiler are installed first):
+        /// into target/<TARGET>/release/.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Release artifacts in target/dist: per target a static binary in a
     /// tarball, a .deb and an OCI image archive (the same binary in each),
     /// and SHA256SUMS.
@@ -86,7 +96,17 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Build => build::release().map(drop),
+        Command::Build { target } => {
+            setup::build()?;
+            if let Some(arch) = target
+                .as_deref()
+                .and_then(Arch::of_rust_target)
+                .filter(|a| !a.is_host())
+            {
+                setup::cross(arch)?;
+            }
+            build::release(target.as_deref()).map(drop)
+        }
         Command::Dist(options) => dist::run(&options).map(drop),
         Command::Run { args } => build::run(&args),
         Command::Test { no_matrix, args } => test::run(&args, !no_matrix),

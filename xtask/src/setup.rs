@@ -13,7 +13,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cache, cmd, kernels};
+use crate::{
+    arch::{ARCHES, Arch},
+    cache, cmd, kernels,
+};
 
 /// Debian packages the tests, benchmarks and the kernel matrix use, with
 /// the reason. Building needs none of them.
@@ -146,14 +149,23 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask setup --tests`: all of [`run`], and what the kernel matrix
-/// boots (QEMU, Debian's kernels), which the matrix otherwise fetches when
-/// it runs.
+/// `cargo xtask setup --tests`: all of [`run`], what building for the other
+/// architectures needs (the kernel matrix runs a cross-built agent), and
+/// what the kernel matrix boots (QEMU for each architecture, Debian's
+/// kernels, the arm64 VMs' busybox and iptables), which the matrix
+/// otherwise fetches when it runs.
 pub fn all() -> Result<()> {
     run()?;
-    kernels::qemu()?;
+    for arch in cross_arches() {
+        cross(arch)?;
+    }
+    kernels::qemu(&ARCHES)?;
     let series: Vec<_> = kernels::SERIES.iter().collect();
-    kernels::ensure(&series, false).map(drop)
+    kernels::ensure(&series, false)?;
+    for arch in cross_arches() {
+        kernels::userland(arch, false)?;
+    }
+    Ok(())
 }
 
 /// cargo-deb, which `cargo xtask dist` makes the .deb with: the version
@@ -166,18 +178,8 @@ const CARGO_DEB: &str = "3.8.0";
 pub fn dist(targets: &[&crate::dist::Target]) -> Result<PathBuf> {
     build()?;
     println!("xtask setup: checking what release artifacts need");
-    let installed = cmd::output(Command::new("rustup").args(["target", "list", "--installed"]))
-        .context("asking rustup for the installed targets")?;
     for target in targets {
-        if installed.lines().any(|t| t.trim() == target.triple) {
-            println!(
-                "xtask setup: the {} standard library is installed",
-                target.triple
-            );
-        } else {
-            println!("xtask setup: adding the {} standard library", target.triple);
-            cmd::run(Command::new("rustup").args(["target", "add", target.triple]))?;
-        }
+        rust_target(target.triple)?;
         debian_packages(target.packages)?;
     }
     cargo_deb()
@@ -261,6 +263,38 @@ fn rust_components() -> Result<()> {
         cmd::run(add.args(missing))?;
     }
     Ok(())
+}
+
+/// The architectures other than this host's: the kernel matrix runs the
+/// agent on each, so it is cross-built for them.
+fn cross_arches() -> Vec<Arch> {
+    ARCHES.into_iter().filter(|a| !a.is_host()).collect()
+}
+
+/// What building for `arch`, not this host's, needs (`cargo xtask build
+/// --target`, the kernel matrix's rows of that architecture): its Rust
+/// standard library, Debian's cross compiler and C library. The eBPF object
+/// needs no target of its own: it is bpfel whatever the agent's
+/// architecture.
+pub fn cross(arch: Arch) -> Result<()> {
+    rust_target(arch.rust_target())?;
+    let [gcc, libc] = arch.cross_packages();
+    let target = arch.rust_target();
+    let why_gcc = format!("building for {target} links with it");
+    let why_libc = format!("the C library {target} links against");
+    debian_packages(&[(&gcc, &why_gcc), (&libc, &why_libc)])
+}
+
+/// Rust's standard library for `target`, for the active toolchain.
+fn rust_target(target: &str) -> Result<()> {
+    let installed = cmd::output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .context("rustup target list --installed")?;
+    if installed.lines().any(|l| l.trim() == target) {
+        println!("xtask setup: the Rust target {target} is installed");
+        return Ok(());
+    }
+    println!("xtask setup: adding the Rust target {target}");
+    cmd::run(Command::new("rustup").args(["target", "add", target]))
 }
 
 /// The nightly toolchain's own libLLVM: bpf-linker is built against it

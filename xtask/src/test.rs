@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Result, bail};
 
-use crate::{cmd, dist, matrix, setup};
+use crate::{arch::ARCHES, cmd, dist, matrix, setup};
 
 /// Setup, the workspace's tests, then (with `matrix`) the kernel matrix,
 /// whose kernels count as one test each in the closing summary line.
@@ -107,22 +107,31 @@ pub fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    println!("xtask lint: clippy on the eBPF crate (bpfel-unknown-none, nightly)");
-    cmd::run(
-        Command::new("rustup")
+    // The object differs by the architecture whose registers its kprobes
+    // and uprobes read (cfg bpf_target_arch): each is linted, the others'
+    // in target dirs of their own (the cfg is set through an environment
+    // variable, which would otherwise rebuild the crates at every switch).
+    for arch in ARCHES {
+        let bpf_arch = arch.rust_target().split('-').next().unwrap_or_default();
+        println!(
+            "xtask lint: clippy on the eBPF crate (bpfel-unknown-none, nightly) as built for {} agents",
+            arch.debian()
+        );
+        let mut clippy = Command::new("rustup");
+        clippy
             .args(["run", "nightly", "cargo", "clippy", "-p", "sockerr-ebpf"])
-            .args([
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--",
-                "-D",
-                "warnings",
-            ])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
             .current_dir(cmd::workspace_root())
             .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("CARGO")
-            .env_remove("RUSTC"),
-    )
+            .env_remove("RUSTC");
+        if !arch.is_host() {
+            clippy
+                .arg("--target-dir")
+                .arg(cmd::workspace_root().join(format!("target/clippy-bpf-{bpf_arch}")))
+                .env("AYA_BPF_TARGET_ARCH", bpf_arch);
+        }
+        cmd::run(clippy.args(["--", "-D", "warnings"]))?;
+    }
+    Ok(())
 }

@@ -54,15 +54,40 @@ pub struct Target {
 /// entry (its triple, its Debian/OCI name, the C toolchain it needs): the
 /// eBPF object follows the target (aya-build builds it for the target's
 /// architecture) and every artifact is made the same way.
-pub const TARGETS: &[Target] = &[Target {
-    triple: "x86_64-unknown-linux-musl",
-    arch: "amd64",
-    packages: &[(
-        "musl-tools",
-        "ring's C code is compiled for musl with musl-gcc (release artifacts)",
-    )],
-    env: &[],
-}];
+pub const TARGETS: &[Target] = &[
+    Target {
+        triple: "x86_64-unknown-linux-musl",
+        arch: "amd64",
+        packages: &[(
+            "musl-tools",
+            "ring's C code is compiled for musl with musl-gcc (release artifacts)",
+        )],
+        env: &[],
+    },
+    // Debian's glibc cross compiler links and compiles ring for musl too:
+    // the Rust target brings musl's C library and start files.
+    Target {
+        triple: "aarch64-unknown-linux-musl",
+        arch: "arm64",
+        packages: &[
+            (
+                "gcc-aarch64-linux-gnu",
+                "compiles ring's C code and links the arm64 release binary",
+            ),
+            (
+                "binutils-aarch64-linux-gnu",
+                "reads and strips the arm64 release binary",
+            ),
+        ],
+        env: &[
+            (
+                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER",
+                "aarch64-linux-gnu-gcc",
+            ),
+            ("CC_aarch64_unknown_linux_musl", "aarch64-linux-gnu-gcc"),
+        ],
+    },
+];
 
 /// The artifacts, in `target/dist/`.
 pub fn run(options: &Options) -> Result<Vec<PathBuf>> {
