@@ -11,7 +11,8 @@ use std::{
 
 use serde_json::Value;
 use support::{
-    Agent, Log, PATIENCE, agent_bin, repo, require_root, scenario, scenario_bin, wait_timeout,
+    Agent, Log, PATIENCE, agent_bin, repo, require_root, scenario, scenario_alive, scenario_bin,
+    wait_timeout,
 };
 
 fn unit() -> String {
@@ -196,7 +197,11 @@ fn runs_with_exactly_the_units_capabilities_and_each_is_needed() {
             }
             "sys_ptrace" => {
                 let agent = started.unwrap_or_else(|e| panic!("without {name}: {e}"));
-                let (pid, out) = scenario(&["masked"]);
+                // Alive while the agent looks at it in /proc.
+                let masked = scenario_alive(&["masked"], &[]);
+                let pid = masked.pid();
+                agent.wait_findings_of(pid, 2);
+                let out = masked.finish();
                 assert!(out.status.success(), "{out:?}");
                 agent.barrier();
                 let found = agent.findings_of(pid);
