@@ -230,18 +230,26 @@ fn pod_labels_on_metrics_stay_within_the_cap() {
     let pods: Vec<Pod> = (0..6)
         .map(|i| Pod::new("shop", &format!("web-{i}")))
         .collect();
-    for pod in &pods {
-        let spec = Spec {
-            runtime: Runtime::Containerd,
-            driver: CgroupDriver::Cgroupfs,
-            pod,
-            name: "nginx",
-            image: "docker.io/library/nginx:1.22",
-            program: so_error_client(),
-            args: client(port, "masked", 0),
-        };
-        run(&Container::new(&host, &spec));
-    }
+    // Kept (stopped, as a runtime keeps them until it handles the exit)
+    // until counted: deleting one removes its cgroup, and the agent names
+    // the pod from the cgroup, whenever it gets to the finding.
+    let _containers: Vec<Container> = pods
+        .iter()
+        .map(|pod| {
+            let spec = Spec {
+                runtime: Runtime::Containerd,
+                driver: CgroupDriver::Cgroupfs,
+                pod,
+                name: "nginx",
+                image: "docker.io/library/nginx:1.22",
+                program: so_error_client(),
+                args: client(port, "masked", 0),
+            };
+            let container = Container::new(&host, &spec);
+            run(&container);
+            container
+        })
+        .collect();
     let series = |metrics: &str| -> Vec<String> {
         metrics
             .lines()
