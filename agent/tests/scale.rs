@@ -12,7 +12,8 @@ use std::{
 };
 
 use support::{
-    Agent, Log, PATIENCE, agent_bin, eventually, require_root, scenario_bin, wait_timeout,
+    Agent, Log, PATIENCE, Tracer, agent_bin, eventually, require_root, run_program, scenario_bin,
+    wait_timeout,
 };
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -74,14 +75,16 @@ fn finding_records_are_rate_limited_per_process_and_kind() {
         return;
     }
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let agent = Agent::with(&["--call-sites=off", "--findings.detail-interval=1s"]);
-    let records = || agent.metric("sockerr_finding_records_total");
-    let before = records();
-    let out = Command::new(scenario_bin())
-        .args(["bench", "masked", "100000"])
-        .env("SCENARIO_COMM", "limited")
-        .output()
-        .unwrap();
+    let flags = ["--call-sites=off", "--findings.detail-interval=1s"];
+    let agent = Agent::with(&flags);
+    // The records themselves, this process's only (the agent's counter of
+    // records is the host's): `sockerr trace` prints each one it gets.
+    let tracer = Tracer::start_with(&flags);
+    let (pid, out) = run_program(
+        Command::new(scenario_bin())
+            .args(["bench", "masked", "100000"])
+            .env("SCENARIO_COMM", "limited"),
+    );
     assert!(out.status.success(), "{out:?}");
     // How long its loop of attempts took, as it measured it.
     let ns_per_op: f64 = String::from_utf8_lossy(&out.stdout)
@@ -111,11 +114,10 @@ fn finding_records_are_rate_limited_per_process_and_kind() {
         span > took - 0.5 && span <= took + 0.01,
         "first_seen to last_seen {span:.3} s for a {took:.3} s loop: {entry:#}"
     );
-    // Every scrape reads the kernel's counters: the records sent are in.
     // The first, then one per interval at most, and at least one more
-    // once the findings outlasted the interval. (Counted for every
-    // process: the other tests here run one at a time.)
-    let sent = records() - before;
+    // once the findings outlasted the interval.
+    tracer.barrier();
+    let sent = tracer.of(pid).len() as f64;
     let least = if span > 1.05 { 2.0 } else { 1.0 };
     let most = span.ceil() + 1.0;
     assert!(
