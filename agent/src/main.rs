@@ -334,10 +334,11 @@ async fn run(args: RunArgs) -> Result<()> {
         pipeline::Running::spawn(started.pipeline, move |output| sink.record(output))?;
     let periodic = periodic(state.clone(), args.summary_interval);
     let address = server.local_addr()?;
+    let shutdown = shutdown()?;
     tracing::info!(%address, path = args.web.telemetry_path, "sockerr running");
     let app = web::router(state, &args.web.telemetry_path);
     tokio::select! {
-        result = server.serve(app, shutdown()) => result?,
+        result = server.serve(app, shutdown) => result?,
         result = pipeline.ended() => result.context("event pipeline")?,
         () = periodic => {}
     }
@@ -380,6 +381,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         Duration::ZERO,
         selection,
     )?;
+    let shutdown = shutdown()?;
     let _ = writeln!(io::stderr(), "sockerr: tracing; Ctrl-C to stop");
     // A reader that goes away (`sockerr trace | head -1`) ends the trace,
     // the probes detached as on Ctrl-C.
@@ -430,7 +432,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
     })?;
     tokio::select! {
         result = pipeline.ended() => result?,
-        () = shutdown() => {}
+        () = shutdown => {}
         _ = reader_gone => {}
     }
     Ok(())
@@ -542,15 +544,20 @@ fn log_attached(attached: &kernel::Attached) {
     }
 }
 
-/// SIGINT or SIGTERM.
-async fn shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
+/// Completes on SIGINT or SIGTERM. Both handlers are in place when this
+/// returns, not when the future is first polled: a signal right after the
+/// agent says it runs must stop it cleanly, not kill it.
+fn shutdown() -> Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    })
 }
 
 #[cfg(test)]

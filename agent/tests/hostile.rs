@@ -571,7 +571,7 @@ fn slow_readers_of_the_largest_findings() {
     assert!(entries >= 2000, "{entries} entries in /findings");
     let expected = entries.min(10_000);
     let path = "/findings?limit=10000";
-    let port = agent.port;
+    let port = agent.port();
 
     // 30 at once, each reading at most 8 KiB every 10 ms (800 KiB/s: the
     // kernel takes up to 4 MiB of a response for a slow reader, the rest
@@ -931,7 +931,7 @@ fn sighup_with_the_file_unchanged_drops_no_connection() {
     let _serial = serial();
     let file = basic_auth("unchanged");
     let agent = Agent::with(&["--web.config.file", file.to_str().unwrap()]);
-    let port = agent.port;
+    let port = agent.port();
     let unchanged = || {
         let metrics = get_as(port, "/metrics", "a:a").1;
         value(

@@ -251,7 +251,7 @@ fn trace_comm_instruments_only_what_it_shows() {
     let (shown, _) = scenario_env(&["masked"], &[("SCENARIO_COMM", "trace-shown"), linger]);
     // One ring buffer: once the shown process's finding is out, the hidden
     // one's record (made before) has been handled.
-    let found = tracer.wait_for(shown, 1, Duration::from_secs(10));
+    let found = tracer.wait_for(shown, 1);
     assert!(!found.is_empty(), "trace --comm showed nothing");
     assert!(tracer.of(hidden).is_empty(), "showed another comm");
     let entry = &found[0];
@@ -384,7 +384,7 @@ fn logfmt_lines_read_back_with_go_logfmt_and_carry_the_findings_fields() {
     if !require_root() {
         return;
     }
-    let (agent, _) = Agent::logged(&["--findings.node-name=node-9"]);
+    let agent = Agent::logged(&["--findings.node-name=node-9"]);
     let (pid, out) = scenario_env(&["masked"], &[("SCENARIO_COMM", HOSTILE)]);
     assert!(out.status.success());
     let entry = findings_of(&agent, pid)
@@ -452,7 +452,7 @@ fn json_log_lines_hold_the_findings_entry() {
     if !require_root() {
         return;
     }
-    let (agent, _) = Agent::logged(&["--log.format=json"]);
+    let agent = Agent::logged(&["--log.format=json"]);
     let (pid, _) = scenario_env(&["masked"], &[("SCENARIO_COMM", "json-logs")]);
     let entry = findings_of(&agent, pid)
         .into_iter()

@@ -215,7 +215,6 @@ impl<S: FnMut(Output)> Stages<S> {
             let mut batch = Vec::with_capacity(BATCH);
             // Each process's socket fds, read once per batch.
             let mut fds: HashMap<u32, HashMap<u64, i32>> = HashMap::new();
-            let now = Instant::now();
             while batch.len() < BATCH
                 && let Some(item) = ring.next()
             {
@@ -227,7 +226,10 @@ impl<S: FnMut(Output)> Stages<S> {
                 if !self.selection.takes(&record) {
                     continue;
                 }
-                let process = self.attributor.attribute(&record.raw, now);
+                // Read per record: the cgroup tree is walked as of `now`,
+                // and a record made after the batch began (the agent
+                // stopped meanwhile) may name a cgroup created since.
+                let process = self.attributor.attribute(&record.raw, Instant::now());
                 let fd = fds
                     .entry(record.raw.tgid)
                     .or_insert_with(|| socket_fds(&process, record.raw.tgid))

@@ -17,7 +17,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{Context as _, Result};
 use axum::Router;
 use tokio::{
-    net::TcpListener,
+    net::{TcpListener, TcpSocket},
     signal::unix::{Signal, SignalKind, signal},
 };
 
@@ -86,6 +86,28 @@ fn telemetry_path(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// Connections the kernel may hold completed for us before we accept them.
+/// `TcpListener::bind` asks for 128: a burst of connections (a slowloris
+/// flood, many scrapers at once) overflows that, and the kernel then drops
+/// the SYNs (`tcp_conn_request` in net/ipv4/tcp_input.c), which the client
+/// retries only after a second: 650 connections took 4 s, and a scrape
+/// behind them a second more. The kernel caps it at net.core.somaxconn
+/// (4096 since Linux 5.4).
+const BACKLOG: u32 = 4096;
+
+/// The listen socket, as `TcpListener::bind` makes it (SO_REUSEADDR, so a
+/// restart binds while the old connections linger in TIME_WAIT) but with a
+/// backlog of [`BACKLOG`].
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(BACKLOG)
+}
+
 /// What every connection and request reads.
 struct Shared {
     config: reload::WebConfig,
@@ -117,9 +139,8 @@ impl Server {
             .clone()
             .filter(|f| !f.as_os_str().is_empty());
         let config = reload::WebConfig::load(file, args.listen, args.allow_remote)?;
-        let listener = TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener =
+            listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
