@@ -101,7 +101,7 @@ fn a_containerd_pod_is_named_in_findings_and_log_lines() {
         .log()
         .iter()
         .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|l: &Value| l["fields"]["container_id"] == buggy.id.as_str())
+        .filter(|l: &Value| l["container_id"] == buggy.id.as_str())
         .collect();
     assert_eq!(
         lines.len(),
@@ -109,12 +109,11 @@ fn a_containerd_pod_is_named_in_findings_and_log_lines() {
         "one log line per (process, kind): {lines:#?}"
     );
     for line in &lines {
-        let fields = &line["fields"];
-        assert_eq!(fields["container"], "nginx", "{line}");
-        assert_eq!(fields["image"], image, "{line}");
-        assert_eq!(fields["pod"], "web-0", "{line}");
-        assert_eq!(fields["namespace"], "shop", "{line}");
-        assert_eq!(fields["pod_uid"], shop.uid.as_str(), "{line}");
+        assert_eq!(line["container"], "nginx", "{line}");
+        assert_eq!(line["image"], image, "{line}");
+        assert_eq!(line["pod"], "web-0", "{line}");
+        assert_eq!(line["namespace"], "shop", "{line}");
+        assert_eq!(line["pod_uid"], shop.uid.as_str(), "{line}");
     }
 }
 
@@ -206,7 +205,7 @@ fn containers_that_exit_at_once_are_named() {
             assert_names(f, &buggy, &pod, "report", image);
             assert_eq!(
                 (&f["exe"], &f["exe_source"]),
-                (&"program".into(), &"kernel".into())
+                (&"/program".into(), &"kernel".into())
             );
         }
     }

@@ -12,7 +12,7 @@ use std::{
 use serde_json::Value;
 use support::{
     Agent, Log, PATIENCE, agent_bin, repo, require_root, scenario, scenario_alive, scenario_bin,
-    wait_timeout,
+    scenario_exe, wait_timeout,
 };
 
 fn unit() -> String {
@@ -37,7 +37,7 @@ fn systemd_unit_verifies() {
     let unit_path = dir.join("sockerr.service");
     std::fs::write(
         &unit_path,
-        unit().replace("/usr/local/bin/sockerr", agent_bin().to_str().unwrap()),
+        unit().replace("/usr/bin/sockerr", agent_bin().to_str().unwrap()),
     )
     .unwrap();
     let out = Command::new("systemd-analyze")
@@ -60,7 +60,7 @@ fn unit_command(web_config: &str, opts: &str) -> Command {
         .replace("${SOCKERR_WEB_CONFIG}", web_config)
         .replace("$SOCKERR_OPTS", opts);
     let mut words = exec.split_whitespace();
-    assert_eq!(words.next(), Some("/usr/local/bin/sockerr"));
+    assert_eq!(words.next(), Some("/usr/bin/sockerr"));
     let mut cmd = Command::new(agent_bin());
     cmd.args(words);
     cmd
@@ -100,7 +100,8 @@ fn run_with_caps(caps: &[String]) -> Result<Agent, String> {
         .arg(format!("--bounding-set=-all,{}", set.join(",")))
         .arg(agent_bin());
     // A record per finding: the latest one carries call sites.
-    let args = ["--findings.detail-interval=0s"];
+    // Probed at its first finding: the capabilities of call sites are used.
+    let args = ["--findings.detail-interval=0s", "--call-sites.delay=0s"];
     Agent::try_launch(setpriv, &args, Log::Capture, PATIENCE)
 }
 
@@ -206,10 +207,10 @@ fn runs_with_exactly_the_units_capabilities_and_each_is_needed() {
                 agent.barrier();
                 let found = agent.findings_of(pid);
                 assert_eq!(found.len(), 2, "masked, then I/O: {found:#?}");
-                // /proc/<pid>/exe is out of reach: the file name the kernel
-                // took stands in, and the finding says why.
+                // /proc/<pid>/exe is out of reach: the path the kernel
+                // walked stands in, and the finding says why.
                 for f in &found {
-                    assert_eq!(f["exe"], "sockerr-scenario", "{f}");
+                    assert_eq!(f["exe"], scenario_exe().as_str(), "{f}");
                     assert_eq!(f["exe_source"], "kernel", "{f}");
                     assert!(
                         f["exe_error"]

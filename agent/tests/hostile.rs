@@ -134,7 +134,7 @@ impl Started {
             let line = self
                 .log()
                 .into_iter()
-                .find(|l| l.contains("message=\"sockerr running\""))?;
+                .find(|l| l.contains("msg=\"sockerr running\""))?;
             line.split_whitespace()
                 .find_map(|f| f.strip_prefix("address="))?
                 .parse()

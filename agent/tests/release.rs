@@ -144,7 +144,10 @@ fn checksums_cover_every_artifact() {
         [
             "sockerr-0.1.0.linux-amd64.tar.gz",
             "sockerr_0.1.0-1_amd64.deb",
-            "sockerr-0.1.0.linux-amd64.oci.tar"
+            "sockerr-0.1.0.linux-amd64.oci.tar",
+            "sockerr-0.1.0.linux-arm64.tar.gz",
+            "sockerr_0.1.0-1_arm64.deb",
+            "sockerr-0.1.0.linux-arm64.oci.tar"
         ]
     );
     let out = Command::new("sha256sum")

@@ -366,16 +366,15 @@ fn handles_term_and_hup(pid: u32) -> bool {
 }
 
 /// The address in the agent's "sockerr running" line, logfmt
-/// (`message="sockerr running" address=127.0.0.1:9809 ...`) or JSON
-/// (`"fields":{"message":"sockerr running","address":"127.0.0.1:9809",...}`).
+/// (`msg="sockerr running" address=127.0.0.1:9809 ...`) or JSON
+/// (`{"msg":"sockerr running","address":"127.0.0.1:9809",...}`).
 fn running_address(line: &str) -> Option<SocketAddr> {
     if let Ok(json) = serde_json::from_str::<Value>(line) {
-        let fields = &json["fields"];
-        return (fields["message"] == "sockerr running")
-            .then(|| fields["address"].as_str()?.parse().ok())
+        return (json["msg"] == "sockerr running")
+            .then(|| json["address"].as_str()?.parse().ok())
             .flatten();
     }
-    if !line.contains(r#"message="sockerr running""#) {
+    if !line.contains(r#"msg="sockerr running""#) {
         return None;
     }
     line.split_whitespace()
@@ -390,12 +389,12 @@ mod tests {
 
     #[test]
     fn the_address_is_read_from_either_log_format() {
-        let logfmt = r#"ts=2025-01-01T00:00:00Z level=info target=sockerr message="sockerr running" address=[::1]:40123 path=/metrics"#;
+        let logfmt = r#"ts=2025-01-01T00:00:00Z level=info target=sockerr msg="sockerr running" address=[::1]:40123 path=/metrics"#;
         assert_eq!(
             running_address(logfmt),
             Some("[::1]:40123".parse().unwrap())
         );
-        let json = r#"{"timestamp":"x","level":"INFO","fields":{"message":"sockerr running","address":"127.0.0.1:9809","path":"/metrics"},"target":"sockerr"}"#;
+        let json = r#"{"ts":"x","level":"info","target":"sockerr","msg":"sockerr running","address":"127.0.0.1:9809","path":"/metrics"}"#;
         assert_eq!(
             running_address(json),
             Some("127.0.0.1:9809".parse().unwrap())

@@ -168,6 +168,13 @@ pub fn all() -> Result<()> {
     Ok(())
 }
 
+/// What building the release agent for `target` needs: its standard
+/// library and its Debian packages (the C toolchain).
+pub fn dist_target(target: &crate::dist::Target) -> Result<()> {
+    rust_target(target.triple)?;
+    debian_packages(target.packages)
+}
+
 /// cargo-deb, which `cargo xtask dist` makes the .deb with: the version
 /// the package metadata in agent/Cargo.toml is written for.
 const CARGO_DEB: &str = "3.8.0";
@@ -179,8 +186,7 @@ pub fn dist(targets: &[&crate::dist::Target]) -> Result<PathBuf> {
     build()?;
     println!("xtask setup: checking what release artifacts need");
     for target in targets {
-        rust_target(target.triple)?;
-        debian_packages(target.packages)?;
+        dist_target(target)?;
     }
     cargo_deb()
 }

@@ -191,6 +191,19 @@ impl Release {
     }
 }
 
+/// The static release agent for `arch` (Debian's name), as the release
+/// artifacts ship it: the kernel matrix boots it alone in every VM, which
+/// proves the artifacts run whatever the host's C library.
+pub fn static_agent(arch: &str) -> Result<PathBuf> {
+    let target = TARGETS
+        .iter()
+        .find(|t| t.arch == arch)
+        .with_context(|| format!("no release target for {arch}"))?;
+    setup::dist_target(target)?;
+    setup::export_path()?;
+    build(target)
+}
+
 /// Builds the agent for `target`; fails unless the result is static.
 fn build(target: &Target) -> Result<PathBuf> {
     println!(
