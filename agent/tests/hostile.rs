@@ -39,8 +39,8 @@ use base64::Engine as _;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use serde_json::Value;
 use support::{
-    Agent, Signal, agent_bin, eventually, http_get, repo, require_root, run_ok, sample, scenario,
-    scenario_bin, signal, stop,
+    Agent, Signal, agent_bin, bcrypt_hash, eventually, http_get, repo, require_root, run_ok,
+    sample, scenario, scenario_bin, signal, stop,
 };
 
 /// How long to wait for anything the agent should do: generous, for a
@@ -58,14 +58,9 @@ fn serial() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A scratch directory of this test binary.
+/// A fresh scratch directory of this test binary.
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("hostile-{}", std::process::id()))
-        .join(name);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    support::scratch("hostile", name)
 }
 
 /// The value of `series` in `metrics`, 0 when absent.
@@ -151,20 +146,6 @@ impl Drop for Started {
     }
 }
 
-/// `sockerr hash-password` of `password`.
-fn bcrypt_hash(password: &str) -> String {
-    let mut child = Command::new(agent_bin())
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 /// A web configuration of its own directory: basic auth, user `a` with
 /// password `a`, plain HTTP.
 fn basic_auth(name: &str) -> PathBuf {
@@ -180,12 +161,7 @@ fn pki() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = scratch("pki");
-        let openssl = |args: &[&str]| {
-            run_ok(
-                Command::new("openssl").args(args).current_dir(&dir),
-                &format!("openssl {args:?} (cargo xtask setup installs it)"),
-            );
-        };
+        let openssl = |args: &[&str]| support::openssl(&dir, args);
         let ec = [
             "-newkey",
             "ec",

@@ -10,25 +10,20 @@ use std::{
     io::{ErrorKind, Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     sync::OnceLock,
     thread,
     time::{Duration, Instant},
 };
 
 use support::{
-    Agent, Log, PATIENCE, Prometheus, agent_bin, eventually, raw_response, require_root, run_ok,
-    sample,
+    Agent, Log, PATIENCE, Prometheus, agent_bin, bcrypt_hash, eventually, raw_response,
+    require_root, sample,
 };
 
-/// A scratch directory of this test binary.
+/// A fresh scratch directory of this test binary.
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("web-{}", std::process::id()))
-        .join(name);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    support::scratch("web", name)
 }
 
 /// A test CA, a server certificate for 127.0.0.1, ::1 and localhost, a
@@ -38,12 +33,7 @@ fn pki() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = scratch("pki");
-        let openssl = |args: &[&str]| {
-            run_ok(
-                Command::new("openssl").args(args).current_dir(&dir),
-                &format!("openssl {args:?} (cargo xtask setup installs it)"),
-            );
-        };
+        let openssl = |args: &[&str]| support::openssl(&dir, args);
         let key = |name: &str| {
             openssl(&[
                 "genpkey",
@@ -117,20 +107,6 @@ fn pki() -> &'static Path {
 
 fn pki_file(name: &str) -> String {
     pki().join(name).to_str().unwrap().to_owned()
-}
-
-/// `sockerr hash-password` of `password`.
-fn bcrypt_hash(password: &str) -> String {
-    let mut child = Command::new(agent_bin())
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// `sockerr run` with `args`, its log kept.

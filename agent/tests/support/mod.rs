@@ -6,7 +6,12 @@
 
 pub mod container;
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
 
 pub use sockerr_testkit::*;
 
@@ -32,4 +37,37 @@ pub fn build_evhttp_client() -> PathBuf {
         .expect("running gcc (cargo xtask setup installs gcc and libevent-dev)");
     assert!(status.success(), "compiling {}", src.display());
     out
+}
+
+/// A fresh scratch directory `name` of this test binary (`binary`: its
+/// name, e.g. `web`), under cargo's target tmpdir.
+pub fn scratch(binary: &str, name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{binary}-{}", std::process::id()))
+        .join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `openssl ARGS` in `dir`, which must succeed.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    run_ok(
+        Command::new("openssl").args(args).current_dir(dir),
+        &format!("openssl {args:?} (cargo xtask setup installs it)"),
+    );
+}
+
+/// The bcrypt hash of `password`, from `sockerr hash-password`.
+pub fn bcrypt_hash(password: &str) -> String {
+    let mut child = Command::new(agent_bin())
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
