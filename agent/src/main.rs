@@ -28,8 +28,19 @@ use crate::{
     pipeline::{attribution, callsites, cgroups, containers, table},
 };
 
+/// `sockerr --version`: the release, the commit it was built from (see
+/// build.rs) and the target it was built for.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("SOCKERR_REVISION"),
+    ", ",
+    env!("SOCKERR_TARGET"),
+    ")"
+);
+
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,6 +95,10 @@ struct ProbeArgs {
     call_sites: CallSiteArgs,
     #[command(flatten)]
     containers: ContainerArgs,
+    /// The node's name in findings (`node`). The DaemonSet sets NODE_NAME
+    /// from the pod's spec.nodeName. Default: the host's name.
+    #[arg(long = "findings.node-name", env = "NODE_NAME", value_name = "NAME")]
+    node_name: Option<String>,
 }
 
 #[derive(Args)]
@@ -91,10 +106,14 @@ struct RunArgs {
     #[command(flatten)]
     web: web::WebArgs,
     /// How long a flagged process stays in /findings and sockerr_flagged_processes.
-    #[arg(long, default_value = "15m", value_parser = parse::positive_duration)]
+    /// (Formerly --retention.)
+    #[arg(long = "findings.retention", alias = "retention", default_value = "15m",
+          value_parser = parse::positive_duration)]
     retention: Duration,
-    /// Most flagged processes kept; the least recently seen are dropped first.
-    #[arg(long = "max-processes", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Most flagged processes kept; the least recently seen are dropped
+    /// first. (Formerly --max-processes.)
+    #[arg(long = "findings.max-processes", alias = "max-processes", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
     max_processes: u32,
     /// Distinct comm label values in metrics; the rest are reported as
     /// "(over max-comms)", which no process's name can be.
@@ -164,8 +183,14 @@ struct KernelArgs {
 #[derive(Args)]
 struct CallSiteArgs {
     /// Where findings' call sites come from: uprobes on the C library of
-    /// each flagged process from its first finding on, of every process, or none.
-    #[arg(long = "call-sites", value_enum, default_value = "flagged")]
+    /// each flagged process from its first finding on, of every process, or
+    /// none. Uprobes need CAP_SYS_ADMIN. (Formerly --call-sites.)
+    #[arg(
+        long = "call-sites.mode",
+        alias = "call-sites",
+        value_enum,
+        default_value = "flagged"
+    )]
     mode: callsites::uprobes::Mode,
     /// Most processes instrumented with call-site uprobes at once.
     #[arg(long = "call-sites.max-processes", default_value_t = 64)]
@@ -198,10 +223,12 @@ struct TraceArgs {
     /// Print JSON lines instead of human-readable lines.
     #[arg(long)]
     json: bool,
-    /// Only findings of these processes (repeatable).
+    /// Only findings of these processes (repeatable); no other process is
+    /// instrumented for call sites.
     #[arg(long)]
     pid: Vec<u32>,
-    /// Only findings of processes with these comms (repeatable).
+    /// Only findings of processes with these comms (repeatable); no other
+    /// process is instrumented for call sites.
     #[arg(long)]
     comm: Vec<String>,
     /// Also print the captured user stack of each call site.
@@ -314,6 +341,7 @@ async fn run(args: RunArgs, global: Vec<String>) -> Result<()> {
         &options,
         &args.probes,
         Duration::from_secs(1),
+        pipeline::Selection::default(),
         Some(&args.web.server_user),
     )?;
     // Everything is loaded: a SIGHUP that came meanwhile, held back, goes
@@ -356,6 +384,7 @@ async fn run(args: RunArgs, global: Vec<String>) -> Result<()> {
         metrics: server_metrics,
         setup: args.web.setup(),
     };
+    let shutdown = shutdown()?;
     let mut supervisor = serving::Supervisor::start(
         listener,
         args.web.server_user.clone(),
@@ -368,7 +397,7 @@ async fn run(args: RunArgs, global: Vec<String>) -> Result<()> {
         result = supervisor.run() => result?,
         result = pipeline.ended() => result.context("event pipeline")?,
         () = periodic => {}
-        () = shutdown() => {}
+        () = shutdown => {}
     }
     supervisor.stop().await;
     // The pipeline owns the programs: stopping it detaches and unloads
@@ -395,6 +424,12 @@ async fn periodic(state: state::State, summaries: Duration) {
 }
 
 async fn trace(args: TraceArgs) -> Result<()> {
+    // Records of other processes are dropped before anything is done with
+    // them: they are neither attributed nor instrumented.
+    let selection = pipeline::Selection {
+        pids: args.pid.clone(),
+        comms: args.comm.clone(),
+    };
     let started = start(
         &args
             .probes
@@ -402,25 +437,44 @@ async fn trace(args: TraceArgs) -> Result<()> {
             .options(Duration::ZERO, kernel::Counted::default()),
         &args.probes,
         Duration::ZERO,
+        selection,
         None,
     )?;
+    let shutdown = shutdown()?;
     let _ = writeln!(io::stderr(), "sockerr: tracing; Ctrl-C to stop");
     // A reader that goes away (`sockerr trace | head -1`) ends the trace,
     // the probes detached as on Ctrl-C.
     let (gone, reader_gone) = tokio::sync::oneshot::channel::<()>();
     let mut gone = Some(gone);
     let mut stdout = io::stdout();
+    // Counts and first/last seen as `run` keeps them, so that a line of
+    // `--json` is the process's /findings entry.
+    let mut findings = table::Findings::new(10_000, Duration::from_secs(15 * 60));
     let mut pipeline = pipeline::Running::spawn(started.pipeline, move |output| {
-        let pipeline::Output::Finding { finding: f, .. } = output else {
+        let now = std::time::Instant::now();
+        let (pid, kind) = match output {
+            pipeline::Output::Finding {
+                finding,
+                start_boot_ns,
+                tally,
+            } => {
+                let key = (finding.pid, finding.kind);
+                findings.record(*finding, start_boot_ns, tally, now);
+                key
+            }
+            pipeline::Output::Tally {
+                pid,
+                kind,
+                read,
+                last,
+            } => return findings.tally(pid, kind, read, last, now),
+        };
+        let Some(view) = findings.latest_view(pid, kind) else {
             return;
         };
-        if (!args.pid.is_empty() && !args.pid.contains(&f.pid))
-            || (!args.comm.is_empty() && !args.comm.contains(&f.comm))
-        {
-            return;
-        }
+        let f = view.finding;
         let line = if args.json {
-            serde_json::to_string(&f).expect("serializable")
+            serde_json::to_string(&view).expect("serializable")
         } else if args.stacks {
             format!("{}\n{}", f.human(), f.call_sites.stacks(&f.so_error_reads))
         } else {
@@ -437,7 +491,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
     })?;
     tokio::select! {
         result = pipeline.ended() => result?,
-        () = shutdown() => {}
+        () = shutdown => {}
         _ = reader_gone => {}
     }
     Ok(())
@@ -453,11 +507,14 @@ struct Started {
 /// Checks the host, loads and attaches the probes, and drops the
 /// capabilities that needed (keeping those of per-process uprobes, and of
 /// starting the web server as `server`, when there is one).
-/// `delay_default`: the call-site delay when `--call-sites.delay` is not given.
+/// `delay_default`: the call-site delay when `--call-sites.delay` is not
+/// given; `selection`: the processes whose records are handled (trace's
+/// `--pid`, `--comm`).
 fn start(
     options: &kernel::Options,
     args: &ProbeArgs,
     delay_default: Duration,
+    selection: pipeline::Selection,
     server: Option<&privileges::ServerUser>,
 ) -> Result<Started> {
     let (call_sites, containers) = (&args.call_sites, &args.containers);
@@ -478,9 +535,14 @@ fn start(
     }
     drop(btf);
     // Loading parsed the kernel's BTF (megabytes, now freed): hand that
-    // memory back to the system instead of keeping it in the heap.
+    // memory back to the system instead of keeping it in the heap. (musl's
+    // allocator, of the static release build, gives freed pages back by
+    // itself and has no malloc_trim.)
+    #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim has no preconditions.
-    unsafe { libc::malloc_trim(0) };
+    unsafe {
+        libc::malloc_trim(0)
+    };
     let maps = kernel.take_maps()?;
     let locator = callsites::Locator::new(
         &mut kernel,
@@ -497,13 +559,20 @@ fn start(
     )?;
     let cgroups = cgroups::CgroupNames::new(proc::cgroup2_root().ok());
     let containers = containers::Containers::new(containers.root.clone());
+    let node: Option<Arc<str>> = args
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .or_else(proc::hostname)
+        .map(Into::into);
     Ok(Started {
         pipeline: pipeline::Pipeline {
             kernel,
             ring: maps.findings,
             tallies: maps.tallies,
             locator,
-            attributor: attribution::Attributor::new(cgroups.clone(), containers.clone()),
+            attributor: attribution::Attributor::new(cgroups.clone(), containers.clone(), node),
+            selection,
         },
         sampler: sampler::Sampler::new(
             maps.counters,
@@ -526,9 +595,11 @@ fn log_attached(attached: &kernel::Attached) {
         .filter_map(|(p, r)| r.as_ref().ok().map(|h| format!("{}={}", p.name, h.attach)))
         .collect();
     tracing::info!(hooks = hooks.join(" "), "probes attached");
+    // Only optional probes can be missing here (a required one stops the
+    // agent): a fact about this kernel, not a fault.
     for (probe, result) in attached.iter() {
         if let Err(why) = result {
-            tracing::warn!(
+            tracing::info!(
                 probe = probe.name,
                 "not observed on this kernel: {} ({why})",
                 probe.observes
@@ -537,15 +608,20 @@ fn log_attached(attached: &kernel::Attached) {
     }
 }
 
-/// SIGINT or SIGTERM.
-async fn shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
+/// Completes on SIGINT or SIGTERM. Both handlers are in place when this
+/// returns, not when the future is first polled: a signal right after the
+/// agent says it runs must stop it cleanly, not kill it.
+fn shutdown() -> Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    })
 }
 
 #[cfg(test)]
@@ -562,7 +638,7 @@ mod tests {
     #[test]
     fn zero_durations_are_refused() {
         for args in [
-            &["--retention", "0"][..],
+            &["--findings.retention", "0"][..],
             &["--retention", "0s"],
             &["--web.header-timeout", "0ms"],
             &["--web.idle-timeout", "0"],
@@ -573,5 +649,38 @@ mod tests {
             assert!(err.to_string().contains("must be more than 0"), "{err}");
         }
         assert!(Cli::try_parse_from(["sockerr", "run", "--retention", "1s"]).is_ok());
+    }
+
+    /// The flags renamed into their namespaces still take their old names,
+    /// which `--help` no longer shows.
+    #[test]
+    fn old_flag_names_are_hidden_aliases() {
+        for (old, new) in [
+            ("--retention=5m", "--findings.retention=5m"),
+            ("--max-processes=7", "--findings.max-processes=7"),
+            ("--call-sites=off", "--call-sites.mode=off"),
+        ] {
+            for flag in [old, new] {
+                assert!(
+                    Cli::try_parse_from(["sockerr", "run", flag]).is_ok(),
+                    "{flag} refused"
+                );
+            }
+            let mut run = <Cli as clap::CommandFactory>::command();
+            let help = run
+                .find_subcommand_mut("run")
+                .unwrap()
+                .render_long_help()
+                .to_string();
+            let name = old.split('=').next().unwrap();
+            assert!(
+                help.contains(new.split('=').next().unwrap())
+                    && !help
+                        .lines()
+                        .any(|l| l.trim_start().starts_with(&format!("{name} "))
+                            || l.trim_start().starts_with(&format!("{name}="))),
+                "{help}"
+            );
+        }
     }
 }

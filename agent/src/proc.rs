@@ -176,6 +176,20 @@ pub fn alive(pid: u32) -> bool {
     Process::new(pid as i32).is_ok_and(|p| p.is_alive())
 }
 
+/// Whether this host has IPv6 (`ipv6.disable=1` leaves no
+/// /proc/net/if_inet6).
+pub fn ipv6_enabled() -> bool {
+    std::path::Path::new("/proc/net/if_inet6").exists()
+}
+
+/// The host's name, for findings' `node` when none is given.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
 /// Clock ticks per second, the unit of [`Proc::start_ticks`].
 fn ticks_per_second() -> u64 {
     procfs::ticks_per_second()
@@ -311,11 +325,7 @@ mod tests {
         );
         assert!(own.resident_bytes > 0 && own.open_fds > 2, "{own:?}");
         assert!(usage.open_fds > 2 && usage.resident_bytes > 0 && usage.cpu_seconds >= 0.0);
-        assert!(
-            me.max_fds()
-                .unwrap()
-                .is_some_and(|n| n as u64 >= usage.open_fds)
-        );
+        assert!(me.max_fds().unwrap().is_some_and(|n| n >= usage.open_fds));
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

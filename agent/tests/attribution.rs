@@ -4,9 +4,9 @@
 
 mod support;
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
-use support::{Agent, eventually, require_root, run_program, scenario, scenario_bin, scenario_exe};
+use support::{Agent, require_root, run_program, scenario, scenario_bin, scenario_exe};
 
 fn own_cgroup() -> String {
     procfs::process::Process::myself()
@@ -18,17 +18,16 @@ fn own_cgroup() -> String {
         .expect("a cgroup v2 path")
 }
 
-/// Each pid's findings, once all of them arrived.
+/// Each pid's findings, once all of them arrived: two kinds each, masked,
+/// then I/O after it.
 fn findings_of(agent: &Agent, pids: &[u32]) -> Vec<serde_json::Value> {
-    eventually(Duration::from_secs(15), "every process's findings", || {
-        let found: Vec<_> = agent
-            .findings()
-            .into_iter()
-            .filter(|f| pids.iter().any(|p| f["pid"] == *p))
-            .collect();
-        // Two kinds each: masked, then I/O after it.
-        (found.len() == 2 * pids.len()).then_some(found)
-    })
+    agent.barrier();
+    let found: Vec<_> = pids
+        .iter()
+        .flat_map(|&pid| agent.findings_of(pid))
+        .collect();
+    assert_eq!(found.len(), 2 * pids.len(), "{found:#?}");
+    found
 }
 
 #[test]

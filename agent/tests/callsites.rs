@@ -11,13 +11,12 @@ use std::{
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc,
     thread,
-    time::Duration,
 };
 
 use serde_json::Value;
 use support::{
-    Tracer, agent_bin, build_evhttp_client, http_server, require_root, run_program, scenario,
-    scenario_bin, scenario_exe, stop,
+    PATIENCE, Tracer, agent_bin, build_evhttp_client, http_server, require_root, run_program,
+    scenario, scenario_bin, scenario_env, scenario_exe, stop, wait_timeout,
 };
 
 /// The function named at a read's call site.
@@ -34,18 +33,27 @@ fn read_module(finding: &Value, read: usize) -> &str {
 }
 
 /// Whether the kernel set up uprobe trampolines in a process: it maps
-/// `[uprobes]` the first time one of its uprobes fires.
+/// `[uprobes]` the first time one of its uprobes fires. The process must
+/// be alive (the maps of one that exited read empty).
 fn has_uprobes_mapped(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/maps"))
-        .expect("the process is still running")
-        .contains("[uprobes]")
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).expect("the process is alive");
+    assert!(
+        !maps.is_empty(),
+        "process {pid} has exited: no maps to read"
+    );
+    maps.contains("[uprobes]")
 }
 
-/// `repeat buggy N stdin`: one masked attempt now, then one more per line
+/// `repeat buggy|correct N stdin`: one attempt now, then one more per line
 /// written to the returned pipe.
-fn stepped(program: impl AsRef<OsStr>, attempts: u32, env: &[(&str, &str)]) -> (Child, ChildStdin) {
+fn stepped(
+    program: impl AsRef<OsStr>,
+    mode: &str,
+    attempts: u32,
+    env: &[(&str, &str)],
+) -> (Child, ChildStdin) {
     let mut child = Command::new(program)
-        .args(["repeat", "buggy", &attempts.to_string(), "stdin"])
+        .args(["repeat", mode, &attempts.to_string(), "stdin"])
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -61,24 +69,23 @@ fn reads_named_by_the_functions_that_made_them() {
         return;
     }
     let tracer = Tracer::start();
-    // The clean twin runs alongside, alive after its last call: never
-    // flagged, so never probed.
-    let mut clean = Command::new(scenario_bin())
-        .args(["repeat", "correct", "10", "100"])
-        .env("SCENARIO_LINGER_MS", "3000")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
     // Each attempt once the agent has handled the previous one: what the
     // agent decides (instrument, detach) is in place before the next.
-    let (mut buggy, mut stdin) = stepped(scenario_bin(), 10, &[]);
+    let (mut buggy, mut stdin) = stepped(scenario_bin(), "buggy", 10, &[]);
     let pid = buggy.id();
+    // The clean twin makes its attempts alongside, alive after its last
+    // one until the end: never flagged, so never probed.
+    let linger = [("SCENARIO_LINGER_MS", "stdin")];
+    let (mut clean, mut twin_stdin) = stepped(scenario_bin(), "correct", 10, &linger);
+    let twin = clean.id();
     for n in 1..10 {
-        assert_eq!(tracer.wait_for(pid, n, Duration::from_secs(10)).len(), n);
+        assert_eq!(tracer.wait_for(pid, n).len(), n);
         writeln!(stdin).unwrap();
+        writeln!(twin_stdin).unwrap();
     }
-    assert!(buggy.wait().unwrap().success());
-    let found = tracer.wait_for(pid, 10, Duration::from_secs(10));
+    assert!(wait_timeout(&mut buggy, PATIENCE).unwrap().success());
+    tracer.barrier();
+    let found = tracer.of(pid);
     assert_eq!(found.len(), 10, "one finding per attempt");
     assert!(
         found[0]["call_sites"]["note"]
@@ -129,11 +136,12 @@ fn reads_named_by_the_functions_that_made_them() {
         "{notes:?}"
     );
     assert!(
-        !has_uprobes_mapped(clean.id()),
+        !has_uprobes_mapped(twin),
         "a process that was never flagged must not pay for uprobes"
     );
-    assert!(clean.wait().unwrap().success());
-    assert!(tracer.of(clean.id()).is_empty());
+    drop(twin_stdin);
+    assert!(wait_timeout(&mut clean, PATIENCE).unwrap().success());
+    assert!(tracer.of(twin).is_empty());
 }
 
 /// The flagged process is probed (so the twin's check above can fail).
@@ -143,13 +151,20 @@ fn a_flagged_process_gets_uprobes() {
         return;
     }
     let tracer = Tracer::start();
-    let (mut child, mut stdin) = stepped(scenario_bin(), 2, &[("SCENARIO_LINGER_MS", "2000")]);
+    // Alive after its second attempt until its stdin closes.
+    let (mut child, mut stdin) = stepped(
+        scenario_bin(),
+        "buggy",
+        2,
+        &[("SCENARIO_LINGER_MS", "stdin")],
+    );
     let pid = child.id();
-    assert_eq!(tracer.wait_for(pid, 1, Duration::from_secs(5)).len(), 1);
+    assert_eq!(tracer.wait_for(pid, 1).len(), 1);
     writeln!(stdin).unwrap();
-    assert_eq!(tracer.wait_for(pid, 2, Duration::from_secs(5)).len(), 2);
+    assert_eq!(tracer.wait_for(pid, 2).len(), 2);
     assert!(has_uprobes_mapped(pid));
-    assert!(child.wait().unwrap().success());
+    drop(stdin);
+    assert!(wait_timeout(&mut child, PATIENCE).unwrap().success());
 }
 
 /// libevent's evhttp reads SO_ERROR twice on success: both reads are named
@@ -170,8 +185,9 @@ fn libevent_reads_named_by_its_modules() {
         5,
         "{out:?}"
     );
-    let found = tracer.wait_for(pid, 5, Duration::from_secs(10));
-    assert_eq!(found.len(), 5);
+    tracer.barrier();
+    let found = tracer.of(pid);
+    assert_eq!(found.len(), 5, "{found:#?}");
     for f in &found[1..] {
         assert_eq!(f["kind"], "so_error_reread");
         assert!(read_module(f, 0).contains("libevent"), "{f:#}");
@@ -199,17 +215,18 @@ fn exited_process_keeps_modules_and_addresses() {
     let copy = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("short-lived-client");
     fs::copy(scenario_bin(), &copy).unwrap();
     let tracer = Tracer::start();
-    let (mut child, mut stdin) = stepped(&copy, 3, &[]);
+    let (mut child, mut stdin) = stepped(&copy, "buggy", 3, &[]);
     let pid = child.id();
-    assert_eq!(tracer.wait_for(pid, 1, Duration::from_secs(5)).len(), 1);
+    assert_eq!(tracer.wait_for(pid, 1).len(), 1);
     tracer.pause();
     writeln!(stdin).unwrap();
     writeln!(stdin).unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(wait_timeout(&mut child, PATIENCE).unwrap().success());
     fs::remove_file(&copy).unwrap();
     tracer.resume();
-    let found = tracer.wait_for(pid, 3, Duration::from_secs(10));
-    assert_eq!(found.len(), 3);
+    tracer.barrier();
+    let found = tracer.of(pid);
+    assert_eq!(found.len(), 3, "{found:#?}");
     for f in &found[1..] {
         for read in 0..2 {
             let at = &f["call_sites"]["so_error_reads"][read]["at"];
@@ -234,12 +251,21 @@ fn trace_prints_stacks_of_the_chosen_comm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Its log, read to the end (a pipe left unread would fill), and when
+    // it says so, the probes are attached.
+    let (attached, banner) = mpsc::channel();
     let stderr = BufReader::new(trace.stderr.take().unwrap());
-    for line in stderr.lines() {
-        if line.unwrap().contains("tracing; Ctrl-C to stop") {
-            break;
+    thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("sockerr: {line}");
+            if line.contains("tracing; Ctrl-C to stop") {
+                let _ = attached.send(());
+            }
         }
-    }
+    });
+    banner
+        .recv_timeout(PATIENCE)
+        .expect("sockerr trace to attach");
     let (tx, rx) = mpsc::channel();
     let stdout = BufReader::new(trace.stdout.take().unwrap());
     thread::spawn(move || {
@@ -249,15 +275,30 @@ fn trace_prints_stacks_of_the_chosen_comm() {
             .for_each(|l| drop(tx.send(l)))
     });
     // Another comm, flagged meanwhile: filtered out.
-    let (_, other) = scenario(&["masked"]);
-    assert!(other.status.success());
+    let (other, out) = scenario(&["masked"]);
+    assert!(out.status.success());
     // Each attempt once the previous one was printed: instrumenting the
     // process is in place before the next.
-    let (mut child, mut stdin) = stepped(scenario_bin(), 4, &[("SCENARIO_COMM", "stacks-test")]);
+    let (mut child, mut stdin) = stepped(
+        scenario_bin(),
+        "buggy",
+        4,
+        &[("SCENARIO_COMM", "stacks-test")],
+    );
+    let pid = child.id();
     let mut lines = Vec::new();
     let mut printed = 0;
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(3)) {
-        if line.contains(" so_error_masked ") {
+    let next = |lines: &[String]| {
+        rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
+            panic!(
+                "no line from sockerr trace within {PATIENCE:?}; so far:\n{}",
+                lines.join("\n")
+            )
+        })
+    };
+    while printed < 4 {
+        let line = next(&lines);
+        if line.contains(" so_error_masked ") && line.contains(&format!(" pid={pid} ")) {
             printed += 1;
             if printed < 4 {
                 writeln!(stdin).unwrap();
@@ -265,18 +306,31 @@ fn trace_prints_stacks_of_the_chosen_comm() {
         }
         lines.push(line);
     }
-    assert!(child.wait().unwrap().success());
+    assert!(wait_timeout(&mut child, PATIENCE).unwrap().success());
+    // Then a barrier of the same comm: once its finding is printed, the
+    // fourth's stacks before it are too.
+    let (barrier, out) = scenario_env(&["masked"], &[("SCENARIO_COMM", "stacks-test")]);
+    assert!(out.status.success());
+    loop {
+        let line = next(&lines);
+        let done = line.contains(&format!(" pid={barrier} "));
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
     stop(&mut trace);
     let text = lines.join("\n");
     let findings: Vec<_> = lines
         .iter()
-        .filter(|l| l.contains(" so_error_masked "))
+        .filter(|l| l.contains(" so_error_masked ") && l.contains(&format!(" pid={pid} ")))
         .collect();
     assert_eq!(findings.len(), 4, "{text}");
     assert!(
         findings.iter().all(|l| l.contains("comm=\"stacks-test\"")),
         "{text}"
     );
+    assert!(!text.contains(&format!(" pid={other} ")), "{text}");
     // Findings 2-4: a block per call site, innermost frame first.
     let read2 = lines.iter().filter(|l| l.trim() == "read 2 (0):").count();
     assert_eq!(read2, 3, "{text}");

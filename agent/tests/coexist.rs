@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use support::{Agent, Tracer, require_root, scenario_env};
 
 #[test]
@@ -20,7 +18,7 @@ fn a_trace_next_to_the_daemon_and_the_daemon_both_see_every_finding() {
     let (pid, out) = scenario_env(&["masked"], &[("SCENARIO_COMM", "coexist")]);
     assert!(out.status.success());
     let mut traced: Vec<String> = tracer
-        .wait_for(pid, 2, Duration::from_secs(60))
+        .wait_for(pid, 2)
         .iter()
         .map(|f| f["kind"].as_str().unwrap_or_default().to_owned())
         .collect();

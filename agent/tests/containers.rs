@@ -7,11 +7,9 @@
 
 mod support;
 
-use std::time::Duration;
-
 use serde_json::Value;
 use support::{
-    Agent, Tracer, closed_port,
+    Agent, PATIENCE, Tracer, closed_port,
     container::{CgroupDriver, Container, HostRoot, Pod, Runtime, Spec, so_error_client},
     require_root,
 };
@@ -64,7 +62,7 @@ fn a_containerd_pod_is_named_in_findings_and_log_lines() {
         return;
     }
     let host = HostRoot::new("containerd");
-    let (agent, log) = Agent::logged(&["--log.format=json", &host.flag()]);
+    let agent = Agent::logged(&["--log.format=json", &host.flag()]);
     let port = closed_port();
     let (shop, twin) = (Pod::new("shop", "web-0"), Pod::new("shop", "web-1"));
     let image = "docker.io/library/nginx:1.22";
@@ -99,12 +97,11 @@ fn a_containerd_pod_is_named_in_findings_and_log_lines() {
     }
     assert_eq!(of(&clean), Vec::<Value>::new(), "the clean twin");
 
-    let lines: Vec<Value> = log
-        .lock()
-        .unwrap()
+    let lines: Vec<Value> = agent
+        .log()
         .iter()
         .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|l: &Value| l["fields"]["container_id"] == buggy.id.as_str())
+        .filter(|l: &Value| l["container_id"] == buggy.id.as_str())
         .collect();
     assert_eq!(
         lines.len(),
@@ -112,12 +109,11 @@ fn a_containerd_pod_is_named_in_findings_and_log_lines() {
         "one log line per (process, kind): {lines:#?}"
     );
     for line in &lines {
-        let fields = &line["fields"];
-        assert_eq!(fields["container"], "nginx", "{line}");
-        assert_eq!(fields["image"], image, "{line}");
-        assert_eq!(fields["pod"], "web-0", "{line}");
-        assert_eq!(fields["namespace"], "shop", "{line}");
-        assert_eq!(fields["pod_uid"], shop.uid.as_str(), "{line}");
+        assert_eq!(line["container"], "nginx", "{line}");
+        assert_eq!(line["image"], image, "{line}");
+        assert_eq!(line["pod"], "web-0", "{line}");
+        assert_eq!(line["namespace"], "shop", "{line}");
+        assert_eq!(line["pod_uid"], shop.uid.as_str(), "{line}");
     }
 }
 
@@ -198,18 +194,18 @@ fn containers_that_exit_at_once_are_named() {
         // Its findings, named or not: the program's, to this test's port
         // (the other tests run the same program in containers meanwhile).
         let remote = format!("127.0.0.1:{port}");
-        let mut found = tracer.wait_matching(
-            |f| f["comm"] == "program" && f["remote"] == remote.as_str(),
-            2 * (n + 1),
-            Duration::from_secs(10),
-        );
-        let found = found.split_off(found.len().min(2 * n));
+        let mine = |f: &Value| f["comm"] == "program" && f["remote"] == remote.as_str();
+        tracer.wait_matching(&format!("the program to {remote}"), mine, 2 * (n + 1));
+        tracer.barrier();
+        let mut found = tracer.matching(mine);
+        assert_eq!(found.len(), 2 * (n + 1), "{job}: {found:#?}");
+        let found = found.split_off(2 * n);
         assert_eq!(kinds(&found), [IO, MASKED], "{job}: {found:#?}");
         for f in &found {
             assert_names(f, &buggy, &pod, "report", image);
             assert_eq!(
                 (&f["exe"], &f["exe_source"]),
-                (&"program".into(), &"kernel".into())
+                (&"/program".into(), &"kernel".into())
             );
         }
     }
@@ -233,18 +229,26 @@ fn pod_labels_on_metrics_stay_within_the_cap() {
     let pods: Vec<Pod> = (0..6)
         .map(|i| Pod::new("shop", &format!("web-{i}")))
         .collect();
-    for pod in &pods {
-        let spec = Spec {
-            runtime: Runtime::Containerd,
-            driver: CgroupDriver::Cgroupfs,
-            pod,
-            name: "nginx",
-            image: "docker.io/library/nginx:1.22",
-            program: so_error_client(),
-            args: client(port, "masked", 0),
-        };
-        run(&Container::new(&host, &spec));
-    }
+    // Kept (stopped, as a runtime keeps them until it handles the exit)
+    // until counted: deleting one removes its cgroup, and the agent names
+    // the pod from the cgroup, whenever it gets to the finding.
+    let _containers: Vec<Container> = pods
+        .iter()
+        .map(|pod| {
+            let spec = Spec {
+                runtime: Runtime::Containerd,
+                driver: CgroupDriver::Cgroupfs,
+                pod,
+                name: "nginx",
+                image: "docker.io/library/nginx:1.22",
+                program: so_error_client(),
+                args: client(port, "masked", 0),
+            };
+            let container = Container::new(&host, &spec);
+            run(&container);
+            container
+        })
+        .collect();
     let series = |metrics: &str| -> Vec<String> {
         metrics
             .lines()
@@ -252,7 +256,7 @@ fn pod_labels_on_metrics_stay_within_the_cap() {
             .map(str::to_owned)
             .collect()
     };
-    let masked = support::eventually(Duration::from_secs(15), "six pods counted", || {
+    let masked = support::eventually(PATIENCE, "six pods counted", || {
         let lines = series(&agent.metrics());
         let total: f64 = lines
             .iter()

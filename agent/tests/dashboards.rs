@@ -4,11 +4,11 @@
 
 mod support;
 
-use std::{collections::HashSet, process::Command, thread, time::Duration};
+use std::{collections::HashSet, process::Command};
 
 use serde_json::Value;
 use support::{
-    Agent, Prometheus, closed_port,
+    Agent, PATIENCE, Prometheus, closed_port,
     container::{CgroupDriver, Container, HostRoot, Pod, Runtime, Spec, so_error_client},
     eventually, repo, require_root, run_ok, scenario,
 };
@@ -135,7 +135,7 @@ fn every_panel_query_works_against_a_scraped_agent() {
     let job = |name: &str, agent: &Agent| {
         format!(
             "  - job_name: {name}\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-            agent.port
+            agent.port()
         )
     };
     let prom = Prometheus::start(&(job("pods", &labelled) + &job("plain", &plain)));
@@ -162,23 +162,22 @@ fn every_panel_query_works_against_a_scraped_agent() {
     ] {
         assert!(scenario(args).1.status.success());
     }
-    eventually(
-        Duration::from_secs(30),
-        "both jobs' findings scraped",
-        || {
-            let scraped = |q: &str| !prom.query(q).is_empty();
-            (scraped(r#"sockerr_findings_total{job="pods",namespace="shop",pod="web-0"}"#)
-                && scraped(r#"sockerr_findings_total{job="plain",kind="so_error_masked"}"#))
-            .then_some(())
-        },
-    );
-    // Two more scrapes, so that rates have two points.
-    thread::sleep(Duration::from_millis(2500));
+    // Both jobs' findings scraped twice, so that rates have two points.
+    eventually(PATIENCE, "both jobs' findings scraped twice", || {
+        let twice = |series: &str| {
+            prom.query(&format!("count_over_time({series}[5m])"))
+                .iter()
+                .any(|s| s["value"][1].as_str().is_some_and(|n| n != "1"))
+        };
+        (twice(r#"sockerr_findings_total{job="pods",namespace="shop",pod="web-0"}"#)
+            && twice(r#"sockerr_findings_total{job="plain",kind="so_error_masked"}"#))
+        .then_some(())
+    });
 
     let d = dashboard();
     for (job, agent) in [("pods", &labelled), ("plain", &plain)] {
         let exposition = agent.get("/metrics").1;
-        let instance = format!("127.0.0.1:{}", agent.port);
+        let instance = agent.address.to_string();
         let substitute = |expr: &str| {
             expr.replace("$__rate_interval", "30s")
                 .replace("$__range", "5m")

@@ -4,13 +4,16 @@
 mod support;
 
 use std::{
+    io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
 };
 
-use support::{Agent, agent_bin, closed_port, http_get, repo, require_root, scenario_env, stop};
+use serde_json::Value;
+use support::{
+    Agent, Log, PATIENCE, agent_bin, repo, require_root, scenario, scenario_alive, scenario_bin,
+    scenario_exe, wait_timeout,
+};
 
 fn unit() -> String {
     std::fs::read_to_string(repo().join("deploy/systemd/sockerr.service")).unwrap()
@@ -34,7 +37,7 @@ fn systemd_unit_verifies() {
     let unit_path = dir.join("sockerr.service");
     std::fs::write(
         &unit_path,
-        unit().replace("/usr/local/bin/sockerr", agent_bin().to_str().unwrap()),
+        unit().replace("/usr/bin/sockerr", agent_bin().to_str().unwrap()),
     )
     .unwrap();
     let out = Command::new("systemd-analyze")
@@ -57,7 +60,7 @@ fn unit_command(web_config: &str, opts: &str) -> Command {
         .replace("${SOCKERR_WEB_CONFIG}", web_config)
         .replace("$SOCKERR_OPTS", opts);
     let mut words = exec.split_whitespace();
-    assert_eq!(words.next(), Some("/usr/local/bin/sockerr"));
+    assert_eq!(words.next(), Some("/usr/bin/sockerr"));
     let mut cmd = Command::new(agent_bin());
     cmd.args(words);
     cmd
@@ -87,40 +90,19 @@ fn the_units_web_config_is_optional() {
     );
 }
 
-/// `sockerr run` with exactly the given capabilities, all others dropped.
-/// Its log goes to a file (`log(port)`): a pipe nobody reads would fill
-/// with the findings of other tests and block the agent.
-fn run_with_caps(caps: &[String], port: u16) -> std::process::Child {
+/// `sockerr run` with exactly the given capabilities, all others dropped;
+/// an error with its log if it does not run.
+fn run_with_caps(caps: &[String]) -> Result<Agent, String> {
     let set: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
-    let log = std::fs::File::create(log(port)).unwrap();
-    Command::new("setpriv")
+    let mut setpriv = Command::new("setpriv");
+    setpriv
         .args(["--inh-caps=-all", "--ambient-caps=-all"])
         .arg(format!("--bounding-set=-all,{}", set.join(",")))
-        .arg(agent_bin())
-        .args(["run", "--web.listen-address", &format!("127.0.0.1:{port}")])
-        // A record per finding: the latest one carries call sites.
-        .arg("--findings.detail-interval=0s")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("setpriv")
-}
-
-fn log(port: u16) -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("caps-{port}.log"))
-}
-
-fn wait_healthy(port: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && http_get(port, "/healthz").0 == 200
-        {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    false
+        .arg(agent_bin());
+    // A record per finding: the latest one carries call sites.
+    // Probed at its first finding: the capabilities of call sites are used.
+    let args = ["--findings.detail-interval=0s", "--call-sites.delay=0s"];
+    Agent::try_launch(setpriv, &args, Log::Capture, PATIENCE)
 }
 
 fn effective_caps(pid: u32) -> u64 {
@@ -131,6 +113,17 @@ fn effective_caps(pid: u32) -> u64 {
         .unwrap()
         .trim();
     u64::from_str_radix(hex, 16).unwrap()
+}
+
+/// The /findings entry of a process that ran `repeat buggy 3 0` to its
+/// end under `agent`: its only one, with the third record's details.
+fn buggy_entry(agent: &Agent) -> Value {
+    let (pid, out) = scenario(&["repeat", "buggy", "3", "0"]);
+    assert!(out.status.success(), "{out:?}");
+    agent.barrier();
+    let found = agent.findings_of(pid);
+    assert_eq!(found.len(), 1, "one entry, so_error_masked: {found:#?}");
+    found.into_iter().next().unwrap()
 }
 
 #[test]
@@ -153,40 +146,49 @@ fn runs_with_exactly_the_units_capabilities_and_each_is_needed() {
     );
 
     // With exactly the unit's set: attaches, detects, attributes, serves.
-    let port = closed_port();
-    let agent = Agent::adopt(run_with_caps(&caps, port), port);
-    assert!(
-        wait_healthy(port),
-        "sockerr run did not start with the unit's capabilities"
-    );
+    let agent =
+        run_with_caps(&caps).unwrap_or_else(|e| panic!("with the unit's capabilities: {e}"));
     // After attaching it keeps CAP_SYS_PTRACE (bit 19) and, for call-site
     // uprobes, CAP_SYS_ADMIN (bit 21); CAP_SETUID and CAP_SETGID only
-    // permitted, for starting the web server, which has none.
-    assert_eq!(effective_caps(agent.child.id()), (1 << 19) | (1 << 21));
-    let server = support::wait_web_server(agent.child.id());
-    assert_eq!(effective_caps(server), 0);
-    let (pid, out) = scenario_env(
-        &["repeat", "buggy", "3", "200"],
-        &[("SCENARIO_LINGER_MS", "1000")],
+    // permitted, to start the web server, which has none.
+    assert_eq!(effective_caps(agent.pid()), (1 << 19) | (1 << 21));
+    assert_eq!(effective_caps(support::wait_web_server(agent.pid())), 0);
+    // Alive, and each attempt once the agent has handled the one before:
+    // the second is made with the call-site uprobes in place.
+    let mut buggy = Command::new(scenario_bin())
+        .args(["repeat", "buggy", "2", "stdin"])
+        .env("SCENARIO_LINGER_MS", "stdin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = buggy.id();
+    let mut stdin = buggy.stdin.take().unwrap();
+    agent.wait_findings_of(pid, 1);
+    writeln!(stdin).unwrap();
+    agent.barrier();
+    let found = agent.findings_of(pid);
+    assert_eq!(
+        found.len(),
+        1,
+        "detected with reduced capabilities: {found:#?}"
     );
-    assert!(out.status.success());
-    let found = agent.wait_findings_of(pid, 1);
-    assert_eq!(found.len(), 1, "detected with reduced capabilities");
+    let entry = &found[0];
+    assert!(entry["exe"].is_string(), "attributed: {entry:#}");
     assert!(
-        found.iter().all(|f| f["exe"].is_string()),
-        "attributed: {found:?}"
-    );
-    assert!(
-        found[0]["call_sites"]["so_error_reads"][1]["at"]["function"]
+        entry["call_sites"]["so_error_reads"][1]["at"]["function"]
             .as_str()
             .is_some_and(|f| f.ends_with("evhttp_connection_cb")),
-        "call sites of the latest finding: {found:?}"
+        "call sites of the latest finding: {entry:#}"
+    );
+    drop(stdin);
+    assert!(
+        wait_timeout(&mut buggy, PATIENCE)
+            .expect("the scenario to exit")
+            .success()
     );
     assert!(
-        agent
-            .get("/metrics")
-            .1
-            .contains("sockerr_connect_attempts_total{"),
+        agent.metrics().contains("sockerr_connect_attempts_total{"),
         "kernel counters readable"
     );
     drop(agent);
@@ -195,46 +197,47 @@ fn runs_with_exactly_the_units_capabilities_and_each_is_needed() {
     // CAP_SYS_PTRACE the agent runs but cannot attribute (and says why).
     for missing in &caps {
         let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
-        let port = closed_port();
-        let mut child = run_with_caps(&fewer, port);
-        if missing == "sys_admin" {
-            assert!(wait_healthy(port));
-            let agent = Agent::adopt(child, port);
-            let (pid, _) = scenario_env(&["repeat", "buggy", "3", "200"], &[]);
-            let found = agent.wait_findings_of(pid, 1);
-            let note = found[0]["call_sites"]["note"].as_str().unwrap_or_default();
-            assert!(note.contains("needs CAP_SYS_ADMIN"), "{found:?}");
-            continue;
-        }
-        if missing == "sys_ptrace" {
-            assert!(wait_healthy(port));
-            let agent = Agent::adopt(child, port);
-            let (pid, _) = scenario_env(&["masked"], &[("SCENARIO_LINGER_MS", "1000")]);
-            let found = agent.wait_findings_of(pid, 2);
-            assert!(!found.is_empty());
-            // /proc/<pid>/exe is out of reach: the file name the kernel
-            // took stands in, and the finding says why.
-            for f in &found {
-                assert_eq!(f["exe"], "sockerr-scenario", "{f}");
-                assert_eq!(f["exe_source"], "kernel", "{f}");
-                assert!(
-                    f["exe_error"]
-                        .as_str()
-                        .is_some_and(|e| e.contains("permission denied")),
-                    "{f}"
-                );
-            }
-            continue;
-        }
-        let status = child.wait().unwrap();
-        let err = std::fs::read_to_string(log(port)).unwrap();
-        assert!(!status.success(), "ran without {missing}");
+        let started = run_with_caps(&fewer);
         let name = format!("CAP_{}", missing.to_uppercase());
-        assert!(
-            err.contains(&format!("missing {name}")),
-            "without {name}: {err}"
-        );
-        stop(&mut child);
+        match missing.as_str() {
+            "sys_admin" => {
+                let agent = started.unwrap_or_else(|e| panic!("without {name}: {e}"));
+                let entry = buggy_entry(&agent);
+                let note = entry["call_sites"]["note"].as_str().unwrap_or_default();
+                assert!(note.contains("needs CAP_SYS_ADMIN"), "{entry:#}");
+            }
+            "sys_ptrace" => {
+                let agent = started.unwrap_or_else(|e| panic!("without {name}: {e}"));
+                // Alive while the agent looks at it in /proc.
+                let masked = scenario_alive(&["masked"], &[]);
+                let pid = masked.pid();
+                agent.wait_findings_of(pid, 2);
+                let out = masked.finish();
+                assert!(out.status.success(), "{out:?}");
+                agent.barrier();
+                let found = agent.findings_of(pid);
+                assert_eq!(found.len(), 2, "masked, then I/O: {found:#?}");
+                // /proc/<pid>/exe is out of reach: the path the kernel
+                // walked stands in, and the finding says why.
+                for f in &found {
+                    assert_eq!(f["exe"], scenario_exe().as_str(), "{f}");
+                    assert_eq!(f["exe_source"], "kernel", "{f}");
+                    assert!(
+                        f["exe_error"]
+                            .as_str()
+                            .is_some_and(|e| e.contains("permission denied")),
+                        "{f}"
+                    );
+                }
+            }
+            _ => match started {
+                Ok(_) => panic!("ran without {name}"),
+                Err(e) => assert!(
+                    e.contains(&format!("missing {name}")),
+                    "without {name}: {e}"
+                ),
+            },
+        }
     }
 }
 

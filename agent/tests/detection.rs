@@ -4,11 +4,11 @@
 
 mod support;
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 use support::{
     Tracer, build_evhttp_client, closed_port, http_server, require_root, run_program, scenario,
-    scenario_env,
+    scenario_alive,
 };
 
 use sockerr_scenarios::table::{IO, MASKED, REREAD, TABLE};
@@ -54,9 +54,15 @@ fn findings_carry_what_a_user_needs() {
         return;
     }
     let tracer = Tracer::start();
-    let (pid, out) = scenario_env(&["masked"], &[("SCENARIO_LINGER_MS", "1000")]);
-    assert!(out.status.success());
-    let found = tracer.wait_for(pid, 2, Duration::from_secs(5));
+    // Alive until its findings are in: attributed from /proc.
+    let masked = scenario_alive(&["masked"], &[]);
+    let pid = masked.pid();
+    tracer.wait_for(pid, 2);
+    let out = masked.finish();
+    assert!(out.status.success(), "{out:?}");
+    tracer.barrier();
+    let found = tracer.of(pid);
+    assert_eq!(found.len(), 2, "{found:#?}");
     let masked = found
         .iter()
         .find(|f| f["kind"] == MASKED)
@@ -95,7 +101,7 @@ fn two_thousand_concurrent_attempts() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let found = tracer.wait_for(buggy, 2000, Duration::from_secs(20));
+    let found = tracer.wait_for(buggy, 2000);
     tracer.barrier();
     let found_now = tracer.of(buggy);
     assert_eq!(

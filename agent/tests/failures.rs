@@ -8,10 +8,12 @@ use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
     sync::{PoisonError, RwLock},
-    time::Duration,
 };
 
-use support::{Agent, Netns, closed_port, eventually, require_root, run_program, scenario_bin};
+use support::{
+    Agent, Netns, PATIENCE, closed_port, eventually, renamed, require_root, run_ok, run_program,
+    scenario_bin, wait_timeout,
+};
 
 /// A loopback port whose listener answers no SYN (its accept queue is full),
 /// held until dropped.
@@ -44,7 +46,7 @@ impl Blackhole {
 impl Drop for Blackhole {
     fn drop(&mut self) {
         drop(self.child.stdin.take());
-        let _ = self.child.wait();
+        let _ = wait_timeout(&mut self.child, PATIENCE);
     }
 }
 
@@ -59,13 +61,16 @@ fn by_remote(agent: &Agent, remote: &str, reason: &str) -> f64 {
     ))
 }
 
-/// Waits until the series reaches `n`, then checks it stays there.
+/// Waits until the series reaches `n`, then checks it is exactly `n`. The
+/// kernel counts an attempt when it is decided or its socket closed, both
+/// before its process is reaped, and every scrape reads those counts: once
+/// the processes that make the attempts are gone, nothing more is coming.
 fn settles(what: &str, n: f64, read: impl Fn() -> f64) {
-    eventually(Duration::from_secs(10), what, || {
-        (read() >= n).then_some(())
+    let seen = eventually(PATIENCE, what, || {
+        let seen = read();
+        (seen >= n).then_some(seen)
     });
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(read(), n, "{what}");
+    assert_eq!(seen, n, "{what}");
 }
 
 /// Real clients with short connect timeouts against a backend that never
@@ -80,8 +85,9 @@ fn attempts_given_up_by_the_application_count_as_aborted() {
     let agent = Agent::start();
     let hole = Blackhole::start(None);
     let remote = format!("127.0.0.1:{}", hole.port);
-    // Nothing answers: curl exits 28 (timeout) after a second.
-    let (curl, out) = run_program(Command::new("curl").args([
+    // Nothing answers: curl exits 28 (timeout) after a second. Each client
+    // runs under a comm of its own.
+    let (curl, out) = run_program(Command::new(renamed("curl", "abort-curl")).args([
         "-s",
         "--connect-timeout",
         "1",
@@ -92,10 +98,24 @@ fn attempts_given_up_by_the_application_count_as_aborted() {
         "import asyncio\nasync def main():\n    try:\n        await asyncio.wait_for(asyncio.open_connection('127.0.0.1', {}), 1)\n    except asyncio.TimeoutError:\n        print('timeout')\nasyncio.run(main())\n",
         hole.port
     );
-    let (python, out) = run_program(Command::new("python3").args(["-c", &py]));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "timeout");
-    let (aborter, out) =
-        run_program(Command::new(scenario_bin()).args(["abort", &hole.port.to_string()]));
+    // The interpreter itself (python3 on PATH may be a wrapper script).
+    let interpreter = run_ok(
+        Command::new("python3").args(["-c", "import sys; print(sys.executable)"]),
+        "python3",
+    );
+    let interpreter = String::from_utf8(interpreter.stdout).unwrap();
+    let python3 = renamed(interpreter.trim(), "abort-python");
+    let (python, out) = run_program(Command::new(python3).args(["-c", &py]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "timeout",
+        "{out:?}"
+    );
+    let (aborter, out) = run_program(
+        Command::new(scenario_bin())
+            .args(["abort", &hole.port.to_string()])
+            .env("SCENARIO_COMM", "aborter"),
+    );
     assert!(out.status.success(), "{out:?}");
     let (shutter, out) = run_program(
         Command::new(scenario_bin())
@@ -104,19 +124,19 @@ fn attempts_given_up_by_the_application_count_as_aborted() {
     );
     assert!(out.status.success(), "{out:?}");
     settles("curl's aborted attempt", 1.0, || {
-        agent.attempts("curl", "aborted")
+        agent.attempts("abort-curl", "aborted")
     });
     settles("python's aborted attempt", 1.0, || {
-        agent.attempts("python3", "aborted")
+        agent.attempts("abort-python", "aborted")
     });
     settles("the scenario's aborted attempt", 1.0, || {
-        agent.attempts("sockerr-scenari", "aborted")
+        agent.attempts("aborter", "aborted")
     });
     settles("the attempt shut down while pending", 1.0, || {
         agent.attempts("shutter", "aborted")
     });
     assert_eq!(by_remote(&agent, &remote, "aborted"), 4.0);
-    for comm in ["curl", "python3", "shutter"] {
+    for comm in ["abort-curl", "abort-python", "aborter", "shutter"] {
         assert_eq!(agent.attempts(comm, "failed"), 0.0, "{comm}");
     }
     let findings = agent.findings();
@@ -258,15 +278,11 @@ fn remote_endpoints_are_capped() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
-    eventually(
-        Duration::from_secs(10),
-        "by-remote total = failures + aborted",
-        || {
-            let m = agent.metrics();
-            let by_remote = sum(&m, "sockerr_connect_failures_by_remote_total{", "");
-            let failed = sum(&m, "sockerr_connect_failures_total{", "");
-            let aborted = sum(&m, "sockerr_connect_attempts_total{", r#"result="aborted""#);
-            (by_remote >= 1000.0 && by_remote == failed + aborted).then_some(())
-        },
-    );
+    eventually(PATIENCE, "by-remote total = failures + aborted", || {
+        let m = agent.metrics();
+        let by_remote = sum(&m, "sockerr_connect_failures_by_remote_total{", "");
+        let failed = sum(&m, "sockerr_connect_failures_total{", "");
+        let aborted = sum(&m, "sockerr_connect_attempts_total{", r#"result="aborted""#);
+        (by_remote >= 1000.0 && by_remote == failed + aborted).then_some(())
+    });
 }

@@ -39,8 +39,8 @@ use base64::Engine as _;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use serde_json::Value;
 use support::{
-    Agent, Signal, agent_bin, eventually, http_get, repo, require_root, run_ok, sample, scenario,
-    scenario_bin, signal, stop,
+    Agent, Signal, agent_bin, bcrypt_hash, eventually, http_get, repo, require_root, run_ok,
+    sample, scenario, scenario_bin, signal, stop,
 };
 
 /// How long to wait for anything the agent should do: generous, for a
@@ -58,14 +58,9 @@ fn serial() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A scratch directory of this test binary.
+/// A fresh scratch directory of this test binary.
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("hostile-{}", std::process::id()))
-        .join(name);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    support::scratch("hostile", name)
 }
 
 /// The value of `series` in `metrics`, 0 when absent.
@@ -134,7 +129,7 @@ impl Started {
             let line = self
                 .log()
                 .into_iter()
-                .find(|l| l.contains("message=\"sockerr running\""))?;
+                .find(|l| l.contains("msg=\"sockerr running\""))?;
             line.split_whitespace()
                 .find_map(|f| f.strip_prefix("address="))?
                 .parse()
@@ -149,20 +144,6 @@ impl Drop for Started {
             stop(&mut self.child);
         }
     }
-}
-
-/// `sockerr hash-password` of `password`.
-fn bcrypt_hash(password: &str) -> String {
-    let mut child = Command::new(agent_bin())
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// A web configuration of its own directory: basic auth, user `a` with
@@ -180,12 +161,7 @@ fn pki() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = scratch("pki");
-        let openssl = |args: &[&str]| {
-            run_ok(
-                Command::new("openssl").args(args).current_dir(&dir),
-                &format!("openssl {args:?} (cargo xtask setup installs it)"),
-            );
-        };
+        let openssl = |args: &[&str]| support::openssl(&dir, args);
         let ec = [
             "-newkey",
             "ec",
@@ -578,7 +554,7 @@ fn slow_readers_of_the_largest_findings() {
     assert!(entries >= 2000, "{entries} entries in /findings");
     let expected = entries.min(10_000);
     let path = "/findings?limit=10000";
-    let port = agent.port;
+    let port = agent.port();
 
     // 30 at once, each reading at most 8 KiB every 10 ms (800 KiB/s: the
     // kernel takes up to 4 MiB of a response for a slow reader, the rest
@@ -938,7 +914,7 @@ fn sighup_with_the_file_unchanged_drops_no_connection() {
     let _serial = serial();
     let file = basic_auth("unchanged");
     let agent = Agent::with(&["--web.config.file", file.to_str().unwrap()]);
-    let port = agent.port;
+    let port = agent.port();
     let unchanged = || {
         let metrics = get_as(port, "/metrics", "a:a").1;
         value(

@@ -513,10 +513,11 @@ mod tests {
         assert_eq!(size_of::<Attempt>(), 28);
         assert_eq!(size_of::<SocketState>(), 88);
         assert_eq!(size_of::<CallSites>(), 88);
-        assert_eq!(size_of::<FindingRecord>(), 272);
+        assert_eq!(size_of::<ExeFile>(), 24);
+        assert_eq!(size_of::<FindingRecord>(), 496);
         assert_eq!(size_of::<CounterKey>(), 32);
         assert_eq!(size_of::<RemoteKey>(), 32);
         assert_eq!(size_of::<TallyKey>(), 8);
-        assert_eq!(size_of::<KernelOffsets>(), 124);
+        assert_eq!(size_of::<KernelOffsets>(), 128);
     }
 }

@@ -6,7 +6,7 @@
 //! `sockerr-scenario matrix --agent PATH` runs the detection table (see
 //! `matrix.rs`).
 //! SCENARIO_COMM sets the process's comm first; SCENARIO_LINGER_MS keeps it
-//! alive that long at the end.
+//! alive that long at the end, or with `stdin`, until its stdin closes.
 
 mod bench;
 mod matrix;
@@ -43,11 +43,13 @@ fn main() -> Result<()> {
     }
     let result = run(name, v6, &rest);
     // Stay alive (sockets open) so the agent can attribute the process.
-    if let Some(ms) = std::env::var("SCENARIO_LINGER_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        thread::sleep(Duration::from_millis(ms));
+    match std::env::var("SCENARIO_LINGER_MS").as_deref() {
+        // Until the test is done with it: it closes our stdin.
+        Ok("stdin") => {
+            std::io::stdin().read_to_end(&mut Vec::new())?;
+        }
+        Ok(ms) => thread::sleep(Duration::from_millis(ms.parse()?)),
+        Err(_) => {}
     }
     result
 }

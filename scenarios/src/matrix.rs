@@ -5,19 +5,22 @@
 //! and a closing summary line that `cargo xtask matrix` reads
 //! (`sockerr_scenarios::summary`), with `unreach`: whether `sockerr run`
 //! counts a connect() that fails before the handshake (no route), where the
-//! kernel offers the hook for it.
+//! kernel offers the hook for it, and `sites`: whether a flagged process
+//! (this program, dynamically linked to the C library) gets its connect()
+//! and SO_ERROR reads named down to function and file:line.
 //!
 //! Runs on the host (root) and as the payload of the kernel-matrix VMs.
 //! Exits 0 only when every row passed.
 
 use std::{
-    io::Read,
+    io::{Read, Write as _},
     path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
 use sockerr_scenarios::{
     bpf_stats,
     summary::Summary,
@@ -95,13 +98,13 @@ pub fn run(args: &[&str]) -> Result<()> {
         }
     };
     let mut outcomes: Vec<Option<bool>> = vec![None; TABLE.len()];
+    let mut sites = "fail";
     if let Ok(tracer) = &trace {
         let pids: Vec<Result<u32>> = TABLE.iter().map(scenario).collect();
         let barrier = scenario(&BARRIER).and_then(|pid| {
-            let found = tracer.wait_for(pid, BARRIER.expected.len(), Duration::from_secs(60));
-            (found.len() >= BARRIER.expected.len())
-                .then_some(())
-                .context("its findings did not arrive within 60 s")
+            tracer
+                .try_wait_for(pid, BARRIER.expected.len(), Duration::from_secs(60))
+                .map(drop)
         });
         match &barrier {
             Ok(()) => println!("matrix: barrier scenario flagged; every finding is in"),
@@ -124,6 +127,7 @@ pub fn run(args: &[&str]) -> Result<()> {
                 case.expected,
             );
         }
+        sites = call_sites(tracer);
         if options.bpf_stats {
             hot_paths();
             bpf_stats::print();
@@ -154,10 +158,16 @@ pub fn run(args: &[&str]) -> Result<()> {
             .collect(),
         unreach: unreach.to_owned(),
         transparent,
+        sites: sites.to_owned(),
         secs: started.elapsed().as_secs_f64(),
     };
     println!("{summary}");
-    if !check || !summary.failed.is_empty() || unreach == "fail" || summary.transparent != "ok" {
+    if !check
+        || !summary.failed.is_empty()
+        || unreach == "fail"
+        || summary.transparent != "ok"
+        || sites == "fail"
+    {
         bail!("the matrix failed on {}", summary.kernel);
     }
     Ok(())
@@ -228,6 +238,97 @@ fn no_route_counted(options: &Options) -> &'static str {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// Call sites (`sites`): `repeat buggy 2 stdin` (this program: libevent's
+/// two SO_ERROR reads re-enacted, in functions named after libevent's) is
+/// flagged at its first attempt, which makes the agent put uprobes on its
+/// C library; the finding of its second attempt must name where it
+/// connected and read (see [`judge_sites`]).
+fn call_sites(tracer: &Tracer) -> &'static str {
+    let started = Instant::now();
+    let spawned = std::env::current_exe().and_then(|me| {
+        Command::new(me)
+            .args(["repeat", "buggy", "2", "stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+    });
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            println!("matrix: call sites: starting the client: {e}");
+            return "fail";
+        }
+    };
+    let pid = child.id();
+    let timeout = Duration::from_secs(60);
+    let mut found = tracer.try_wait_for(pid, 1, timeout).unwrap_or_default();
+    if found.len() == 1 {
+        // Its uprobes are attached once its first finding is out.
+        let _ = child.stdin.take().map(|mut s| writeln!(s));
+        found = tracer.try_wait_for(pid, 2, timeout).unwrap_or_default();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let Some(finding) = found.get(1) else {
+        println!(
+            "matrix: call sites: {} of 2 findings of `repeat buggy` within {timeout:?}",
+            found.len()
+        );
+        return "fail";
+    };
+    let verdict = judge_sites(finding);
+    println!(
+        "matrix: call sites {} in {:.1} s: {}",
+        match verdict {
+            Ok(v) => v,
+            Err(_) => "fail",
+        },
+        started.elapsed().as_secs_f64(),
+        finding["call_sites"]
+    );
+    verdict.unwrap_or_else(|why| {
+        println!("matrix: call sites: {why}");
+        "fail"
+    })
+}
+
+/// `ok` when a finding of `repeat buggy` names its connect() and both
+/// SO_ERROR reads by function, file and line, each read by the function
+/// that made it; `connect` when only the connect is named and the reads
+/// have no site at all (a kernel whose getsockopt hook may not ask which
+/// task runs it); otherwise what is missing.
+fn judge_sites(finding: &Value) -> Result<&'static str, String> {
+    let sites = &finding["call_sites"];
+    let named = |what: &str, frame: &Value, function: &str| {
+        let f = frame["function"].as_str().unwrap_or_default();
+        let file = frame["file"].as_str().unwrap_or_default();
+        let line = frame["line"].as_u64().unwrap_or(0);
+        if f.is_empty() || !f.ends_with(function) || file.is_empty() || line == 0 {
+            Err(format!(
+                "{what} at {frame}, expected a function ending in `{function}` with file and line"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    named("connect", &sites["connect"]["at"], "")?;
+    let reads = sites["so_error_reads"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if reads.len() == 2 && reads.iter().all(Value::is_null) {
+        return Ok("connect");
+    }
+    for (i, function) in ["bufferevent_finished_connecting", "evhttp_connection_cb"]
+        .into_iter()
+        .enumerate()
+    {
+        let read = reads.get(i).unwrap_or(&Value::Null);
+        named(&format!("read {}", i + 1), &read["at"], function)?;
+    }
+    Ok("ok")
 }
 
 /// The output of `sockerr-scenario transparency`: one line per call, and
@@ -369,4 +470,50 @@ fn scenario(case: &Case) -> Result<u32> {
     }
     anyhow::ensure!(status.success(), "{status}: {}", stderr.trim());
     Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_sites_are_named_down_to_the_line() {
+        let frame = |function: &str| {
+            serde_json::json!({
+                "address": "0xaaaad7e1c0a8",
+                "module": "/sockerr/sockerr-scenario",
+                "function": function,
+                "file": "scenarios/src/net.rs",
+                "line": 91,
+            })
+        };
+        let finding = |reads: Value| {
+            serde_json::json!({
+                "kind": "so_error_masked",
+                "call_sites": {
+                    "connect": {"at": frame("sockerr_scenario::refused"), "stack": []},
+                    "so_error_reads": reads,
+                },
+            })
+        };
+        let both = serde_json::json!([
+            {"at": frame("sockerr_scenario::bufferevent_finished_connecting"), "stack": []},
+            {"at": frame("sockerr_scenario::evhttp_connection_cb"), "stack": []},
+        ]);
+        assert_eq!(judge_sites(&finding(both.clone())), Ok("ok"));
+        assert_eq!(
+            judge_sites(&finding(serde_json::json!([null, null]))),
+            Ok("connect")
+        );
+        let mut swapped = both.clone();
+        swapped.as_array_mut().unwrap().reverse();
+        assert!(judge_sites(&finding(swapped)).is_err());
+        let mut no_line = both;
+        no_line[1]["at"]["line"] = Value::Null;
+        assert!(judge_sites(&finding(no_line)).is_err());
+        assert!(
+            judge_sites(&serde_json::json!({"call_sites": {"note": "not instrumented yet"}}))
+                .is_err()
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! The matrix runner's closing line, written by `sockerr-scenario matrix`
 //! and read by `cargo xtask matrix`:
 //!
-//! `MATRIX kernel=<release> check=ok|fail trace=ok|fail rows=N pass=N fail=N failed=<row numbers>|- unreach=ok|fail|absent|skipped transparent=ok|differs:N|error secs=S`
+//! `MATRIX kernel=<release> check=ok|fail trace=ok|fail rows=N pass=N fail=N failed=<row numbers>|- unreach=ok|fail|absent|skipped transparent=ok|differs:N|error sites=ok|connect|fail secs=S`
 
 use std::fmt;
 
@@ -23,6 +23,11 @@ pub struct Summary {
     /// with the agent attached as without it: ok, differs:N (lines that
     /// differ) or error (the scenario itself failed).
     pub transparent: String,
+    /// The call sites of a flagged process (`repeat buggy`): ok (its
+    /// connect() and each SO_ERROR read named by function and file:line),
+    /// connect (only the connect: reads carry no sites on this kernel) or
+    /// fail.
+    pub sites: String,
     pub secs: f64,
 }
 
@@ -37,7 +42,7 @@ impl fmt::Display for Summary {
         };
         write!(
             f,
-            "MATRIX kernel={} check={} trace={} rows={} pass={} fail={} failed={failed} unreach={} transparent={} secs={:.1}",
+            "MATRIX kernel={} check={} trace={} rows={} pass={} fail={} failed={failed} unreach={} transparent={} sites={} secs={:.1}",
             self.kernel,
             ok(self.check),
             ok(self.trace),
@@ -46,6 +51,7 @@ impl fmt::Display for Summary {
             self.failed.len(),
             self.unreach,
             self.transparent,
+            self.sites,
             self.secs
         )
     }
@@ -71,6 +77,7 @@ impl Summary {
                 .collect(),
             unreach: field("unreach")?.to_owned(),
             transparent: field("transparent")?.to_owned(),
+            sites: field("sites")?.to_owned(),
             secs: field("secs")?.parse().ok()?,
         })
     }
@@ -91,12 +98,13 @@ mod tests {
             failed: vec![2, 13],
             unreach: "absent".into(),
             transparent: "differs:3".into(),
+            sites: "connect".into(),
             secs: 3.04,
         };
         let line = s.to_string();
         assert_eq!(
             line,
-            "MATRIX kernel=6.1.0-56-cloud-amd64 check=ok trace=fail rows=13 pass=11 fail=2 failed=2,13 unreach=absent transparent=differs:3 secs=3.0"
+            "MATRIX kernel=6.1.0-56-cloud-amd64 check=ok trace=fail rows=13 pass=11 fail=2 failed=2,13 unreach=absent transparent=differs:3 sites=connect secs=3.0"
         );
         let back = Summary::parse(&line).unwrap();
         assert_eq!(
@@ -106,5 +114,6 @@ mod tests {
         assert_eq!((back.rows, back.pass, back.failed), (13, 11, vec![2, 13]));
         assert_eq!(back.unreach, "absent");
         assert_eq!(back.transparent, "differs:3");
+        assert_eq!(back.sites, "connect");
     }
 }

@@ -260,7 +260,7 @@ fn io_calls() -> Result<()> {
 
 /// `iptables-legacy-save` of a ruleset of `RULES` rules, loaded first with
 /// `iptables-legacy-restore` (the filter table is replaced, then restored
-/// at the end). Comment lines carry the time: left out.
+/// at the end).
 fn iptables() -> Result<()> {
     let saved = xtables(&["iptables-save"], None)?;
     let mut rules =
@@ -280,13 +280,15 @@ fn iptables() -> Result<()> {
     };
     xtables(&["iptables-restore"], Some(&restore))?;
     let out = out?;
-    // Chains print their packet and byte counters (`:INPUT ACCEPT [12:840]`),
-    // which any traffic changes: left out too.
+    // Comment lines carry the time, and each chain's line its packet and
+    // byte counters (`:INPUT ACCEPT [12:3456]`), which any packet on
+    // loopback between the restore and the save moves (a SYN retransmitted
+    // by an earlier socket, under a slow emulated CPU): both left out.
     let lines: Vec<&str> = out
         .lines()
         .filter(|l| !l.starts_with('#'))
-        .map(|l| match l.strip_prefix(':') {
-            Some(_) => l.rsplit_once(" [").map_or(l, |(chain, _)| chain),
+        .map(|l| match l.strip_prefix(':').and(l.rsplit_once(" [")) {
+            Some((chain, _)) => chain,
             None => l,
         })
         .collect();

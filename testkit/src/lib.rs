@@ -23,17 +23,25 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use agent::{Agent, Log};
+pub use agent::{Agent, Log, web_server};
 pub use net::{
-    Netns, Server, closed_port, http_get, http_server, listening, nginx, raw_response, tls_server,
+    Netns, Server, closed_port, get, http_get, http_server, listening, nginx, nginx_as,
+    raw_response, tls_server,
 };
 pub use nix::sys::signal::Signal;
 pub use programs::{
-    agent_bin, require_root, run_ok, run_program, scenario, scenario_bin, scenario_env,
-    scenario_exe, signal, stop, wait_timeout,
+    Alive, agent_bin, renamed, require_root, run_ok, run_program, scenario, scenario_alive,
+    scenario_bin, scenario_env, scenario_exe, signal, stop, wait_timeout,
 };
 pub use prometheus::Prometheus;
 pub use tracer::Tracer;
+
+/// How long a test waits for what must happen: findings, counters, a log
+/// line, a server. Things happen within milliseconds to a second here; a
+/// wait only ends early, so the deadline can be generous enough for a
+/// machine five times slower, busy with another job, and still fail loudly
+/// when what is awaited never comes.
+pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The value of the sample line for exactly `series` (`name{labels}`, the
 /// labels sorted by name as the exposition writes them).

@@ -4,7 +4,7 @@
 use std::{
     fs,
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -12,7 +12,7 @@ use std::{
 };
 
 use crate::{
-    eventually,
+    PATIENCE, eventually,
     programs::{run_ok, stop},
 };
 
@@ -72,7 +72,7 @@ impl Drop for Server {
 
 /// Waits until something accepts connections on the loopback port.
 pub fn listening(port: u16) {
-    eventually(Duration::from_secs(15), "the server to listen", || {
+    eventually(PATIENCE, "the server to listen", || {
         TcpStream::connect(("127.0.0.1", port)).ok().map(drop)
     });
 }
@@ -110,6 +110,12 @@ pub fn tls_server(dir: &Path) -> (Server, u16) {
 /// nginx, configured in `dir`, proxying each loopback port of `proxies` to
 /// its upstream URL; returned once all of them listen.
 pub fn nginx(dir: &Path, proxies: &[(u16, String)]) -> Server {
+    nginx_as(Path::new("nginx"), dir, proxies)
+}
+
+/// [`nginx`] run as `program` (e.g. [`crate::renamed`], for a comm of its
+/// own).
+pub fn nginx_as(program: &Path, dir: &Path, proxies: &[(u16, String)]) -> Server {
     let servers: String = proxies
         .iter()
         .map(|(port, upstream)| {
@@ -130,7 +136,7 @@ pub fn nginx(dir: &Path, proxies: &[(u16, String)]) -> Server {
     )
     .expect("writing nginx.conf");
     let server = Server::start(
-        Command::new("nginx")
+        Command::new(program)
             .arg("-c")
             .arg(&conf)
             .args(["-g", "daemon off;"]),
@@ -144,12 +150,18 @@ pub fn nginx(dir: &Path, proxies: &[(u16, String)]) -> Server {
 /// GET `path` from a loopback port over plain HTTP; (status, body), with
 /// status 0 when no response came.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    get(([127, 0, 0, 1], port).into(), path)
+}
+
+/// GET `path` from `address` over plain HTTP; (status, body), with status 0
+/// when no response came.
+pub fn get(address: SocketAddr, path: &str) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .into();
-    match agent.get(&format!("http://127.0.0.1:{port}{path}")).call() {
+    match agent.get(&format!("http://{address}{path}")).call() {
         Ok(mut response) => {
             let status = response.status().as_u16();
             let body = response.body_mut().read_to_string().unwrap_or_default();

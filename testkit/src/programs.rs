@@ -1,6 +1,7 @@
 //! The binaries under test, and running programs to completion.
 
 use std::{
+    io::Read,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Output, Stdio},
     thread,
@@ -9,6 +10,8 @@ use std::{
 
 use anyhow::{Result, bail};
 use nix::{sys::signal, unistd::Pid};
+
+use crate::PATIENCE;
 
 /// True when the test may load eBPF programs. Without root it skips, except
 /// under CI=true, where it fails: CI runs as root and must run every test.
@@ -78,6 +81,86 @@ pub fn scenario_env(args: &[&str], env: &[(&str, &str)]) -> (u32, Output) {
             .args(args)
             .envs(env.iter().copied()),
     )
+}
+
+/// `program` (a path, or found on PATH) under another name: a symlink
+/// called `comm`, so that its processes get that comm (the kernel takes it
+/// from the name executed), which the metrics count them by. Another test,
+/// or another test run on the host, running the same program cannot add to
+/// this one's counts. (Not for a wrapper that looks at its own name, such
+/// as pyenv's shims.)
+pub fn renamed(program: &str, comm: &str) -> PathBuf {
+    assert!(comm.len() <= 15, "a comm has at most 15 bytes: {comm}");
+    let target = if program.contains('/') {
+        PathBuf::from(program)
+    } else {
+        std::env::var_os("PATH")
+            .and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join(program))
+                    .find(|path| path.is_file())
+            })
+            .unwrap_or_else(|| panic!("{program} is not on PATH (cargo xtask setup installs it)"))
+    };
+    let dir = std::env::temp_dir().join(format!("sockerr-renamed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory for the renamed programs");
+    let link = dir.join(comm);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&target, &link).expect("linking the renamed program");
+    link
+}
+
+/// A scenario kept alive after its run (SCENARIO_LINGER_MS=stdin) until
+/// [`Alive::finish`]: the agent, and the test, find it in /proc meanwhile.
+/// Killed if dropped unfinished.
+pub struct Alive(Child);
+
+/// Starts a scenario that stays alive once done.
+pub fn scenario_alive(args: &[&str], env: &[(&str, &str)]) -> Alive {
+    let child = Command::new(scenario_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .env("SCENARIO_LINGER_MS", "stdin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning the scenario");
+    Alive(child)
+}
+
+impl Alive {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Lets it exit (closes its stdin); its output, once it has.
+    pub fn finish(mut self) -> Output {
+        drop(self.0.stdin.take());
+        let status = wait_timeout(&mut self.0, PATIENCE).expect("the scenario to exit");
+        let read = |pipe: Option<&mut dyn Read>| {
+            let mut bytes = Vec::new();
+            if let Some(pipe) = pipe {
+                pipe.read_to_end(&mut bytes)
+                    .expect("reading the scenario's output");
+            }
+            bytes
+        };
+        let stdout = read(self.0.stdout.as_mut().map(|p| p as &mut dyn Read));
+        let stderr = read(self.0.stderr.as_mut().map(|p| p as &mut dyn Read));
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Runs any program to completion; returns its pid and output.

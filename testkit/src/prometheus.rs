@@ -10,7 +10,10 @@ use std::{
 
 use serde_json::Value;
 
-use crate::net::{closed_port, http_get};
+use crate::{
+    PATIENCE,
+    net::{closed_port, http_get},
+};
 
 /// Prometheus scraping every second with the given `scrape_configs`
 /// entries (YAML, indented two spaces), in a directory of its own.
@@ -50,9 +53,12 @@ impl Prometheus {
             .spawn()
             .expect("starting prometheus (cargo xtask setup installs it)");
         let p = Self { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + PATIENCE;
         while !ready(port) {
-            assert!(Instant::now() < deadline, "prometheus did not become ready");
+            assert!(
+                Instant::now() < deadline,
+                "prometheus did not become ready within {PATIENCE:?}"
+            );
             thread::sleep(Duration::from_millis(200));
         }
         p

@@ -13,7 +13,10 @@ use anyhow::{Context as _, Result, bail};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use crate::programs::{agent_bin, scenario, signal, stop};
+use crate::{
+    PATIENCE,
+    programs::{agent_bin, scenario_env, signal, stop},
+};
 
 pub struct Tracer {
     child: Child,
@@ -26,10 +29,10 @@ impl Tracer {
     }
 
     /// `sockerr trace --json` with more flags; panics unless it attaches
-    /// within a minute. Its log goes to the test's stderr.
+    /// within [`PATIENCE`]. Its log goes to the test's stderr.
     pub fn start_with(args: &[&str]) -> Self {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        Self::spawn(&agent_bin(), &args, Duration::from_secs(60), |line| {
+        Self::spawn(&agent_bin(), &args, PATIENCE, |line| {
             eprintln!("sockerr: {line}")
         })
         .expect("sockerr trace")
@@ -104,9 +107,17 @@ impl Tracer {
         kinds
     }
 
-    /// Waits until `pid` has at least `n` findings.
-    pub fn wait_for(&self, pid: u32, n: usize, timeout: Duration) -> Vec<Value> {
-        self.wait_matching(|f| f["pid"] == pid, n, timeout)
+    /// Waits until `pid` has at least `n` findings; panics, saying what
+    /// it has, after [`PATIENCE`].
+    pub fn wait_for(&self, pid: u32, n: usize) -> Vec<Value> {
+        self.try_wait_for(pid, n, PATIENCE)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// [`Tracer::wait_for`], an error when they do not come within
+    /// `timeout`.
+    pub fn try_wait_for(&self, pid: u32, n: usize, timeout: Duration) -> Result<Vec<Value>> {
+        self.try_wait_matching(&format!("pid {pid}"), |f| f["pid"] == pid, n, timeout)
     }
 
     /// Findings that match `pred`.
@@ -115,30 +126,48 @@ impl Tracer {
         findings.iter().filter(|f| pred(f)).cloned().collect()
     }
 
-    /// Waits until at least `n` findings match `pred`.
-    pub fn wait_matching(
+    /// Waits until at least `n` findings match `pred` (findings of `what`);
+    /// panics, saying what matched, after [`PATIENCE`].
+    pub fn wait_matching(&self, what: &str, pred: impl Fn(&Value) -> bool, n: usize) -> Vec<Value> {
+        self.try_wait_matching(what, pred, n, PATIENCE)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    fn try_wait_matching(
         &self,
+        what: &str,
         pred: impl Fn(&Value) -> bool,
         n: usize,
         timeout: Duration,
-    ) -> Vec<Value> {
+    ) -> Result<Vec<Value>> {
         let deadline = Instant::now() + timeout;
         loop {
             let found = self.matching(&pred);
-            if found.len() >= n || Instant::now() > deadline {
-                return found;
+            if found.len() >= n {
+                return Ok(found);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "waited {timeout:?} for {n} findings of {what}, got {}: {found:#?}",
+                    found.len()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// Runs a scenario that must be flagged and waits for its findings:
-    /// every finding produced before it has been delivered too (one ring
-    /// buffer).
+    /// Runs a scenario that must be flagged (with a comm of its own) and
+    /// waits for its findings: every finding produced before it has been
+    /// delivered too (one ring buffer).
     pub fn barrier(&self) {
-        let (pid, _) = scenario(&["masked"]);
-        let found = self.wait_for(pid, 2, Duration::from_secs(10));
-        assert_eq!(found.len(), 2, "the barrier scenario was not flagged");
+        let (pid, out) = scenario_env(&["masked"], &[("SCENARIO_COMM", "barrier")]);
+        assert!(out.status.success(), "the barrier scenario: {out:?}");
+        let found = self.wait_for(pid, 2);
+        assert_eq!(
+            found.len(),
+            2,
+            "the barrier scenario's findings: {found:#?}"
+        );
     }
 
     /// Stops the agent (SIGSTOP): findings wait in the ring buffer.

@@ -4,22 +4,48 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{Result, bail};
 
-use crate::{cmd, setup};
+use crate::{arch::Arch, cmd, setup};
 
-/// Builds the release agent (and the scenario programs the tests and
-/// benchmarks drive) with the eBPF object embedded; returns the agent's path.
-pub fn release() -> Result<PathBuf> {
+/// Builds the release agent (and the scenario programs the tests, the
+/// benchmarks and the kernel matrix drive) with the eBPF object embedded,
+/// for this host or for `target` (a Rust target triple, e.g.
+/// aarch64-unknown-linux-gnu); returns the agent's path.
+///
+/// Cross-building needs nothing of the eBPF side: the object is bpfel for
+/// every architecture, and aya-build compiles it with `bpf_target_arch`
+/// set to the agent's target architecture (the register layouts kprobes
+/// and uprobes read differ). The cross linker is .cargo/config.toml's.
+pub fn release(target: Option<&str>) -> Result<PathBuf> {
     setup::export_path()?;
-    println!("xtask build: building the eBPF programs and the release agent");
-    cmd::run(cmd::cargo().args([
+    let mut build = cmd::cargo();
+    build.args([
         "build",
         "--release",
         "-p",
         "sockerr",
         "-p",
         "sockerr-scenarios",
-    ]))?;
-    Ok(cmd::workspace_root().join("target/release/sockerr"))
+    ]);
+    let dir = match target {
+        Some(target) => {
+            println!("xtask build: building the eBPF programs and the release agent for {target}");
+            if let Some(arch) = Arch::of_rust_target(target).filter(|a| !a.is_host()) {
+                let [gcc, libc] = arch.cross_packages();
+                println!(
+                    "xtask build: cross-building with {}-gcc ({gcc}, {libc}: `cargo xtask setup` installs them)",
+                    arch.gnu()
+                );
+            }
+            build.args(["--target", target]);
+            format!("target/{target}/release")
+        }
+        None => {
+            println!("xtask build: building the eBPF programs and the release agent");
+            "target/release".to_owned()
+        }
+    };
+    cmd::run(&mut build)?;
+    Ok(cmd::workspace_root().join(dir).join("sockerr"))
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -29,8 +55,8 @@ pub fn run(args: &[String]) -> Result<()> {
              run `sudo -E cargo xtask run` instead"
         );
     }
-    setup::run()?;
-    let agent = release()?;
+    setup::build()?;
+    let agent = release(None)?;
     println!(
         "xtask run: starting {} run {}",
         agent.display(),

@@ -16,6 +16,28 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Prints the command, runs it with stderr shown and returns its stdout;
+/// fails when it does not exit 0.
+pub fn output_of(cmd: &mut Command) -> Result<String> {
+    println!("xtask: $ {}", display(cmd));
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("starting {}", display(cmd)))?;
+    if !out.status.success() {
+        bail!("`{}` failed: {}", display(cmd), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `PATH` with `dir` first.
+pub fn path_with(dir: &std::path::Path) -> Result<std::ffi::OsString> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    Ok(std::env::join_paths(
+        std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&path)),
+    )?)
+}
+
 /// Runs the command quietly and returns its stdout, or None when it fails.
 pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;

@@ -1,5 +1,9 @@
 //! `cargo xtask setup`: everything a fresh Debian 12 machine lacks to build
-//! and test sockerr, installed by the project itself. Idempotent.
+//! sockerr, installed by the project itself, in three sets: what building
+//! needs ([`build`]: rustup components and bpf-linker), what the tests,
+//! benchmarks and the kernel matrix use besides ([`run`], [`all`]), and what
+//! release artifacts need ([`dist`]: the targets' standard libraries, their
+//! C toolchains, cargo-deb). Idempotent.
 
 use std::{
     fs,
@@ -9,9 +13,13 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cache, cmd, kernels};
+use crate::{
+    arch::{ARCHES, Arch},
+    cache, cmd, kernels,
+};
 
-/// Debian packages the build, tests and benchmarks use, with the reason.
+/// Debian packages the tests, benchmarks and the kernel matrix use, with
+/// the reason. Building needs none of them.
 const PACKAGES: &[(&str, &str)] = &[
     (
         "bpftool",
@@ -102,35 +110,117 @@ const PACKAGES: &[(&str, &str)] = &[
         "xz-utils",
         "the kernel matrix unpacks the netfilter modules of kernels that compress them",
     ),
+    (
+        "golang-go",
+        "tests read the agent's logfmt with go-logfmt, the parser Loki and Promtail use",
+    ),
+    (
+        "golang-github-go-logfmt-logfmt-dev",
+        "tests read the agent's logfmt with go-logfmt (its source, built offline)",
+    ),
+    (
+        "umoci",
+        "tests unpack the release image into a runtime bundle (runc runs it)",
+    ),
+    (
+        "skopeo",
+        "tests read the release image as oci-archive and docker-archive",
+    ),
 ];
 
-pub fn run() -> Result<()> {
-    println!("xtask setup: checking what building and testing sockerr needs");
+/// What building the agent needs: the toolchains' components and bpf-linker.
+pub fn build() -> Result<()> {
+    println!("xtask setup: checking what building sockerr needs");
     rust_components()?;
     let linker = bpf_linker()?;
     println!("xtask setup: bpf-linker ready at {}", linker.display());
+    Ok(())
+}
+
+/// [`build`], and what the tests and benchmarks use: tracefs, the Debian
+/// packages of [`PACKAGES`], the Python tools.
+pub fn run() -> Result<()> {
+    build()?;
+    println!("xtask setup: checking what the tests and benchmarks use");
     tracefs()?;
-    debian_packages()?;
+    debian_packages(PACKAGES)?;
     python_tools()?;
     println!("xtask setup: done");
     Ok(())
 }
 
-/// `cargo xtask setup`: all of [`run`], and what the kernel matrix boots
-/// (QEMU, Debian's kernels), which the matrix otherwise fetches when it runs.
+/// `cargo xtask setup --tests`: all of [`run`], what building for the other
+/// architectures needs (the kernel matrix runs a cross-built agent), and
+/// what the kernel matrix boots (QEMU for each architecture, Debian's
+/// kernels, the arm64 VMs' busybox and iptables), which the matrix
+/// otherwise fetches when it runs.
 pub fn all() -> Result<()> {
     run()?;
-    kernels::qemu()?;
+    for arch in cross_arches() {
+        cross(arch)?;
+    }
+    kernels::qemu(&ARCHES)?;
     let series: Vec<_> = kernels::SERIES.iter().collect();
-    kernels::ensure(&series, false).map(drop)
+    kernels::ensure(&series, false)?;
+    for arch in cross_arches() {
+        kernels::userland(arch, false)?;
+    }
+    Ok(())
+}
+
+/// What building the release agent for `target` needs: its standard
+/// library and its Debian packages (the C toolchain).
+pub fn dist_target(target: &crate::dist::Target) -> Result<()> {
+    rust_target(target.triple)?;
+    debian_packages(target.packages)
+}
+
+/// cargo-deb, which `cargo xtask dist` makes the .deb with: the version
+/// the package metadata in agent/Cargo.toml is written for.
+const CARGO_DEB: &str = "3.8.0";
+
+/// [`build`], and what release artifacts for `targets` need: each target's
+/// standard library and Debian packages (its C toolchain), and cargo-deb.
+/// Returns the directory to put on PATH for cargo-deb.
+pub fn dist(targets: &[&crate::dist::Target]) -> Result<PathBuf> {
+    build()?;
+    println!("xtask setup: checking what release artifacts need");
+    for target in targets {
+        dist_target(target)?;
+    }
+    cargo_deb()
+}
+
+/// cargo-deb [`CARGO_DEB`] in xtask's cache; its bin directory.
+fn cargo_deb() -> Result<PathBuf> {
+    let root = cache::dir()?.join("cargo-deb").join(CARGO_DEB);
+    let bin = root.join("bin");
+    if cmd::output(Command::new(bin.join("cargo-deb")).arg("--version"))
+        .is_some_and(|v| v.contains(CARGO_DEB))
+    {
+        println!(
+            "xtask setup: cargo-deb {CARGO_DEB} ready in {}",
+            bin.display()
+        );
+        return Ok(bin);
+    }
+    println!(
+        "xtask setup: building cargo-deb {CARGO_DEB} into {} (makes the .deb; a few minutes)",
+        root.display()
+    );
+    cmd::run(
+        Command::new("cargo")
+            .args(["install", "cargo-deb", "--version", CARGO_DEB, "--locked"])
+            .arg("--root")
+            .arg(&root),
+    )?;
+    Ok(bin)
 }
 
 /// Puts the bpf-linker built by `setup` first on PATH for child processes, so
 /// aya-build (run from agent/build.rs) finds it.
 pub fn export_path() -> Result<()> {
-    let bin = linker_dir()?.join("bin");
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let joined = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path)))?;
+    let joined = cmd::path_with(&linker_dir()?.join("bin"))?;
     // SAFETY: xtask is single-threaded when it sets up its environment.
     unsafe { std::env::set_var("PATH", joined) };
     Ok(())
@@ -179,6 +269,38 @@ fn rust_components() -> Result<()> {
         cmd::run(add.args(missing))?;
     }
     Ok(())
+}
+
+/// The architectures other than this host's: the kernel matrix runs the
+/// agent on each, so it is cross-built for them.
+fn cross_arches() -> Vec<Arch> {
+    ARCHES.into_iter().filter(|a| !a.is_host()).collect()
+}
+
+/// What building for `arch`, not this host's, needs (`cargo xtask build
+/// --target`, the kernel matrix's rows of that architecture): its Rust
+/// standard library, Debian's cross compiler and C library. The eBPF object
+/// needs no target of its own: it is bpfel whatever the agent's
+/// architecture.
+pub fn cross(arch: Arch) -> Result<()> {
+    rust_target(arch.rust_target())?;
+    let [gcc, libc] = arch.cross_packages();
+    let target = arch.rust_target();
+    let why_gcc = format!("building for {target} links with it");
+    let why_libc = format!("the C library {target} links against");
+    debian_packages(&[(&gcc, &why_gcc), (&libc, &why_libc)])
+}
+
+/// Rust's standard library for `target`, for the active toolchain.
+fn rust_target(target: &str) -> Result<()> {
+    let installed = cmd::output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .context("rustup target list --installed")?;
+    if installed.lines().any(|l| l.trim() == target) {
+        println!("xtask setup: the Rust target {target} is installed");
+        return Ok(());
+    }
+    println!("xtask setup: adding the Rust target {target}");
+    cmd::run(Command::new("rustup").args(["target", "add", target]))
 }
 
 /// The nightly toolchain's own libLLVM: bpf-linker is built against it
@@ -324,8 +446,8 @@ fn python_tools() -> Result<()> {
     Ok(())
 }
 
-fn debian_packages() -> Result<()> {
-    let missing: Vec<_> = PACKAGES
+fn debian_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<_> = packages
         .iter()
         .filter(|(name, _)| {
             !cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", name]))

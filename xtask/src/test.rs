@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Result, bail};
 
-use crate::{cmd, matrix, setup};
+use crate::{arch::ARCHES, cmd, dist, matrix, setup};
 
 /// Setup, the workspace's tests, then (with `matrix`) the kernel matrix,
 /// whose kernels count as one test each in the closing summary line.
@@ -19,7 +19,10 @@ pub fn run(args: &[String], matrix: bool) -> Result<()> {
         );
     }
     setup::run()?;
-    setup::export_path()?;
+    // The release artifacts, which agent/tests/release.rs checks (this also
+    // installs what making them needs, and puts bpf-linker on PATH).
+    println!("xtask test: making the release artifacts (`cargo xtask dist`)");
+    dist::run(&dist::Options::default())?;
     // The scenario programs are separate processes the integration tests run.
     println!("xtask test: building the scenario programs and the agent");
     cmd::run(cmd::cargo().args(["build", "-p", "sockerr-scenarios", "-p", "sockerr"]))?;
@@ -31,7 +34,8 @@ pub fn run(args: &[String], matrix: bool) -> Result<()> {
             "SOCKERR_SCENARIO",
             cmd::workspace_root().join("target/debug/sockerr-scenario"),
         )
-        .env("SOCKERR_VENV", setup::venv()?);
+        .env("SOCKERR_VENV", setup::venv()?)
+        .env("SOCKERR_DIST", cmd::workspace_root().join("target/dist"));
     let (mut passed, mut failed) = run_counting(&mut test)?;
     println!("xtask test: cargo test: {passed} passed, {failed} failed");
     if matrix {
@@ -88,7 +92,7 @@ fn run_counting(cmd: &mut Command) -> Result<(u64, u64)> {
 }
 
 pub fn lint() -> Result<()> {
-    setup::run()?;
+    setup::build()?;
     setup::export_path()?;
     println!("xtask lint: checking formatting");
     cmd::run(cmd::cargo().args(["fmt", "--all", "--", "--check"]))?;
@@ -103,22 +107,31 @@ pub fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    println!("xtask lint: clippy on the eBPF crate (bpfel-unknown-none, nightly)");
-    cmd::run(
-        Command::new("rustup")
+    // The object differs by the architecture whose registers its kprobes
+    // and uprobes read (cfg bpf_target_arch): each is linted, the others'
+    // in target dirs of their own (the cfg is set through an environment
+    // variable, which would otherwise rebuild the crates at every switch).
+    for arch in ARCHES {
+        let bpf_arch = arch.rust_target().split('-').next().unwrap_or_default();
+        println!(
+            "xtask lint: clippy on the eBPF crate (bpfel-unknown-none, nightly) as built for {} agents",
+            arch.debian()
+        );
+        let mut clippy = Command::new("rustup");
+        clippy
             .args(["run", "nightly", "cargo", "clippy", "-p", "sockerr-ebpf"])
-            .args([
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--",
-                "-D",
-                "warnings",
-            ])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
             .current_dir(cmd::workspace_root())
             .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("CARGO")
-            .env_remove("RUSTC"),
-    )
+            .env_remove("RUSTC");
+        if !arch.is_host() {
+            clippy
+                .arg("--target-dir")
+                .arg(cmd::workspace_root().join(format!("target/clippy-bpf-{bpf_arch}")))
+                .env("AYA_BPF_TARGET_ARCH", bpf_arch);
+        }
+        cmd::run(clippy.args(["--", "-D", "warnings"]))?;
+    }
+    Ok(())
 }

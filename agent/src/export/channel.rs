@@ -22,7 +22,12 @@
 //! as 0 or 1, byte strings and UTF-8 strings as `u32` length and bytes,
 //! lists as `u32` count and items, options as a `bool` then the value.
 
-use std::{collections::BTreeMap, io, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io,
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
 
 use axum::{
     body::Bytes,
@@ -33,9 +38,10 @@ use strum::EnumCount as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use super::web::{
-    config::{ClientAuth, Tls, Version},
+    config::{self, ClientAuth, Tls, Version},
     tls::Pem,
 };
+use crate::pipeline::table::{Filter, Since};
 
 /// The format's version: a server of another build is refused, not
 /// half-understood (it is always the collector's own executable, so this
@@ -59,6 +65,19 @@ pub const LIMIT_MAX: u32 = 10_000;
 
 /// The longest telemetry path, user name, hash, header name or value.
 const MAX_SHORT: usize = 4 << 10;
+
+/// The longest comm, namespace or pod a `/findings` filter names (a comm
+/// is 15 bytes, 45 decoded; a namespace or pod name 253 characters): a
+/// longer one matches nothing, and is not sent.
+pub const MAX_FILTER: usize = 256;
+
+/// Whether a filter can be sent (see [`MAX_FILTER`]).
+pub fn filter_fits(filter: &Filter) -> bool {
+    [&filter.comm, &filter.namespace, &filter.pod]
+        .into_iter()
+        .flatten()
+        .all(|s| s.len() <= MAX_FILTER)
+}
 
 /// Why the server closed a connection before the client did; the label
 /// (`sockerr_http_connections_dropped_total{reason}`) is the snake_case name.
@@ -126,7 +145,7 @@ pub enum Request {
     /// A `/findings` response: its first chunk, or [`Reply::Busy`].
     Findings {
         id: u32,
-        kind: Option<FindingKind>,
+        filter: Filter,
         limit: u32,
     },
     /// The next chunk of a `/findings` response not finished yet.
@@ -237,6 +256,11 @@ impl Writer {
         self.u8(u8::from(v))
     }
 
+    fn u16(&mut self, v: u16) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
     fn u32(&mut self, v: u32) -> &mut Self {
         self.0.extend_from_slice(&v.to_le_bytes());
         self
@@ -259,6 +283,14 @@ impl Writer {
 
     fn str(&mut self, v: &str) -> &mut Self {
         self.bytes(v.as_bytes())
+    }
+
+    fn option_str(&mut self, v: Option<&str>) -> &mut Self {
+        self.bool(v.is_some());
+        if let Some(v) = v {
+            self.str(v);
+        }
+        self
     }
 
     fn duration(&mut self, v: Duration) -> &mut Self {
@@ -307,6 +339,12 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn u16(&mut self, what: &str) -> Result<u16, Malformed> {
+        Ok(u16::from_le_bytes(
+            self.take(2, what)?.try_into().expect("2 bytes"),
+        ))
+    }
+
     fn u32(&mut self, what: &str) -> Result<u32, Malformed> {
         Ok(u32::from_le_bytes(
             self.take(4, what)?.try_into().expect("4 bytes"),
@@ -330,6 +368,10 @@ impl<'a> Reader<'a> {
     fn string(&mut self, max: usize, what: &str) -> Result<String, Malformed> {
         let bytes = self.bytes(max, what)?;
         String::from_utf8(bytes.to_vec()).or_else(|_| malformed(format!("{what}: not UTF-8")))
+    }
+
+    fn option_string(&mut self, max: usize, what: &str) -> Result<Option<String>, Malformed> {
+        self.bool(what)?.then(|| self.string(max, what)).transpose()
     }
 
     /// A list's count, which cannot be more than the bytes left (each item
@@ -391,11 +433,25 @@ impl Request {
             Request::Metrics { id, stats } => {
                 Writer::new(kind::METRICS).u32(*id).stats(stats).finish()
             }
-            Request::Findings { id, kind, limit } => Writer::new(kind::FINDINGS)
-                .u32(*id)
-                .u8(kind.map_or(0, |k| k as u8))
-                .u32(*limit)
-                .finish(),
+            Request::Findings { id, filter, limit } => {
+                let mut w = Writer::new(kind::FINDINGS);
+                w.u32(*id).u8(filter.kind.map_or(0, |k| k as u8));
+                w.option_str(filter.comm.as_deref());
+                w.bool(filter.pid.is_some()).u32(filter.pid.unwrap_or(0));
+                w.option_str(filter.namespace.as_deref());
+                w.option_str(filter.pod.as_deref());
+                let (tag, at) = match filter.since {
+                    None => (0, Duration::ZERO),
+                    Some(Since::Ago(ago)) => (1, ago),
+                    Some(Since::At(at)) => (
+                        2,
+                        at.duration_since(SystemTime::UNIX_EPOCH)
+                            .unwrap_or_default(),
+                    ),
+                };
+                w.u8(tag).u64(at.as_secs()).u32(at.subsec_nanos());
+                w.u32(*limit).finish()
+            }
             Request::FindingsNext { id } => Writer::new(kind::FINDINGS_NEXT).u32(*id).finish(),
             Request::FindingsCancel { id } => Writer::new(kind::FINDINGS_CANCEL).u32(*id).finish(),
             Request::Stats(stats) => Writer::new(kind::STATS).stats(stats).finish(),
@@ -421,11 +477,45 @@ impl Request {
                             .ok_or_else(|| Malformed(format!("kind: no kind {k}")))?,
                     ),
                 };
+                let comm = r.option_string(MAX_FILTER, "comm")?;
+                let pid = match (r.bool("pid")?, r.u32("pid")?) {
+                    (true, pid) => Some(pid),
+                    (false, 0) => None,
+                    (false, _) => return malformed("pid: a value without its flag"),
+                };
+                let namespace = r.option_string(MAX_FILTER, "namespace")?;
+                let pod = r.option_string(MAX_FILTER, "pod")?;
+                let (tag, secs, nanos) = (r.u8("since")?, r.u64("since")?, r.u32("since")?);
+                if nanos >= 1_000_000_000 {
+                    return malformed(format!("since: {nanos} nanoseconds"));
+                }
+                let at = Duration::new(secs, nanos);
+                let since = match tag {
+                    0 if at.is_zero() => None,
+                    1 => Some(Since::Ago(at)),
+                    2 => Some(Since::At(
+                        SystemTime::UNIX_EPOCH
+                            .checked_add(at)
+                            .ok_or_else(|| Malformed("since: out of range".into()))?,
+                    )),
+                    _ => return malformed(format!("since: {tag}")),
+                };
                 let limit = r.u32("limit")?;
                 if limit > LIMIT_MAX {
                     return malformed(format!("limit: {limit}, at most {LIMIT_MAX}"));
                 }
-                Request::Findings { id, kind, limit }
+                Request::Findings {
+                    id,
+                    filter: Filter {
+                        kind,
+                        comm,
+                        pid,
+                        namespace,
+                        pod,
+                        since,
+                    },
+                    limit,
+                }
             }
             kind::FINDINGS_NEXT => Request::FindingsNext { id: r.u32("id")? },
             kind::FINDINGS_CANCEL => Request::FindingsCancel { id: r.u32("id")? },
@@ -490,6 +580,15 @@ impl Reply {
                     w.u8(client_auth_code(tls.client_auth))
                         .u8(version_code(tls.min_version))
                         .u8(version_code(tls.max_version))
+                        .len(tls.cipher_suites.len());
+                    for suite in &tls.cipher_suites {
+                        w.u16(u16::from(*suite));
+                    }
+                    w.len(tls.curves.len());
+                    for curve in &tls.curves {
+                        w.u16(u16::from(*curve));
+                    }
+                    w.bool(tls.prefer_server_cipher_suites)
                         .bytes(pem.cert())
                         .bytes(pem.key())
                         .bool(pem.client_ca().is_some());
@@ -574,7 +673,7 @@ pub fn body_header(id: u32, last: bool, len: usize) -> Vec<u8> {
 }
 
 fn terms(r: &mut Reader<'_>) -> Result<Terms, Malformed> {
-    let file = crate::export::web::config::MAX_FILE_BYTES as usize;
+    let file = config::MAX_FILE_BYTES as usize;
     let tls = if r.bool("tls")? {
         let cert_file = path(r, "cert_file")?;
         let key_file = path(r, "key_file")?;
@@ -597,6 +696,23 @@ fn terms(r: &mut Reader<'_>) -> Result<Terms, Malformed> {
         };
         let min_version = version(r, "min_version")?;
         let max_version = version(r, "max_version")?;
+        let mut cipher_suites = Vec::new();
+        for _ in 0..r.count("cipher_suites")? {
+            let code = r.u16("cipher_suites")?;
+            cipher_suites.push(
+                config::known_suite(code)
+                    .ok_or_else(|| Malformed(format!("cipher_suites: {code:#06x}")))?,
+            );
+        }
+        let mut curves = Vec::new();
+        for _ in 0..r.count("curve_preferences")? {
+            let code = r.u16("curve_preferences")?;
+            curves.push(
+                config::known_curve(code)
+                    .ok_or_else(|| Malformed(format!("curve_preferences: {code:#06x}")))?,
+            );
+        }
+        let prefer_server_cipher_suites = r.bool("prefer_server_cipher_suites")?;
         let cert = r.bytes(file, "certificate")?.to_vec();
         let key = r.bytes(file, "key")?.to_vec();
         let client_ca = r
@@ -614,6 +730,9 @@ fn terms(r: &mut Reader<'_>) -> Result<Terms, Malformed> {
                 client_ca_file,
                 min_version,
                 max_version,
+                cipher_suites,
+                curves,
+                prefer_server_cipher_suites,
             },
             Pem::new(cert, key, client_ca),
         ))
@@ -691,13 +810,31 @@ mod tests {
             },
             Request::Findings {
                 id: 8,
-                kind: None,
+                filter: Filter::default(),
                 limit: 0,
             },
             Request::Findings {
                 id: 9,
-                kind: Some(FindingKind::IoAfterFailedConnect),
+                filter: Filter {
+                    kind: Some(FindingKind::IoAfterFailedConnect),
+                    comm: Some("curl".into()),
+                    pid: Some(42),
+                    namespace: Some("shop".into()),
+                    pod: Some("x".repeat(MAX_FILTER)),
+                    since: Some(Since::Ago(Duration::from_millis(300_001))),
+                },
                 limit: LIMIT_MAX,
+            },
+            Request::Findings {
+                id: 10,
+                filter: Filter {
+                    pid: Some(0),
+                    since: Some(Since::At(
+                        SystemTime::UNIX_EPOCH + Duration::new(1_796_000_000, 5),
+                    )),
+                    ..Filter::default()
+                },
+                limit: 1,
             },
             Request::FindingsNext { id: 9 },
             Request::FindingsCancel { id: 9 },
@@ -726,8 +863,14 @@ mod tests {
                         key_file: "/etc/sockerr/tls.key".into(),
                         client_auth: ClientAuth::RequireAndVerifyClientCert,
                         client_ca_file: Some("/etc/sockerr/ca.crt".into()),
-                        min_version: Version::Tls13,
+                        min_version: Version::Tls12,
                         max_version: Version::Tls13,
+                        cipher_suites: vec![
+                            rustls::CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+                            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                        ],
+                        curves: vec![rustls::NamedGroup::X25519],
+                        prefer_server_cipher_suites: true,
                     },
                     Pem::new(b"cert".to_vec(), b"key".to_vec(), Some(b"ca".to_vec())),
                 )),
@@ -782,7 +925,7 @@ mod tests {
     fn what_is_not_the_format_is_refused_and_named() {
         let valid = Request::Findings {
             id: 1,
-            kind: None,
+            filter: Filter::default(),
             limit: 5,
         }
         .encode();
@@ -812,11 +955,24 @@ mod tests {
         refused(&bad_kind, "kind: no kind 9");
         let over = Request::Findings {
             id: 1,
-            kind: None,
+            filter: Filter::default(),
             limit: LIMIT_MAX + 1,
         }
         .encode();
         refused(body(&over), "limit: 10001, at most 10000");
+        let long = Request::Findings {
+            id: 1,
+            filter: Filter {
+                comm: Some("c".repeat(MAX_FILTER + 1)),
+                ..Filter::default()
+            },
+            limit: 1,
+        };
+        assert!(!filter_fits(match &long {
+            Request::Findings { filter, .. } => filter,
+            _ => unreachable!(),
+        }));
+        refused(body(&long.encode()), "comm: 257 bytes, at most 256");
         // A boolean is 0 or 1.
         let mut frame = Reply::Body {
             id: 1,

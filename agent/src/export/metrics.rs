@@ -185,11 +185,16 @@ impl Metrics {
         let build_info = gauge_vec(
             &r,
             "sockerr_build_info",
-            "sockerr build information; always 1.",
-            &["version"],
+            "sockerr build information: the release, the git commit it was built from and \
+             the target it was built for; always 1.",
+            &["version", "revision", "target"],
         );
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                env!("SOCKERR_REVISION"),
+                env!("SOCKERR_TARGET"),
+            ])
             .set(1);
         let m = Self {
             findings: counter_vec(
@@ -640,7 +645,7 @@ mod tests {
             r#"sockerr_kernel_drops_total{reason="attempt_untracked"} 0"#,
             "sockerr_events_lost_total 0",
             r#"sockerr_flagged_processes{kind="so_error_masked"} 0"#,
-            r#"sockerr_build_info{version=""#,
+            r#"sockerr_build_info{revision=""#,
         ] {
             assert!(text.contains(expected), "missing {expected}\n{text}");
         }

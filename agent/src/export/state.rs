@@ -44,15 +44,13 @@ impl State {
             } => {
                 let (pid, kind) = (finding.pid, finding.kind);
                 let recorded = findings.record(*finding, start_boot_ns, tally, Instant::now());
-                // Only a new entry's finding is logged: cloned for it alone.
-                let line = recorded
-                    .new
-                    .then(|| findings.latest(pid, kind).cloned())
-                    .flatten();
-                drop(findings);
-                if let Some(line) = line {
-                    logging::finding(&line);
+                // Only a new entry's finding is logged, in full.
+                if recorded.new
+                    && let Some(view) = findings.latest_view(pid, kind)
+                {
+                    logging::finding(&view);
                 }
+                drop(findings);
                 if recorded.evicted {
                     self.metrics.flagged_evicted();
                 }
@@ -68,8 +66,8 @@ impl State {
 
     /// One summary line per (process, kind) whose findings went on.
     pub fn log_summaries(&self) {
-        for summary in lock(&self.findings).summaries(Instant::now()) {
-            logging::summary(&summary);
+        for (view, new) in lock(&self.findings).summaries(Instant::now()) {
+            logging::summary(&view, new);
         }
     }
 

@@ -44,6 +44,10 @@ pub struct Process {
     /// Why `cgroup` is missing.
     pub cgroup_error: Option<String>,
     pub container: Arc<Container>,
+    /// Why a container known by its id has no name, image or pod.
+    pub container_error: Option<String>,
+    /// The node the process runs on (`--findings.node-name`).
+    pub node: Option<Arc<str>>,
 }
 
 /// Processes remembered; past this the least recently used are forgotten.
@@ -53,14 +57,17 @@ pub struct Attributor {
     processes: HashMap<(u32, u64), (Instant, Arc<Process>)>,
     cgroups: CgroupNames,
     containers: Containers,
+    node: Option<Arc<str>>,
 }
 
 impl Attributor {
-    pub fn new(cgroups: CgroupNames, containers: Containers) -> Self {
+    /// `node`: the name of the node every process here runs on.
+    pub fn new(cgroups: CgroupNames, containers: Containers, node: Option<Arc<str>>) -> Self {
         Self {
             processes: HashMap::new(),
             cgroups,
             containers,
+            node,
         }
     }
 
@@ -89,13 +96,13 @@ impl Attributor {
         };
         let (exe, exe_source, exe_error) = match (proc_exe, kernel_exe) {
             (Ok(path), _) => (Some(path), Some(ExeSource::Proc), None),
-            (Err(why), None) => (None, None, Some(why.to_string())),
+            (Err(why), None) => (None, None, Some(exe_note(record.tgid, &why))),
             (Err(why), Some(kernel)) => {
                 // Having exited is no error when the kernel named it.
                 let error = match (kernel.truncated, why) {
                     (true, _) => Some(decode::TRUNCATED_EXE.to_owned()),
                     (false, Unreadable::Exited) => None,
-                    (false, why) => Some(why.to_string()),
+                    (false, why) => Some(exe_note(record.tgid, &why)),
                 };
                 (Some(kernel.path), Some(ExeSource::Kernel), error)
             }
@@ -111,15 +118,30 @@ impl Attributor {
             None => self.cgroups.name(record.cgroup_id, now),
         };
         let cgroup_error = cgroup.is_none().then(|| match record.cgroup_id {
-            0 => "the kernel took no cgroup id".to_owned(),
-            id => format!(
-                "cgroup {id} is not in the cgroup v2 tree: removed before it could be named"
-            ),
+            0 => "the kernel did not record the process's cgroup".to_owned(),
+            id => {
+                tracing::debug!(
+                    pid = record.tgid,
+                    cgroup_id = id,
+                    "cgroup not in the v2 tree"
+                );
+                "the process's cgroup was removed before it could be named, and with it its \
+                 container and pod"
+                    .to_owned()
+            }
         });
         let container = cgroup
             .as_deref()
             .map(|path| self.containers.resolve(path))
             .unwrap_or_default();
+        let container_error = (container.id.is_some()
+            && container.name.is_none()
+            && container.pod.is_none())
+        .then(|| {
+            "no container runtime state on this node names this container (the agent reads \
+             containerd's, CRI-O's, Docker's and Podman's under --containers.root)"
+                .to_owned()
+        });
         Process {
             exe,
             exe_source,
@@ -127,6 +149,26 @@ impl Attributor {
             cgroup,
             cgroup_error,
             container,
+            container_error,
+            node: self.node.clone(),
+        }
+    }
+}
+
+/// Why the executable's full path is unknown, in a sentence; the error
+/// itself goes to the debug log.
+fn exe_note(pid: u32, why: &Unreadable) -> String {
+    match why {
+        Unreadable::Exited => "the process exited before the agent could name it".into(),
+        Unreadable::Denied(what) => {
+            tracing::debug!(pid, "{what}: permission denied");
+            "permission denied reading /proc/<pid>/exe: the agent needs CAP_SYS_PTRACE for the \
+             full path"
+                .into()
+        }
+        Unreadable::Other(e) => {
+            tracing::debug!(pid, "reading /proc/<pid>/exe: {e}");
+            "the agent could not read /proc/<pid>/exe (its debug log says why)".into()
         }
     }
 }
@@ -143,6 +185,7 @@ mod tests {
         Attributor::new(
             CgroupNames::new(cgroup_root),
             Containers::new("/nonexistent".into()),
+            Some("node-1".into()),
         )
     }
 
@@ -218,7 +261,10 @@ mod tests {
         gone.exe_len = 0;
         let p = attributor(None).attribute(&gone, Instant::now());
         assert_eq!((p.exe.as_deref(), p.exe_source), (None, None));
-        assert_eq!(p.exe_error.as_deref(), Some("the process exited"));
+        assert_eq!(
+            p.exe_error.as_deref(),
+            Some("the process exited before the agent could name it")
+        );
         assert_eq!(p.cgroup, None);
     }
 }

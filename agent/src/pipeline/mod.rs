@@ -76,6 +76,23 @@ pub struct Pipeline {
     pub tallies: BpfHashMap<MapData, TallyKey, Tally>,
     pub locator: Locator,
     pub attributor: Attributor,
+    pub selection: Selection,
+}
+
+/// Whose records the pipeline takes (`sockerr trace --pid/--comm`); the
+/// others are dropped as they are read, before they are attributed or
+/// their process instrumented for call sites. Empty lists take everyone.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+}
+
+impl Selection {
+    fn takes(&self, record: &Record) -> bool {
+        (self.pids.is_empty() || self.pids.contains(&record.raw.tgid))
+            && (self.comms.is_empty() || self.comms.contains(&decode::comm(&record.raw.comm)))
+    }
 }
 
 /// The pipeline on a thread of its own, so that the slow parts of a record
@@ -142,6 +159,7 @@ async fn run(pipeline: Pipeline, sink: impl FnMut(Output)) -> Result<()> {
         tallies,
         locator,
         attributor,
+        selection,
     } = pipeline;
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns it.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -153,6 +171,7 @@ async fn run(pipeline: Pipeline, sink: impl FnMut(Output)) -> Result<()> {
         tallies,
         locator,
         attributor,
+        selection,
         sink,
     };
     loop {
@@ -182,6 +201,7 @@ struct Stages<S> {
     tallies: BpfHashMap<MapData, TallyKey, Tally>,
     locator: Locator,
     attributor: Attributor,
+    selection: Selection,
     sink: S,
 }
 
@@ -195,7 +215,6 @@ impl<S: FnMut(Output)> Stages<S> {
             let mut batch = Vec::with_capacity(BATCH);
             // Each process's socket fds, read once per batch.
             let mut fds: HashMap<u32, HashMap<u64, i32>> = HashMap::new();
-            let now = Instant::now();
             while batch.len() < BATCH
                 && let Some(item) = ring.next()
             {
@@ -204,7 +223,13 @@ impl<S: FnMut(Output)> Stages<S> {
                     continue;
                 };
                 drop(item);
-                let process = self.attributor.attribute(&record.raw, now);
+                if !self.selection.takes(&record) {
+                    continue;
+                }
+                // Read per record: the cgroup tree is walked as of `now`,
+                // and a record made after the batch began (the agent
+                // stopped meanwhile) may name a cgroup created since.
+                let process = self.attributor.attribute(&record.raw, Instant::now());
                 let fd = fds
                     .entry(record.raw.tgid)
                     .or_insert_with(|| socket_fds(&process, record.raw.tgid))

@@ -40,6 +40,11 @@ pub struct Finding {
     pub image: Option<String>,
     pub pod: Option<String>,
     pub namespace: Option<String>,
+    /// Why a container known by its id (`container_id`) has no name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_error: Option<String>,
+    /// The node (host) the process runs on.
+    pub node: Option<Arc<str>>,
     /// The process's fd for the socket; null if it was closed first.
     pub fd: Option<i32>,
     pub remote: String,
@@ -84,6 +89,8 @@ impl Finding {
             image: process.container.image.clone(),
             pod: process.container.pod.clone(),
             namespace: process.container.namespace.clone(),
+            container_error: process.container_error.clone(),
+            node: process.node.clone(),
             fd,
             remote: decode::endpoint(&raw.remote)
                 .map_or_else(|| "unknown".into(), |a| a.to_string()),

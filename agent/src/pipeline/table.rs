@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sockerr_common::FindingKind;
 use strum::{EnumCount as _, IntoEnumIterator as _};
 
@@ -89,14 +89,62 @@ pub struct Recorded {
     pub evicted: bool,
 }
 
-/// A (process, kind) whose count grew since it was last logged.
-pub struct Summary<'a> {
-    pub latest: &'a Finding,
-    pub count: u64,
-    /// Findings since the previous log line of this (process, kind).
-    pub new: u64,
-    pub first_seen: SystemTime,
-    pub last_seen: SystemTime,
+/// Which entries `/findings` shows: those matching every criterion given
+/// (none: all of them).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct Filter {
+    pub kind: Option<FindingKind>,
+    /// The process's name (`comm`), exactly.
+    pub comm: Option<String>,
+    pub pid: Option<u32>,
+    /// Kubernetes namespace and pod, exactly.
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    /// Only entries with a finding (`last_seen`) at or after this.
+    pub since: Option<Since>,
+}
+
+/// A point in time, as `since=` takes it: a duration back from now (`5m`,
+/// `1h30m`), or an RFC 3339 time (`2026-12-03T15:00:00Z`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Since {
+    Ago(Duration),
+    At(SystemTime),
+}
+
+impl TryFrom<String> for Since {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        if let Ok(ago) = humantime::parse_duration(&s) {
+            return Ok(Since::Ago(ago));
+        }
+        humantime::parse_rfc3339_weak(&s)
+            .map(Since::At)
+            .map_err(|_| format!("since: {s:?} is neither a duration (5m) nor an RFC 3339 time"))
+    }
+}
+
+impl Since {
+    fn time(self, now: SystemTime) -> SystemTime {
+        match self {
+            Since::Ago(ago) => now.checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH),
+            Since::At(at) => at,
+        }
+    }
+}
+
+impl Filter {
+    fn matches(&self, entry: &Entry, since: Option<SystemTime>) -> bool {
+        let f = &entry.latest;
+        self.kind.is_none_or(|k| f.kind == k)
+            && self.comm.as_ref().is_none_or(|c| *c == f.comm)
+            && self.pid.is_none_or(|p| p == f.pid)
+            && (self.namespace.is_none() || self.namespace == f.namespace)
+            && (self.pod.is_none() || self.pod == f.pod)
+            && since.is_none_or(|t| entry.last_seen >= t)
+    }
 }
 
 pub struct Findings {
@@ -188,11 +236,11 @@ impl Findings {
         recorded
     }
 
-    /// The latest finding of `kind` of `pid`.
-    pub fn latest(&self, pid: u32, kind: FindingKind) -> Option<&Finding> {
+    /// The entry of `kind` of `pid`, as `/findings` shows it.
+    pub fn latest_view(&self, pid: u32, kind: FindingKind) -> Option<FindingView<'_>> {
         self.procs.get(&pid)?.kinds[slot(kind)]
             .as_ref()
-            .map(|e| &e.latest)
+            .map(Entry::view)
     }
 
     /// A tally read from the kernel: findings since the last record.
@@ -253,42 +301,47 @@ impl Findings {
         by_kind
     }
 
-    /// Latest findings, newest first.
+    /// Latest findings of the entries `filter` matches, newest first.
     #[cfg(test)]
     pub fn findings(
         &mut self,
-        now: Instant,
-        kind: Option<FindingKind>,
+        now: (Instant, SystemTime),
+        filter: &Filter,
         limit: usize,
     ) -> Vec<FindingView<'_>> {
-        let order = self.order(now, kind, limit);
+        let order = self.order(now, filter, limit);
         order.iter().filter_map(|key| self.view(key)).collect()
     }
 
-    /// The entries (of `kind`), newest first, at most `limit`: which to
-    /// show, read one by one afterwards with [`Findings::view`] (16 bytes
-    /// an entry, where a view written out is hundreds).
+    /// The entries `filter` matches, newest first, at most `limit`: which
+    /// to show, read one by one afterwards with [`Findings::view`] (16 bytes
+    /// an entry, where a view written out is hundreds). `now` (the wall
+    /// clock) is what `since=5m` counts back from.
     pub fn order(
         &mut self,
-        now: Instant,
-        kind: Option<FindingKind>,
+        now: (Instant, SystemTime),
+        filter: &Filter,
         limit: usize,
     ) -> Vec<EntryKey> {
-        self.expire(now);
+        self.expire(now.0);
+        let since = filter.since.map(|s| s.time(now.1));
         let mut order: Vec<(SystemTime, EntryKey)> = self
             .procs
             .iter()
             .flat_map(|(&pid, p)| {
-                p.kinds.iter().flatten().map(move |e| {
-                    let key = EntryKey {
-                        pid,
-                        kind: e.latest.kind,
-                        start_boot_ns: p.start_boot_ns,
-                    };
-                    (e.last_seen, key)
-                })
+                p.kinds
+                    .iter()
+                    .flatten()
+                    .filter(move |e| filter.matches(e, since))
+                    .map(move |e| {
+                        let key = EntryKey {
+                            pid,
+                            kind: e.latest.kind,
+                            start_boot_ns: p.start_boot_ns,
+                        };
+                        (e.last_seen, key)
+                    })
             })
-            .filter(|(_, key)| kind.is_none_or(|k| key.kind == k))
             .collect();
         order.sort_by_key(|(last_seen, _)| std::cmp::Reverse(*last_seen));
         order.truncate(limit);
@@ -350,9 +403,9 @@ impl Findings {
         (used, false)
     }
 
-    /// Entries whose count grew since they were last logged; each is then
-    /// marked logged.
-    pub fn summaries(&mut self, now: Instant) -> Vec<Summary<'_>> {
+    /// Entries whose count grew since they were last logged, with how much;
+    /// each is then marked logged.
+    pub fn summaries(&mut self, now: Instant) -> Vec<(FindingView<'_>, u64)> {
         self.expire(now);
         self.procs
             .values_mut()
@@ -361,15 +414,20 @@ impl Findings {
             .map(|e| {
                 let new = e.count - e.logged;
                 e.logged = e.count;
-                Summary {
-                    latest: &e.latest,
-                    count: e.count,
-                    new,
-                    first_seen: e.first_seen,
-                    last_seen: e.last_seen,
-                }
+                (e.view(), new)
             })
             .collect()
+    }
+}
+
+impl Entry {
+    fn view(&self) -> FindingView<'_> {
+        FindingView {
+            finding: &self.latest,
+            count: self.count,
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+        }
     }
 }
 
@@ -435,7 +493,7 @@ mod tests {
             SystemTime::UNIX_EPOCH,
             now,
         );
-        let views = t.findings(now, None, 10);
+        let views = t.findings((now, SystemTime::now()), &Filter::default(), 10);
         assert_eq!(views[0].count, 800);
         assert_eq!(
             views[0].first_seen,
@@ -456,7 +514,10 @@ mod tests {
             SystemTime::UNIX_EPOCH,
             now,
         );
-        assert_eq!(t.findings(now, None, 10)[0].count, 805);
+        assert_eq!(
+            t.findings((now, SystemTime::now()), &Filter::default(), 10)[0].count,
+            805
+        );
         // A tally of a process the table does not know is left for its record.
         t.tally(
             2,
@@ -466,7 +527,14 @@ mod tests {
             now,
         );
         t.record(finding(2, FindingKind::SoErrorReread, 3), 7, tally(4), now);
-        let reread = t.findings(now, Some(FindingKind::SoErrorReread), 10);
+        let reread = t.findings(
+            (now, SystemTime::now()),
+            &Filter {
+                kind: Some(FindingKind::SoErrorReread),
+                ..Filter::default()
+            },
+            10,
+        );
         assert_eq!(reread[0].count, 4);
     }
 
@@ -485,7 +553,7 @@ mod tests {
         t.record(finding(2, FindingKind::SoErrorReread, 4), 8, tally(1), now);
         assert_eq!(t.flagged_by_kind(now), [1, 1, 1]);
         let order: Vec<_> = t
-            .findings(now, None, 100)
+            .findings((now, SystemTime::now()), &Filter::default(), 100)
             .iter()
             .map(|v| (v.finding.pid, v.finding.kind_name(), v.count))
             .collect();
@@ -497,7 +565,11 @@ mod tests {
                 (1, "so_error_masked", 2)
             ]
         );
-        assert_eq!(t.findings(now, None, 1).len(), 1);
+        assert_eq!(
+            t.findings((now, SystemTime::now()), &Filter::default(), 1)
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -506,10 +578,16 @@ mod tests {
         let mut t = Findings::new(2, Duration::from_secs(60));
         t.record(finding(1, FindingKind::SoErrorMasked, 1), 7, tally(1), now);
         t.record(finding(2, FindingKind::SoErrorReread, 2), 7, tally(1), now);
-        let order = t.order(now, None, 10);
+        let all = Filter::default();
+        let wall = (now, SystemTime::now());
+        let order = t.order(wall, &all, 10);
         assert_eq!(order.len(), 2);
-        assert_eq!(t.order(now, Some(FindingKind::SoErrorMasked), 10).len(), 1);
-        assert_eq!(t.order(now, None, 1), order[..1]);
+        let masked = Filter {
+            kind: Some(FindingKind::SoErrorMasked),
+            ..Filter::default()
+        };
+        assert_eq!(t.order(wall, &masked, 10).len(), 1);
+        assert_eq!(t.order(wall, &all, 1), order[..1]);
         // The entry of pid 1 counts more; pid 2, seen less recently, makes
         // room for pid 3.
         t.tally(
@@ -531,7 +609,7 @@ mod tests {
         // A pid that names another process now is not the entry ordered.
         let mut t = Findings::new(2, Duration::from_secs(60));
         t.record(finding(1, FindingKind::SoErrorMasked, 1), 7, tally(1), now);
-        let order = t.order(now, None, 10);
+        let order = t.order((now, SystemTime::now()), &Filter::default(), 10);
         t.record(finding(1, FindingKind::SoErrorMasked, 2), 8, tally(1), now);
         assert!(t.view(&order[0]).is_none());
     }
@@ -550,8 +628,9 @@ mod tests {
                 now,
             );
         }
-        let order = t.order(now, None, 100);
-        let whole = serde_json::to_vec(&t.findings(now, None, 100)).unwrap();
+        let wall = (now, SystemTime::now());
+        let order = t.order(wall, &Filter::default(), 100);
+        let whole = serde_json::to_vec(&t.findings(wall, &Filter::default(), 100)).unwrap();
         let mut chunks = Vec::new();
         let (mut out, mut first, mut next) = (vec![b'['], true, 0);
         while next < order.len() {
@@ -585,7 +664,9 @@ mod tests {
         let now = Instant::now();
         let mut t = Findings::new(10, Duration::from_secs(60));
         t.record(finding(7, FindingKind::SoErrorMasked, 5), 7, tally(3), now);
-        let json = serde_json::to_value(t.findings(now, None, 10)).unwrap();
+        let json =
+            serde_json::to_value(t.findings((now, SystemTime::now()), &Filter::default(), 10))
+                .unwrap();
         let f = &json[0];
         for key in [
             "kind",
@@ -623,6 +704,115 @@ mod tests {
     }
 
     #[test]
+    fn filters_by_comm_pid_namespace_pod_kind_and_since() {
+        let now = Instant::now();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let mut t = Findings::new(10, Duration::from_secs(60));
+        let mut in_pod = finding(1, FindingKind::SoErrorMasked, 900);
+        in_pod.comm = "nginx".into();
+        in_pod.namespace = Some("shop".into());
+        in_pod.pod = Some("web-0".into());
+        t.record(in_pod, 7, tally(1), now);
+        t.record(
+            finding(2, FindingKind::SoErrorReread, 990),
+            7,
+            tally(1),
+            now,
+        );
+        t.record(
+            finding(3, FindingKind::SoErrorMasked, 999),
+            7,
+            tally(1),
+            now,
+        );
+        let mut pids = |filter: Filter| -> Vec<u32> {
+            t.findings((now, wall), &filter, 10)
+                .iter()
+                .map(|v| v.finding.pid)
+                .collect()
+        };
+        let since = |s: &str| Some(Since::try_from(s.to_owned()).unwrap());
+        for (filter, expected) in [
+            (Filter::default(), &[3, 2, 1][..]),
+            (
+                Filter {
+                    comm: Some("nginx".into()),
+                    ..Filter::default()
+                },
+                &[1],
+            ),
+            (
+                Filter {
+                    comm: Some("client".into()),
+                    ..Filter::default()
+                },
+                &[3, 2],
+            ),
+            (
+                Filter {
+                    pid: Some(2),
+                    ..Filter::default()
+                },
+                &[2],
+            ),
+            (
+                Filter {
+                    namespace: Some("shop".into()),
+                    ..Filter::default()
+                },
+                &[1],
+            ),
+            (
+                Filter {
+                    pod: Some("web-0".into()),
+                    ..Filter::default()
+                },
+                &[1],
+            ),
+            (
+                Filter {
+                    pod: Some("web-1".into()),
+                    ..Filter::default()
+                },
+                &[],
+            ),
+            (
+                Filter {
+                    kind: Some(FindingKind::SoErrorMasked),
+                    ..Filter::default()
+                },
+                &[3, 1],
+            ),
+            // 20 s back from 1000 s: the findings at 990 s and 999 s.
+            (
+                Filter {
+                    since: since("20s"),
+                    ..Filter::default()
+                },
+                &[3, 2],
+            ),
+            (
+                Filter {
+                    since: since("1970-01-01T00:16:35Z"),
+                    ..Filter::default()
+                },
+                &[3],
+            ),
+            (
+                Filter {
+                    comm: Some("client".into()),
+                    kind: Some(FindingKind::SoErrorReread),
+                    ..Filter::default()
+                },
+                &[2],
+            ),
+        ] {
+            assert_eq!(pids(filter.clone()), expected, "{filter:?}");
+        }
+        assert!(Since::try_from("yesterday".to_owned()).is_err());
+    }
+
+    #[test]
     fn bounded_evicting_the_least_recently_seen() {
         let start = Instant::now();
         let mut t = Findings::new(3, Duration::from_secs(60));
@@ -636,7 +826,7 @@ mod tests {
         assert_eq!(t.len(), 3);
         assert_eq!(evicted, [false, false, false, true, true]);
         let mut pids: Vec<_> = t
-            .findings(start, None, 10)
+            .findings((start, SystemTime::now()), &Filter::default(), 10)
             .iter()
             .map(|v| v.finding.pid)
             .collect();
@@ -663,8 +853,12 @@ mod tests {
         assert_eq!(t.flagged_by_kind(start + Duration::from_secs(59))[0], 2);
         assert_eq!(t.flagged_by_kind(start + Duration::from_secs(61))[0], 1);
         assert!(
-            t.findings(start + Duration::from_secs(91), None, 10)
-                .is_empty()
+            t.findings(
+                (start + Duration::from_secs(91), SystemTime::now()),
+                &Filter::default(),
+                10
+            )
+            .is_empty()
         );
     }
 
@@ -694,7 +888,7 @@ mod tests {
             now,
         );
         let s = t.summaries(now);
-        assert_eq!((s.len(), s[0].count, s[0].new), (1, 40, 39));
+        assert_eq!((s.len(), s[0].0.count, s[0].1), (1, 40, 39));
         assert!(t.summaries(now).is_empty());
     }
 }

@@ -6,7 +6,12 @@
 
 pub mod container;
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
 
 pub use sockerr_testkit::*;
 
@@ -34,26 +39,40 @@ pub fn build_evhttp_client() -> PathBuf {
     out
 }
 
-/// The web server `sockerr run` (pid `collector`) runs now: its child
-/// named `sockerr-server` (the collector starts it from a thread of its
-/// own, so each thread's children are looked at).
-pub fn web_server(collector: u32) -> Option<u32> {
-    let tasks = std::fs::read_dir(format!("/proc/{collector}/task")).ok()?;
-    tasks.flatten().find_map(|task| {
-        let children = std::fs::read_to_string(task.path().join("children")).ok()?;
-        children
-            .split_whitespace()
-            .filter_map(|pid| pid.parse().ok())
-            .find(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|comm| comm.trim() == "sockerr-server")
-            })
-    })
+/// A fresh scratch directory `name` of this test binary (`binary`: its
+/// name, e.g. `web`), under cargo's target tmpdir.
+pub fn scratch(binary: &str, name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{binary}-{}", std::process::id()))
+        .join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `openssl ARGS` in `dir`, which must succeed.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    run_ok(
+        Command::new("openssl").args(args).current_dir(dir),
+        &format!("openssl {args:?} (cargo xtask setup installs it)"),
+    );
+}
+
+/// The bcrypt hash of `password`, from `sockerr hash-password`.
+pub fn bcrypt_hash(password: &str) -> String {
+    let mut child = Command::new(agent_bin())
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// [`web_server`], waited for (it starts once the probes are attached).
 pub fn wait_web_server(collector: u32) -> u32 {
-    eventually(std::time::Duration::from_secs(20), "the web server", || {
-        web_server(collector)
-    })
+    eventually(PATIENCE, "the web server", || web_server(collector))
 }

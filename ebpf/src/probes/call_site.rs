@@ -5,8 +5,8 @@
 //! attempt.
 
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK, helpers::bpf_probe_read_user, macros::uprobe,
-    programs::ProbeContext, programs::tracing::StackIdContext as _,
+    bindings::BPF_F_USER_STACK, macros::uprobe, programs::ProbeContext,
+    programs::tracing::StackIdContext as _,
 };
 use sockerr_common::{CallSite, SiteOp};
 
@@ -46,6 +46,8 @@ fn record(ctx: &ProbeContext, op: SiteOp) {
 /// instruction it is still where the call put it.
 #[cfg(bpf_target_arch = "x86_64")]
 fn caller(ctx: &ProbeContext) -> u64 {
+    // Only this architecture reads the caller from the stack.
+    use aya_ebpf::helpers::bpf_probe_read_user;
     // SAFETY: the registers of the probed task; reading its stack may fault,
     // which the helper reports instead of crashing.
     let sp = unsafe { (*ctx.regs).rsp };

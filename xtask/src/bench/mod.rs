@@ -145,7 +145,7 @@ pub fn run(options: &Options) -> Result<()> {
         );
     }
     setup::run()?;
-    let agent = build::release()?;
+    let agent = build::release(None)?;
     let root = cmd::workspace_root();
     let mut run = Run {
         quick: options.quick,

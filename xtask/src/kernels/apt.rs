@@ -1,8 +1,13 @@
-//! The private apt view the kernels and QEMU come through: a sources list
-//! of our own (built from the Debian archive this machine is configured
-//! with), with its own package lists and download cache under
-//! ~/.cache/sockerr/kernels/apt. The system's sources are never edited;
-//! `apt-get -o Dir::Etc::sourcelist=…` points apt at ours.
+//! The private apt views the kernels, QEMU and the other architectures'
+//! programs come through: a sources list of our own (built from the Debian
+//! archive this machine is configured with), with its own package lists
+//! and download cache under ~/.cache/sockerr/kernels/apt. The system's
+//! sources are never edited; `apt-get -c …` points apt at ours.
+//!
+//! One view per architecture: this host's (`apt/`: its kernels, and the
+//! QEMU installed from it) and each other's (`apt-arm64/` on an amd64
+//! host: `APT::Architecture "arm64"` and a dpkg status of its own, empty,
+//! so it only ever downloads; nothing is installed from it).
 
 use std::{
     fs,
@@ -14,22 +19,41 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::series::{SERIES, Series};
-use crate::{cache, cmd};
+use crate::{arch::Arch, cache, cmd};
 
 /// The meta package whose Depends names the current cloud kernel.
-const META: &str = "linux-image-cloud-amd64";
+fn meta(arch: Arch) -> String {
+    format!("linux-image-cloud-{}", arch.debian())
+}
 /// Package lists older than this are refreshed (a failed refresh keeps the
 /// cached kernels).
 pub const LISTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
-pub fn apt_dir() -> Result<PathBuf> {
-    Ok(cache::kernels()?.join("apt"))
+pub fn apt_dir(arch: Arch) -> Result<PathBuf> {
+    Ok(cache::kernels()?.join(if arch.is_host() {
+        "apt".to_owned()
+    } else {
+        format!("apt-{}", arch.debian())
+    }))
 }
 
 /// apt's configuration for the private view, read after the system's (`-c`).
-fn apt_conf() -> Result<PathBuf> {
-    let apt = apt_dir()?;
+fn apt_conf(arch: Arch) -> Result<PathBuf> {
+    let apt = apt_dir(arch)?;
+    let foreign = if arch.is_host() {
+        String::new()
+    } else {
+        format!(
+            "// Another architecture's packages, only to download: its own\n\
+             // (empty) dpkg status, not this host's.\n\
+             APT::Architecture \"{arch}\";\n\
+             APT::Architectures {{ \"{arch}\"; }};\n\
+             Dir::State::status \"{status}\";\n",
+            arch = arch.debian(),
+            status = apt.join("status").display(),
+        )
+    };
     let conf = format!(
         "// Written by cargo xtask (kernel matrix): a private apt view.\n\
          Dir::Etc::sourcelist \"{sources}\";\n\
@@ -42,7 +66,7 @@ fn apt_conf() -> Result<PathBuf> {
          Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled \"false\";\n\
          Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled \"false\";\n\
          // Downloads go to directories of ours, which apt's sandbox user cannot write.\n\
-         APT::Sandbox::User \"root\";\n",
+         APT::Sandbox::User \"root\";\n{foreign}",
         sources = apt.join("sources.list").display(),
         lists = apt.join("lists").display(),
         cache = apt.join("cache").display(),
@@ -52,12 +76,16 @@ fn apt_conf() -> Result<PathBuf> {
         fs::create_dir_all(&apt)?;
         fs::write(&path, conf)?;
     }
+    if !arch.is_host() && !apt.join("status").exists() {
+        fs::write(apt.join("status"), "")?;
+    }
     Ok(path)
 }
 
-pub fn apt(program: &str) -> Result<Command> {
+/// `program` (apt-get, apt-cache) in `arch`'s view.
+pub fn apt(arch: Arch, program: &str) -> Result<Command> {
     let mut c = Command::new(program);
-    c.arg("-c").arg(apt_conf()?);
+    c.arg("-c").arg(apt_conf(arch)?);
     Ok(c)
 }
 
@@ -196,14 +224,15 @@ pub fn qemu_suite() -> String {
     )
 }
 
-/// Writes the private sources list: every suite of every series, and the
-/// suite QEMU is installed from.
-fn write_sources(archive: &Archive) -> Result<String> {
+/// Writes a view's sources list: every suite of the series of its
+/// architecture, and, in this host's, the suite QEMU is installed from.
+fn write_sources(arch: Arch, archive: &Archive) -> Result<String> {
     let mut suites: Vec<String> = Vec::new();
     for suite in SERIES
         .iter()
+        .filter(|s| s.arch == arch)
         .flat_map(|s| s.suites.iter().map(|s| s.to_string()))
-        .chain([qemu_suite()])
+        .chain(arch.is_host().then(qemu_suite))
     {
         if !suites.contains(&suite) {
             suites.push(suite);
@@ -230,7 +259,7 @@ fn write_sources(archive: &Archive) -> Result<String> {
             archive.keyring
         ));
     }
-    let apt = apt_dir()?;
+    let apt = apt_dir(arch)?;
     for d in ["lists/partial", "cache/archives/partial"] {
         fs::create_dir_all(apt.join(d))?;
     }
@@ -238,34 +267,35 @@ fn write_sources(archive: &Archive) -> Result<String> {
     Ok(list)
 }
 
-fn marker() -> Result<PathBuf> {
-    Ok(apt_dir()?.join("updated"))
+fn marker(arch: Arch) -> Result<PathBuf> {
+    Ok(apt_dir(arch)?.join("updated"))
 }
 
-pub fn lists_age() -> Option<Duration> {
-    let modified = fs::metadata(marker().ok()?).ok()?.modified().ok()?;
+pub fn lists_age(arch: Arch) -> Option<Duration> {
+    let modified = fs::metadata(marker(arch).ok()?).ok()?.modified().ok()?;
     SystemTime::now().duration_since(modified).ok()
 }
 
-/// Refreshes the private view's package lists.
-fn update() -> Result<()> {
+/// Refreshes a private view's package lists.
+fn update(arch: Arch) -> Result<()> {
     let archive = configured_archive()?;
-    let list = write_sources(&archive)?;
+    let list = write_sources(arch, &archive)?;
     println!(
-        "xtask kernels: updating the package lists of the private apt view {}:",
-        apt_dir()?.join("sources.list").display()
+        "xtask kernels: updating the package lists ({}) of the private apt view {}:",
+        arch.debian(),
+        apt_dir(arch)?.join("sources.list").display()
     );
     for line in list.lines().filter(|l| l.starts_with("deb ")) {
         println!("xtask kernels:   {line}");
     }
     let started = Instant::now();
-    let mut c = apt("apt-get")?;
+    let mut c = apt(arch, "apt-get")?;
     // apt-get update exits 0 when it could not fetch a list, unless told.
     c.args(["update", "-q", "--error-on=any"]);
     cmd::run(&mut c).context(
         "updating the private apt view failed (offline, or the Debian archive unreachable?)",
     )?;
-    fs::write(marker()?, "")?;
+    fs::write(marker(arch)?, "")?;
     println!(
         "xtask kernels: package lists updated in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -273,15 +303,15 @@ fn update() -> Result<()> {
     Ok(())
 }
 
-/// Makes sure the private view's lists exist and are not older than a
+/// Makes sure a private view's lists exist and are not older than a
 /// week (or refreshes them when `refresh`). Returns false when they could
 /// not be refreshed but older ones exist.
-pub fn ensure_lists(refresh: bool) -> Result<bool> {
-    let age = lists_age();
+pub fn ensure_lists(arch: Arch, refresh: bool) -> Result<bool> {
+    let age = lists_age(arch);
     if !refresh && age.is_some_and(|a| a < LISTS_MAX_AGE) {
         return Ok(true);
     }
-    match update() {
+    match update(arch) {
         Ok(()) => Ok(true),
         Err(e) if age.is_some() => {
             println!("xtask kernels: {e:#}; using the package lists from before");
@@ -298,11 +328,12 @@ fn dpkg_newer(a: &str, b: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The newest `linux-image-cloud-amd64` in the series' suites, and the
+/// The newest `linux-image-cloud-<arch>` in the series' suites, and the
 /// versioned kernel package it depends on.
 pub fn resolve(series: &Series) -> Result<(String, String)> {
-    let madison = cmd::output(apt("apt-cache")?.args(["madison", META]))
-        .with_context(|| format!("apt-cache madison {META} in the private view"))?;
+    let package = meta(series.arch);
+    let madison = cmd::output(apt(series.arch, "apt-cache")?.args(["madison", &package]))
+        .with_context(|| format!("apt-cache madison {package} in the private view"))?;
     // "pkg | version | uri suite/component arch Packages"
     let mut best: Option<String> = None;
     for line in madison.lines() {
@@ -320,18 +351,19 @@ pub fn resolve(series: &Series) -> Result<(String, String)> {
             best = Some((*version).to_owned());
         }
     }
-    let meta = best.with_context(|| {
+    let current = best.with_context(|| {
         format!(
-            "no {META} in {} (package lists of the private view)",
+            "no {package} in {} (package lists of the private view)",
             series.suites.join(", ")
         )
     })?;
-    let show = cmd::output(apt("apt-cache")?.args(["show", &format!("{META}={meta}")]))
-        .with_context(|| format!("apt-cache show {META}={meta}"))?;
+    let show =
+        cmd::output(apt(series.arch, "apt-cache")?.args(["show", &format!("{package}={current}")]))
+            .with_context(|| format!("apt-cache show {package}={current}"))?;
     let depends = show
         .lines()
         .find_map(|l| l.strip_prefix("Depends:"))
-        .with_context(|| format!("{META} {meta} has no Depends"))?;
+        .with_context(|| format!("{package} {current} has no Depends"))?;
     // "linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)"
     for dep in depends.split(',') {
         let dep = dep.trim();
@@ -340,13 +372,13 @@ pub fn resolve(series: &Series) -> Result<(String, String)> {
         {
             let version = rest.trim_end_matches(')').trim().to_owned();
             anyhow::ensure!(
-                name.starts_with(&format!("linux-image-{}.", series.name)),
-                "{META} {meta} in {} depends on {name}, not a {} kernel",
+                name.starts_with(&format!("linux-image-{}.", series.version)),
+                "{package} {current} in {} depends on {name}, not a {} kernel",
                 series.suites.join(", "),
-                series.name
+                series.version
             );
             return Ok((name.to_owned(), version));
         }
     }
-    bail!("{META} {meta}: no linux-image dependency in {depends}")
+    bail!("{package} {current}: no linux-image dependency in {depends}")
 }

@@ -1,27 +1,30 @@
-//! Series names in; Debian's cloud kernels ready to boot, and the QEMU that
-//! boots them, out.
+//! Series names in; Debian's cloud kernels ready to boot, the QEMU that
+//! boots them, and the programs of another architecture's VMs, out.
 //!
 //! Each series ([`series`]) is the newest cloud kernel of its Debian
-//! suites, fetched through a private apt view ([`apt`]) and kept in the
-//! cache with only its vmlinuz, config and the netfilter modules the
-//! transparency check loads.
+//! suites and architecture, fetched through a private apt view ([`apt`])
+//! and kept in the cache with only its vmlinuz, config and the netfilter
+//! modules the transparency check loads. An arm64 VM's busybox, iptables
+//! and C libraries are Debian's arm64 packages, unpacked ([`userland`]).
 
 mod apt;
 mod series;
+mod userland;
 
-pub use series::{SERIES, Series, select};
+pub use series::{ABSENT, SERIES, Series, select};
+pub use userland::{resolve_in, userland};
 
 use std::{fs, path::PathBuf, process::Command, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 
 use self::apt::{LISTS_MAX_AGE, apt, apt_dir, ensure_lists, lists_age, qemu_suite, resolve};
-use crate::{cache, cmd};
+use crate::{arch::Arch, cache, cmd};
 
 /// A kernel ready to boot.
 pub struct Kernel {
     pub series: &'static Series,
-    /// e.g. linux-image-6.1.0-56-cloud-amd64
+    /// e.g. linux-image-6.1.0-56-cloud-amd64, linux-image-6.1.0-50-cloud-arm64
     pub package: String,
     pub version: String,
     pub vmlinuz: PathBuf,
@@ -88,7 +91,7 @@ fn download(series: &'static Series, package: &str, version: &str) -> Result<Ker
     );
     let started = Instant::now();
     cmd::run(
-        apt("apt-get")?
+        apt(series.arch, "apt-get")?
             .args(["download", "-q", &format!("{package}={version}")])
             .current_dir(&tmp),
     )
@@ -156,8 +159,16 @@ fn download(series: &'static Series, package: &str, version: &str) -> Result<Ker
 /// (downloaded when the cache holds another version). With `refresh`, the
 /// package lists are refreshed even when less than a week old.
 pub fn ensure(series: &[&'static Series], refresh: bool) -> Result<Vec<Kernel>> {
+    let mut arches: Vec<Arch> = Vec::new();
+    for s in series {
+        if !arches.contains(&s.arch) {
+            arches.push(s.arch);
+        }
+    }
     let all_cached = series.iter().all(|s| cached(s).is_some());
-    let fresh = lists_age().is_some_and(|a| a < LISTS_MAX_AGE);
+    let fresh = arches
+        .iter()
+        .all(|a| lists_age(*a).is_some_and(|age| age < LISTS_MAX_AGE));
     if all_cached && fresh && !refresh {
         let kernels: Vec<Kernel> = series.iter().filter_map(|s| cached(s)).collect();
         for k in &kernels {
@@ -171,16 +182,35 @@ pub fn ensure(series: &[&'static Series], refresh: bool) -> Result<Vec<Kernel>> 
         }
         return Ok(kernels);
     }
-    let online = match ensure_lists(refresh) {
-        Ok(online) => online,
-        Err(e) if all_cached => {
-            println!("xtask kernels: {e:#}; using the cached kernels");
-            return Ok(series.iter().filter_map(|s| cached(s)).collect());
+    // Per architecture: whether its lists are fresh (online), or could not
+    // be refreshed while its kernels are cached (offline: the cache is used).
+    let mut online = Vec::new();
+    for arch in arches {
+        let arch_cached = series
+            .iter()
+            .filter(|s| s.arch == arch)
+            .all(|s| cached(s).is_some());
+        match ensure_lists(arch, refresh) {
+            Ok(fresh) => online.push((arch, Some(fresh))),
+            Err(e) if arch_cached => {
+                println!(
+                    "xtask kernels: {e:#}; using the cached {} kernels",
+                    arch.debian()
+                );
+                online.push((arch, None));
+            }
+            Err(e) => return Err(e),
         }
-        Err(e) => return Err(e),
-    };
+    }
     let mut kernels = Vec::new();
     for s in series {
+        let online = match online.iter().find(|(a, _)| *a == s.arch) {
+            Some((_, Some(online))) => *online,
+            _ => {
+                kernels.push(cached(s).context("checked above: cached")?);
+                continue;
+            }
+        };
         let kernel = match resolve(s) {
             Ok((package, version)) => match cached(s) {
                 Some(k) if k.package == package && k.version == version => {
@@ -217,34 +247,51 @@ pub fn ensure(series: &[&'static Series], refresh: bool) -> Result<Vec<Kernel>> 
     Ok(kernels)
 }
 
-/// The QEMU binary the matrix runs.
-pub const QEMU: &str = "qemu-system-x86_64";
-
-/// Installs QEMU (needs root) when it is missing. It comes from this
-/// release's backports through the private view: the machines this project
-/// runs on carry qemu-utils from backports, which Breaks the older
-/// qemu-system-common of the release itself, so installing the release's
-/// QEMU would remove it. `--no-remove` makes apt refuse rather than remove
-/// anything.
-pub fn qemu() -> Result<()> {
-    if cmd::output(Command::new(QEMU).arg("--version")).is_some() {
-        println!("xtask setup: {QEMU} is installed");
+/// Installs the QEMU of each of `arches` (needs root) when one is
+/// missing. They come from this release's backports through the host's
+/// private view: the machines this project runs on carry qemu-utils from
+/// backports, which Breaks the older qemu-system-common of the release
+/// itself, so installing the release's QEMU would remove it; and every
+/// qemu-system-* depends on the very version of qemu-system-common, so
+/// they are installed together, from one suite, in one apt run (which
+/// upgrades an installed one rather than leave them apart). `--no-remove`
+/// makes apt refuse rather than remove anything.
+pub fn qemu(arches: &[Arch]) -> Result<()> {
+    let missing: Vec<Arch> = arches
+        .iter()
+        .copied()
+        .filter(|a| cmd::output(Command::new(a.qemu().0).arg("--version")).is_none())
+        .collect();
+    for a in arches.iter().filter(|a| !missing.contains(a)) {
+        println!("xtask setup: {} is installed", a.qemu().0);
+    }
+    if missing.is_empty() {
         return Ok(());
     }
     let suite = qemu_suite();
+    let packages: Vec<&str> = arches.iter().map(|a| a.qemu().1).collect();
+    for a in &missing {
+        println!(
+            "xtask setup: missing {}: cargo xtask matrix boots Debian's {} kernels under it (TCG)",
+            a.qemu().0,
+            a.debian()
+        );
+    }
     println!(
-        "xtask setup: missing {QEMU}: cargo xtask matrix boots Debian kernels under QEMU (TCG); \
-         installing qemu-system-x86 from {suite}"
+        "xtask setup: installing {} from {suite} (together: they share qemu-system-common)",
+        packages.join(" ")
     );
+    let host = Arch::host()?;
     if !cmd::is_root() {
         bail!(
             "not root, so not installing QEMU; run as root: cargo xtask setup \
-             (it installs qemu-system-x86 from {suite} through {})",
-            apt_dir()?.join("sources.list").display()
+             (it installs {} from {suite} through {})",
+            packages.join(" "),
+            apt_dir(host)?.join("sources.list").display()
         );
     }
-    ensure_lists(false)?;
-    let mut c = apt("apt-get")?;
+    ensure_lists(host, false)?;
+    let mut c = apt(host, "apt-get")?;
     c.args([
         "install",
         "-y",
@@ -252,7 +299,8 @@ pub fn qemu() -> Result<()> {
         "--no-install-recommends",
         "--no-remove",
     ])
-    .args(["-t", &suite, "qemu-system-x86"])
+    .args(["-t", &suite])
+    .args(&packages)
     .env("DEBIAN_FRONTEND", "noninteractive");
     cmd::run(&mut c)?;
     Ok(())

@@ -1,7 +1,8 @@
 //! The initramfs the VMs boot: busybox as init's shell, the release agent,
-//! the scenario program, iptables-legacy and their C libraries; then, per
-//! kernel, a second archive with its netfilter modules (the kernel unpacks
-//! archives concatenated into one initrd in turn).
+//! the scenario program, iptables-legacy and their C libraries, all of the
+//! VM's architecture; then, per kernel, a second archive with its
+//! netfilter modules (the kernel unpacks archives concatenated into one
+//! initrd in turn).
 
 use std::{
     fs,
@@ -13,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use cpio::{NewcBuilder, newc};
 
-use crate::cmd;
+use crate::{arch::Arch, cmd, kernels::resolve_in};
 
 /// init: mounts what the agent needs, runs the table, powers off. The
 /// markers let the host time the boot and find the end. The kernel command
@@ -52,28 +53,93 @@ poweroff -f
     )
 }
 
-/// The shared libraries `ldd` lists for a binary, and its loader.
-fn libraries(binary: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd").arg(binary).output()?;
-    // A static binary: ldd says so and exits 1.
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .filter_map(|l| {
-            let path = match l.split_once("=>") {
-                Some((_, right)) => right.split_whitespace().next()?,
-                None => l.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect())
+/// The ELF interpreter and NEEDED libraries `readelf` (which reads every
+/// architecture's ELF) lists for a binary.
+fn dynamic(binary: &Path) -> Result<(Option<String>, Vec<String>)> {
+    let out = Command::new("readelf")
+        .args(["--program-headers", "--dynamic", "--wide"])
+        .arg(binary)
+        .output()
+        .context("running readelf (binutils: `cargo xtask setup` installs it)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "readelf {}: {}",
+        binary.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(parse_dynamic(&String::from_utf8_lossy(&out.stdout)))
 }
 
-/// `objcopy --strip-debug` into `out`.
-fn stripped(binary: &Path, out: &Path) -> Result<Vec<u8>> {
+fn parse_dynamic(text: &str) -> (Option<String>, Vec<String>) {
+    let bracketed = |l: &str, after: &str| {
+        let rest = l.split_once(after)?.1;
+        Some(rest.split_once(']')?.0.trim().to_owned())
+    };
+    let interpreter = text
+        .lines()
+        .find_map(|l| bracketed(l, "[Requesting program interpreter:"));
+    let needed = text
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| bracketed(l, "Shared library: ["))
+        .collect();
+    (interpreter, needed)
+}
+
+/// The shared libraries `binaries` load, transitively, and their loader:
+/// (path inside the VM, file under `root`), found where the loader looks
+/// for them without an ld.so.cache (the multiarch directories first).
+fn libraries(root: &Path, arch: Arch, binaries: &[PathBuf]) -> Result<Vec<(String, PathBuf)>> {
+    let dirs = [
+        format!("/lib/{}", arch.gnu()),
+        format!("/usr/lib/{}", arch.gnu()),
+        "/lib".to_owned(),
+        "/usr/lib".to_owned(),
+    ];
+    let mut found: Vec<(String, PathBuf)> = Vec::new();
+    let mut todo: Vec<PathBuf> = binaries.to_vec();
+    while let Some(binary) = todo.pop() {
+        let (interpreter, needed) = dynamic(&binary)?;
+        let mut wanted: Vec<(String, PathBuf)> = Vec::new();
+        if let Some(loader) = interpreter {
+            let file = resolve_in(root, &loader)?;
+            wanted.push((loader, file));
+        }
+        for soname in needed {
+            let hit = dirs.iter().find_map(|d| {
+                let path = format!("{d}/{soname}");
+                resolve_in(root, &path).ok().map(|file| (path, file))
+            });
+            wanted.push(hit.with_context(|| {
+                format!(
+                    "{} needs {soname}, which is in none of {} under {}{}",
+                    binary.display(),
+                    dirs.join(", "),
+                    root.display(),
+                    if arch.is_host() {
+                        String::new()
+                    } else {
+                        " (add its Debian package to kernels::userland::PACKAGES)".to_owned()
+                    }
+                )
+            })?);
+        }
+        for (path, file) in wanted {
+            if !found.iter().any(|(p, _)| *p == path) {
+                todo.push(file.clone());
+                found.push((path, file));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// `objcopy --strip-debug` (the binutils of the binary's architecture)
+/// into `out`.
+fn stripped(binary: &Path, arch: Arch, out: &Path) -> Result<Vec<u8>> {
     let dest = out.join(binary.file_name().unwrap());
     cmd::run(
-        Command::new("objcopy")
+        Command::new(arch.binutil("objcopy"))
             .arg("--strip-debug")
             .arg(binary)
             .arg(&dest),
@@ -82,63 +148,77 @@ fn stripped(binary: &Path, out: &Path) -> Result<Vec<u8>> {
 }
 
 /// iptables-legacy as the transparency check runs it, and the one
-/// extension its ruleset needs (loaded with dlopen, so ldd does not list it).
+/// extension its ruleset needs (loaded with dlopen, so it is not NEEDED).
 const XTABLES: &str = "/usr/sbin/xtables-legacy-multi";
-const XTABLES_STANDARD: &str = "/usr/lib/x86_64-linux-gnu/xtables/libxt_standard.so";
+fn xtables_standard(arch: Arch) -> String {
+    format!("/usr/lib/{}/xtables/libxt_standard.so", arch.gnu())
+}
 
-/// The initramfs every VM shares: /init, busybox, the agent, the scenario
-/// program, iptables-legacy and their libraries at the paths the loader
-/// looks for them.
-pub fn initramfs(agent: &Path, scenario: &Path, bpf_stats: bool, out: &Path) -> Result<PathBuf> {
-    let busybox = Path::new("/bin/busybox");
-    for (path, package) in [
-        (busybox, "busybox-static"),
-        (Path::new(XTABLES), "iptables"),
-        (Path::new(XTABLES_STANDARD), "iptables"),
-    ] {
-        anyhow::ensure!(
-            path.exists(),
-            "{} is missing: `cargo xtask setup` installs {package}",
-            path.display()
-        );
-    }
-    println!("xtask matrix: building the initramfs (agent and scenarios stripped of debug info)");
-    let strip_dir = out.join("stripped");
+/// The initramfs every VM of `arch` shares: /init, busybox, the agent,
+/// the scenario program, iptables-legacy and their libraries at the paths
+/// the loader looks for them; all but the agent and the scenario program
+/// (built for `arch`) from `root` (see `kernels::userland`).
+///
+/// The scenario program keeps its line tables: the call-site check names
+/// its functions down to file:line.
+pub fn initramfs(
+    arch: Arch,
+    root: &Path,
+    agent: &Path,
+    scenario: &Path,
+    bpf_stats: bool,
+    out: &Path,
+) -> Result<PathBuf> {
+    let package = |p: &str| {
+        if arch.is_host() {
+            format!("`cargo xtask setup` installs {p}")
+        } else {
+            format!("{p}:{} should have been unpacked there", arch.debian())
+        }
+    };
+    let busybox = resolve_in(root, "/bin/busybox").with_context(|| package("busybox-static"))?;
+    let xtables = resolve_in(root, XTABLES).with_context(|| package("iptables"))?;
+    let standard = xtables_standard(arch);
+    let standard_file = resolve_in(root, &standard).with_context(|| package("iptables"))?;
+    println!(
+        "xtask matrix: building the {} initramfs (the agent stripped of debug info)",
+        arch.debian()
+    );
+    let strip_dir = out.join(format!("stripped-{}", arch.debian()));
     fs::create_dir_all(&strip_dir)?;
     let mut files: Vec<(String, Vec<u8>)> = vec![
         ("init".into(), init_script(bpf_stats).into_bytes()),
-        ("bin/busybox".into(), fs::read(busybox)?),
-        ("sockerr/sockerr".into(), stripped(agent, &strip_dir)?),
-        (
-            "sockerr/sockerr-scenario".into(),
-            stripped(scenario, &strip_dir)?,
-        ),
+        ("bin/busybox".into(), fs::read(&busybox)?),
+        ("sockerr/sockerr".into(), stripped(agent, arch, &strip_dir)?),
+        ("sockerr/sockerr-scenario".into(), fs::read(scenario)?),
     ];
-    let mut libs = Vec::new();
-    for binary in [busybox, agent, scenario, Path::new(XTABLES)] {
-        for lib in libraries(binary)? {
-            if !libs.contains(&lib) {
-                libs.push(lib);
-            }
-        }
-    }
-    libs.extend([PathBuf::from(XTABLES), PathBuf::from(XTABLES_STANDARD)]);
-    for lib in &libs {
-        let name = lib.to_str().context("non-UTF-8 library path")?;
+    let mut libs = libraries(
+        root,
+        arch,
+        &[
+            busybox,
+            agent.to_owned(),
+            scenario.to_owned(),
+            xtables.clone(),
+            standard_file.clone(),
+        ],
+    )?;
+    libs.extend([(XTABLES.to_owned(), xtables), (standard, standard_file)]);
+    for (path, file) in &libs {
         files.push((
-            name.trim_start_matches('/').to_owned(),
-            fs::read(lib).with_context(|| format!("reading {name}"))?,
+            path.trim_start_matches('/').to_owned(),
+            fs::read(file).with_context(|| format!("reading {}", file.display()))?,
         ));
     }
     let archive = cpio(&files, &["dev", "proc", "sys", "tmp", "run", "root"])?;
-    let path = out.join("initramfs.cpio");
+    let path = out.join(format!("initramfs-{}.cpio", arch.debian()));
     fs::write(&path, &archive)?;
     println!(
         "xtask matrix: initramfs {} ({:.1} MB): init, busybox, sockerr, sockerr-scenario, {}",
         path.display(),
         archive.len() as f64 / 1e6,
         libs.iter()
-            .map(|l| l.display().to_string())
+            .map(|(p, _)| p.as_str())
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -216,4 +296,34 @@ fn cpio(files: &[(String, Vec<u8>)], dirs: &[&str]) -> Result<Vec<u8>> {
     }
     newc::trailer(&mut archive)?;
     Ok(archive)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_loader_and_libraries_readelf_lists() {
+        let text = "\
+Program Headers:
+  INTERP         0x000238 0x0000000000000238 0x0000000000000238 0x00001b 0x00001b R   0x1
+      [Requesting program interpreter: /lib/ld-linux-aarch64.so.1]
+Dynamic section at offset 0xa2ec38 contains 31 entries:
+  Tag        Type                         Name/Value
+ 0x0000000000000001 (NEEDED)             Shared library: [libgcc_s.so.1]
+ 0x0000000000000001 (NEEDED)             Shared library: [libc.so.6]
+ 0x000000000000001e (FLAGS)              BIND_NOW
+";
+        assert_eq!(
+            parse_dynamic(text),
+            (
+                Some("/lib/ld-linux-aarch64.so.1".to_owned()),
+                vec!["libgcc_s.so.1".to_owned(), "libc.so.6".to_owned()]
+            )
+        );
+        assert_eq!(
+            parse_dynamic("There is no dynamic section in this file.\n"),
+            (None, vec![])
+        );
+    }
 }

@@ -1,11 +1,13 @@
 //! Kernel series and options in; the detection table's result on each kernel out.
 //!
 //! `cargo xtask matrix`: the detection scenario table on other kernels.
-//! Boots Debian's cloud kernels (see `kernels/`) under QEMU with TCG
-//! (KVM fails or hangs on these machines) with an initramfs carrying the
-//! release agent, the scenario program, their C libraries and busybox; init
-//! runs `sockerr-scenario matrix` (check, trace, the table) and powers off.
-//! The same runner runs on this host; then one table, a row per kernel.
+//! Boots Debian's cloud kernels (see `kernels/`), amd64 and arm64, under
+//! QEMU with TCG (KVM fails or hangs on these machines) with an initramfs
+//! carrying the release agent and the scenario program built for the
+//! kernel's architecture (cross-built for arm64), their C libraries and
+//! busybox; init runs `sockerr-scenario matrix` (check, trace, the table,
+//! call sites) and powers off. The same runner runs on this host; then one
+//! table, a row per kernel.
 //!
 //! The pieces: the initramfs ([`initramfs`]), the consoles ([`console`]), a
 //! row of the table and what passing means ([`row`]), the table printed
@@ -30,18 +32,25 @@ use self::{
     console::{find, stream},
     initramfs::{initramfs, with_modules},
     report::{print_table, secs},
-    row::{Row, VARIANTS, Variant, expected_hooks, skipped, wrong_hooks},
+    row::{Expected, Row, Variant, expected_hooks, skipped, variants, wrong_hooks},
 };
-use crate::{build, cmd, kernels, kernels::Kernel};
+use crate::{arch::Arch, build, cmd, dist, kernels, kernels::Kernel, setup};
 
 const DEFAULT_TIMEOUT: u64 = 300;
 const DEFAULT_MEMORY: u32 = 1024;
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// Kernel series to boot (5.10, 6.1, 6.12); repeat for several. Default: all.
+    /// Kernel series to boot (5.10, 6.1, 6.12, arm64-6.1, arm64-6.12; with
+    /// --arch also a version: --arch arm64 --kernel 6.1); repeat for
+    /// several. Default: all.
     #[arg(long = "kernel", value_name = "SERIES")]
     pub kernels: Vec<String>,
+    /// Only the kernels of this architecture (amd64, arm64; arm64 runs a
+    /// cross-built agent under qemu-system-aarch64), and the host row only
+    /// if it is this host's; repeat for several. Default: all.
+    #[arg(long = "arch", value_enum)]
+    pub arches: Vec<Arch>,
     /// Boot no VM, run the table on this host only.
     #[arg(long, conflicts_with = "kernels")]
     pub host_only: bool,
@@ -68,6 +77,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             kernels: Vec::new(),
+            arches: Vec::new(),
             host_only: false,
             no_host: false,
             refresh: false,
@@ -103,37 +113,74 @@ pub fn matrix(options: &Options) -> Result<Outcome> {
     let series = if options.host_only {
         Vec::new()
     } else {
-        kernels::select(&options.kernels)?
+        kernels::select(&options.kernels, &options.arches)?
     };
-    if !series.is_empty() {
-        kernels::qemu()?;
+    // The architectures to boot, in the order of their series.
+    let mut arches: Vec<Arch> = Vec::new();
+    for s in &series {
+        if !arches.contains(&s.arch) {
+            arches.push(s.arch);
+        }
     }
+    let host_arch = Arch::host()?;
+    let host_row =
+        !options.no_host && (options.arches.is_empty() || options.arches.contains(&host_arch));
+    kernels::qemu(&arches)?;
 
     let t = Instant::now();
     let kernels = kernels::ensure(&series, options.refresh)?;
+    let mut roots = Vec::new();
+    for &arch in &arches {
+        roots.push((arch, kernels::userland(arch, options.refresh)?));
+    }
     let fetch_time = t.elapsed();
 
-    let agent = build::release()?;
-    let scenario = agent.with_file_name("sockerr-scenario");
+    // The agent and the scenario program of each architecture run.
+    let mut builds = Vec::new();
+    for arch in arches.iter().copied().chain(host_row.then_some(host_arch)) {
+        if !builds.iter().any(|(a, _)| *a == arch) {
+            let target = (!arch.is_host()).then(|| arch.rust_target());
+            if target.is_some() {
+                setup::cross(arch)?;
+            }
+            builds.push((arch, build::release(target)?));
+        }
+    }
+    let built = |arch: Arch| {
+        let agent = builds.iter().find(|(a, _)| *a == arch).unwrap().1.clone();
+        let scenario = agent.with_file_name("sockerr-scenario");
+        (agent, scenario)
+    };
+    // The VMs run the release artifacts' static agent, alone: no C library
+    // is copied for it, so each row proves the artifact on that kernel's
+    // distribution (Debian 11's glibc 2.31 for 5.10).
+    let mut static_agents = Vec::new();
+    for &arch in &arches {
+        static_agents.push((arch, dist::static_agent(arch.debian())?));
+    }
     let out = cmd::workspace_root().join("target/matrix");
     fs::create_dir_all(&out)?;
 
     let mut rows = Vec::new();
-    let mut initramfs_time = None;
-    if !kernels.is_empty() {
+    let mut initramfs_time = Duration::ZERO;
+    for (arch, root) in &roots {
+        let (_, scenario) = built(*arch);
+        let agent = &static_agents.iter().find(|(a, _)| a == arch).unwrap().1;
         let t = Instant::now();
-        let image = initramfs(&agent, &scenario, options.bpf_stats, &out)?;
-        initramfs_time = Some(t.elapsed());
-        for kernel in &kernels {
+        let image = initramfs(*arch, root, agent, &scenario, options.bpf_stats, &out)?;
+        initramfs_time += t.elapsed();
+        for kernel in kernels.iter().filter(|k| k.series.arch == *arch) {
             let image = with_modules(&image, &kernel.modules, kernel.series.name, &out)?;
-            for variant in &VARIANTS {
+            for variant in variants(kernel.series) {
                 rows.push(boot(kernel, variant, &image, options, &out)?);
             }
         }
     }
-    if !options.no_host {
+    if host_row {
+        let (agent, scenario) = built(host_arch);
         rows.push(host(&agent, &scenario, &out, options.timeout)?);
     }
+    let initramfs_time = (!roots.is_empty()).then_some(initramfs_time);
 
     print_table(&rows, fetch_time, initramfs_time, started.elapsed());
     let failed = rows.iter().filter(|r| !r.passed() && !skipped(r)).count();
@@ -171,7 +218,13 @@ fn boot(
             format!("; agent {}", variant.agent_args.join(" "))
         }
     );
-    let cmdline: String = std::iter::once("console=ttyS0 panic=-1 quiet".to_owned())
+    let arch = kernel.series.arch;
+    let console = match arch {
+        Arch::Amd64 => "ttyS0",
+        // The virt machine's PL011 UART.
+        Arch::Arm64 => "ttyAMA0",
+    };
+    let cmdline: String = std::iter::once(format!("console={console} panic=-1 quiet"))
         .chain(
             variant
                 .agent_args
@@ -180,7 +233,10 @@ fn boot(
         )
         .collect::<Vec<_>>()
         .join(" ");
-    let mut qemu = Command::new(kernels::QEMU);
+    let mut qemu = Command::new(arch.qemu().0);
+    if arch == Arch::Arm64 {
+        qemu.args(["-machine", "virt"]);
+    }
     qemu.args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
         .args(["-m", &options.memory.to_string()])
         .args(["-nographic", "-no-reboot", "-nic", "none"])
@@ -226,6 +282,7 @@ fn boot(
     };
     Ok(Row {
         series: series.into(),
+        expected: Some(Expected::of(kernel.series)),
         kernel: kernel.release().into(),
         boot,
         table,
@@ -245,6 +302,7 @@ fn host(agent: &Path, scenario: &Path, out: &Path, timeout: u64) -> Result<Row> 
         .to_owned();
     let mut row = Row {
         series: "host".into(),
+        expected: None,
         kernel,
         boot: None,
         table: None,

@@ -20,25 +20,38 @@ pub fn print_table(rows: &[Row], fetch: Duration, initramfs: Option<Duration>, t
     );
     let _ = writeln!(
         t,
-        "{:<12} {:<28} {:>8} {:>8} {:<6} {:<6} {:>6} {:<8} {:<11} result",
-        "series", "kernel", "boot", "table", "check", "trace", "rows", "unreach", "transparent"
+        "{:<12} {:<28} {:>8} {:>8} {:<6} {:<6} {:>6} {:<8} {:<11} {:<8} result",
+        "series",
+        "kernel",
+        "boot",
+        "table",
+        "check",
+        "trace",
+        "rows",
+        "unreach",
+        "transparent",
+        "sites"
     );
     for r in rows {
-        let (check, trace, passed, unreach, transparent, result) = match &r.summary {
+        let (check, trace, passed, unreach, transparent, sites, result) = match &r.summary {
             Some(s) => (
                 if s.check { "ok" } else { "FAIL" },
                 if s.trace { "ok" } else { "FAIL" },
                 format!("{}/{}", s.pass, s.rows),
                 s.unreach.as_str(),
                 s.transparent.as_str(),
+                s.sites.as_str(),
                 if r.passed() {
                     "PASS".to_owned()
                 } else if !r.wrong_hooks.is_empty() {
                     format!("FAIL: hooks ({})", r.wrong_hooks.join("; "))
                 } else if s.transparent != "ok" {
                     format!("FAIL: calls changed by the agent: {}", s.transparent)
-                } else if s.check && s.trace && s.failed.is_empty() {
+                } else if s.check && s.trace && s.failed.is_empty() && !r.unreach_passed(&s.unreach)
+                {
                     format!("FAIL: a connect() with no route: {}", s.unreach)
+                } else if s.check && s.trace && s.failed.is_empty() {
+                    format!("FAIL: call sites: {}", s.sites)
                 } else if !s.trace {
                     "FAIL: agent did not start; no row ran".to_owned()
                 } else if s.failed.is_empty() {
@@ -60,6 +73,7 @@ pub fn print_table(rows: &[Row], fetch: Duration, initramfs: Option<Duration>, t
                 "-".into(),
                 "-",
                 "-",
+                "-",
                 r.note.clone().unwrap_or_else(|| "FAIL".into()),
             ),
         };
@@ -73,7 +87,7 @@ pub fn print_table(rows: &[Row], fetch: Duration, initramfs: Option<Duration>, t
             .map_or(r.kernel.as_str(), |s| s.kernel.as_str());
         let _ = writeln!(
             t,
-            "{:<12} {:<28} {:>8} {:>8} {:<6} {:<6} {:>6} {:<8} {:<11} {}",
+            "{:<12} {:<28} {:>8} {:>8} {:<6} {:<6} {:>6} {:<8} {:<11} {:<8} {}",
             r.series,
             kernel,
             secs(r.boot),
@@ -83,6 +97,7 @@ pub fn print_table(rows: &[Row], fetch: Duration, initramfs: Option<Duration>, t
             passed,
             unreach,
             transparent,
+            sites,
             result
         );
     }
@@ -104,7 +119,8 @@ pub fn print_table(rows: &[Row], fetch: Duration, initramfs: Option<Duration>, t
                 || text.starts_with("matrix: barrier failed")
                 || text.starts_with("matrix: sockerr trace did not start")
                 || text.starts_with("matrix: unreach:")
-                || text.starts_with("matrix: transparency:");
+                || text.starts_with("matrix: transparency:")
+                || text.starts_with("matrix: call sites");
             if keep {
                 let _ = writeln!(t, "  {text}");
                 any = true;

@@ -1,6 +1,7 @@
 //! One row of the result table: a kernel, the variant of the agent's flags
 //! it ran under, what the runner reported, and whether that passes: the
-//! runner's summary, and the hooks expected on that series.
+//! runner's summary, and the hooks, no-route count and call sites expected
+//! on that series.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -42,9 +43,43 @@ pub const VARIANTS: [Variant; 2] = [
     },
 ];
 
+/// The variants a series runs under: as configured, and the kprobes one
+/// where the series asks for it.
+pub fn variants(series: &kernels::Series) -> impl Iterator<Item = &'static Variant> {
+    VARIANTS
+        .iter()
+        .filter(move |v| v.name.is_empty() || series.kprobes_row)
+}
+
+/// What a VM's runner must report besides passing rows, from its series.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Expected {
+    /// `unreach`: `ok`, or `absent` where no hook sees connect()'s errors.
+    pub unreach: &'static str,
+    /// `sites`: `ok` (the connect and each SO_ERROR read named), or
+    /// `connect` where reads carry no call sites.
+    pub sites: &'static str,
+}
+
+impl Expected {
+    pub fn of(series: &kernels::Series) -> Self {
+        Self {
+            unreach: if series.hooks.connect_errors == kernels::ABSENT {
+                "absent"
+            } else {
+                "ok"
+            },
+            sites: if series.read_sites { "ok" } else { "connect" },
+        }
+    }
+}
+
 /// One line of the result table.
 pub struct Row {
     pub series: String,
+    /// None for this host, which may lack hooks or have routes (only an
+    /// `unreach` of `fail` fails it there).
+    pub expected: Option<Expected>,
     pub kernel: String,
     /// Until init started (VMs only).
     pub boot: Option<Duration>,
@@ -68,31 +103,40 @@ impl Row {
                     && s.failed.is_empty()
                     && self.unreach_passed(&s.unreach)
                     && s.transparent == "ok"
+                    && self.sites_passed(&s.sites)
             })
     }
 
-    /// Every VM kernel has the hook, and no route but loopback's: there the
+    /// A VM has no route but loopback's: where its kernel has the hook the
     /// failure must be counted; this host may lack the hook or have routes.
-    fn unreach_passed(&self, unreach: &str) -> bool {
-        unreach == "ok" || (self.series == "host" && unreach != "fail")
+    pub fn unreach_passed(&self, unreach: &str) -> bool {
+        match &self.expected {
+            Some(e) => unreach == e.unreach,
+            None => unreach != "fail",
+        }
+    }
+
+    /// Call sites as the series has them; all of them on this host.
+    pub fn sites_passed(&self, sites: &str) -> bool {
+        sites == self.expected.as_ref().map_or("ok", |e| e.sites)
     }
 }
 
 /// The hook each probe must have: the same on every kernel of the matrix
-/// for connect, release and connect_errors, the series' own for the rest,
-/// unless the variant forces one.
+/// for connect and release, the series' own for the rest, unless the
+/// variant forces one.
 pub fn expected_hooks(
     series: &kernels::Series,
     variant: &Variant,
 ) -> Vec<(&'static str, &'static str)> {
-    let [so_error, send, recv] = series.hooks;
+    let h = &series.hooks;
     [
         ("connect", "tp_btf/inet_sock_set_state"),
-        ("so_error", so_error),
-        ("send", send),
-        ("recv", recv),
+        ("so_error", h.so_error),
+        ("send", h.send),
+        ("recv", h.recv),
         ("release", "cgroup/sock_release"),
-        ("connect_errors", "fexit/inet_stream_connect"),
+        ("connect_errors", h.connect_errors),
     ]
     .into_iter()
     .map(|(probe, hook)| {
@@ -138,10 +182,28 @@ pub fn skipped(row: &Row) -> bool {
 mod tests {
     use super::*;
 
+    const PASSING: &str = "MATRIX kernel=x check=ok trace=ok rows=13 pass=13 fail=0 failed=- unreach=ok transparent=ok sites=ok secs=1";
+
+    fn row(series: &str, summary: &str) -> Row {
+        Row {
+            series: series.into(),
+            expected: (series != "host")
+                .then(|| Expected::of(kernels::SERIES.iter().find(|s| s.name == series).unwrap())),
+            kernel: "x".into(),
+            boot: None,
+            table: None,
+            summary: Summary::parse(summary),
+            note: None,
+            lines: Vec::new(),
+            log: None,
+            wrong_hooks: Vec::new(),
+        }
+    }
+
     #[test]
     fn parses_the_summary_line() {
         let s = Summary::parse(
-            "MATRIX kernel=6.1.0-56-cloud-amd64 check=fail trace=fail rows=13 pass=0 fail=13 failed=1,2,13 unreach=fail transparent=error secs=3.0",
+            "MATRIX kernel=6.1.0-56-cloud-amd64 check=fail trace=fail rows=13 pass=0 fail=13 failed=1,2,13 unreach=fail transparent=error sites=fail secs=3.0",
         )
         .unwrap();
         assert_eq!(s.kernel, "6.1.0-56-cloud-amd64");
@@ -149,37 +211,52 @@ mod tests {
         assert_eq!((s.rows, s.pass), (13, 0));
         assert_eq!(s.failed, [1, 2, 13]);
         assert_eq!(s.unreach, "fail");
-        let s = Summary::parse(
-            "MATRIX kernel=x check=ok trace=ok rows=13 pass=13 fail=0 failed=- unreach=absent transparent=ok secs=1",
-        )
-        .unwrap();
+        assert_eq!(s.sites, "fail");
+        let s = Summary::parse(PASSING).unwrap();
         assert!(s.failed.is_empty());
-        // Absent passes on this host only: every VM kernel has fexit.
-        let row = |series: &str| Row {
-            series: series.into(),
-            kernel: "x".into(),
-            boot: None,
-            table: None,
-            summary: Summary::parse(
-                "MATRIX kernel=x check=ok trace=ok rows=13 pass=13 fail=0 failed=- unreach=absent transparent=ok secs=1",
-            ),
-            note: None,
-            lines: Vec::new(),
-            log: None,
-            wrong_hooks: Vec::new(),
-        };
-        assert!(row("host").passed());
-        assert!(!row("6.1").passed());
-        let changed = Row {
-            summary: Summary::parse(
-                "MATRIX kernel=x check=ok trace=ok rows=13 pass=13 fail=0 failed=- unreach=absent transparent=differs:2 secs=1",
-            ),
-            ..row("host")
-        };
+    }
+
+    #[test]
+    fn passing_depends_on_the_series() {
+        for series in ["host", "5.10", "6.1", "6.12", "arm64-6.12"] {
+            let summary = if series == "5.10" {
+                PASSING.replace("sites=ok", "sites=connect")
+            } else {
+                PASSING.to_owned()
+            };
+            assert!(row(series, &summary).passed(), "{series}");
+        }
+        // No hook for connect()'s own errors: absent passes on this host and
+        // where the series says so (arm64 6.1: no BPF trampolines).
+        let absent = PASSING.replace("unreach=ok", "unreach=absent");
+        assert!(row("host", &absent).passed());
+        assert!(row("arm64-6.1", &absent).passed());
+        assert!(!row("6.1", &absent).passed());
         assert!(
-            !changed.passed(),
+            !row("arm64-6.1", PASSING).passed(),
+            "a hook it should not have"
+        );
+        // Reads named everywhere but on 5.10.
+        let connect_only = PASSING.replace("sites=ok", "sites=connect");
+        assert!(!row("6.1", &connect_only).passed());
+        assert!(!row("host", &connect_only).passed());
+        assert!(!row("5.10", PASSING).passed());
+        assert!(!row("host", &PASSING.replace("sites=ok", "sites=fail")).passed());
+        let changed = PASSING.replace("transparent=ok", "transparent=differs:2");
+        assert!(
+            !row("host", &changed).passed(),
             "a call the agent changed fails the kernel"
         );
+    }
+
+    #[test]
+    fn kprobe_rows_only_where_they_add_a_hook() {
+        let names = |series: &str| {
+            let s = kernels::SERIES.iter().find(|s| s.name == series).unwrap();
+            variants(s).map(|v| v.name).collect::<Vec<_>>()
+        };
+        assert_eq!(names("6.1"), ["", "kprobes"]);
+        assert_eq!(names("arm64-6.1"), [""]);
     }
 
     #[test]
@@ -215,5 +292,10 @@ mod tests {
         let kprobes = expected_hooks(six_one, &VARIANTS[1]);
         assert!(kprobes.contains(&("send", "kprobe/tcp_sendmsg")));
         assert!(kprobes.contains(&("so_error", "cgroup/getsockopt")));
+        let arm64 = kernels::SERIES
+            .iter()
+            .find(|s| s.name == "arm64-6.1")
+            .unwrap();
+        assert!(expected_hooks(arm64, &VARIANTS[0]).contains(&("connect_errors", "absent")));
     }
 }

@@ -15,7 +15,7 @@ use std::{
     collections::HashMap,
     io,
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Instant, SystemTime},
 };
 
 use tokio::{
@@ -249,7 +249,7 @@ impl Session<'_> {
                 self.waiting.push(id);
                 Ok(())
             }
-            Request::Findings { id, kind, limit } => {
+            Request::Findings { id, filter, limit } => {
                 if self.cursors.contains_key(&id) {
                     return Err(Ended::Malformed(format!(
                         "/findings response {id} asked for twice"
@@ -259,7 +259,8 @@ impl Session<'_> {
                     return self.send(&Reply::Busy { id }).await;
                 }
                 let table = self.answerer.state.findings();
-                let order = lock(&table).order(Instant::now(), kind, limit as usize);
+                let now = (Instant::now(), SystemTime::now());
+                let order = lock(&table).order(now, &filter, limit as usize);
                 let mut cursor = Cursor::new(order);
                 let (bytes, last) = cursor.chunk(&table, BODY_MAX);
                 if !last {
@@ -357,12 +358,13 @@ impl Answerer {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use sockerr_common::FindingKind;
 
     use super::*;
     use crate::pipeline::report::tests::finding;
+    use crate::pipeline::table::Filter;
 
     fn table(n: u32) -> Arc<Mutex<Findings>> {
         let mut t = Findings::new(100_000, Duration::from_secs(60));
@@ -383,7 +385,8 @@ mod tests {
 
     /// The whole body, chunk by chunk, with `body_max`.
     fn body(table: &Arc<Mutex<Findings>>, limit: usize, body_max: usize) -> (Vec<u8>, usize) {
-        let order = lock(table).order(Instant::now(), None, limit);
+        let now = (Instant::now(), SystemTime::now());
+        let order = lock(table).order(now, &Filter::default(), limit);
         let mut cursor = Cursor::new(order);
         let (mut all, mut chunks) = (Vec::new(), 0);
         loop {

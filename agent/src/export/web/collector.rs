@@ -22,7 +22,6 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use axum::{body::Bytes, http::HeaderMap};
 use hyper::body::Frame;
-use sockerr_common::FindingKind;
 use tokio::{
     io::AsyncWriteExt as _,
     net::{
@@ -36,6 +35,7 @@ use super::tls;
 use crate::{
     export::channel::{self, Dropped, Reply, Request, Setup, Stats, Terms},
     locks::lock,
+    pipeline::table::Filter,
 };
 
 /// At most this often the server's counts are sent by themselves (each
@@ -342,11 +342,11 @@ impl Collector {
     /// A `/findings` response, from its first chunk on.
     pub async fn findings(
         self: &Arc<Self>,
-        kind: Option<FindingKind>,
+        filter: Filter,
         limit: u32,
         permit: OwnedSemaphorePermit,
     ) -> Result<FindingsBody, Unanswered> {
-        let mut asked = self.ask(|id| Request::Findings { id, kind, limit });
+        let mut asked = self.ask(|id| Request::Findings { id, filter, limit });
         match asked.answers.recv().await {
             Some(Reply::Body { last, bytes, .. }) => Ok(FindingsBody {
                 asked,

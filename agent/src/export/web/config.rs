@@ -1,7 +1,11 @@
 //! `--web.config.file`: the web configuration format of Prometheus'
 //! exporter-toolkit, so the file SREs already write for their exporters
-//! works here: `tls_server_config`, `basic_auth_users` (bcrypt hashes) and
-//! `http_server_config.headers`. As in exporter-toolkit, unknown keys are
+//! works here: `tls_server_config` (files, client authentication, versions,
+//! `cipher_suites`, `curve_preferences`, `prefer_server_cipher_suites`),
+//! `basic_auth_users` (bcrypt hashes) and `http_server_config`. Every key of
+//! exporter-toolkit's schema is known: the few sockerr cannot honour
+//! (inline PEM, `client_allowed_sans`, `rate_limit`) are refused with the
+//! alternative, never ignored. As in exporter-toolkit, unknown keys are
 //! errors and relative paths are relative to the file's directory; every
 //! error names the key.
 //!
@@ -27,6 +31,7 @@ struct File {
     tls_server_config: Option<TlsFile>,
     basic_auth_users: Option<BTreeMap<String, String>>,
     http_server_config: Option<HttpFile>,
+    rate_limit: Option<RateLimitFile>,
 }
 
 #[derive(Deserialize, Default)]
@@ -38,6 +43,21 @@ struct TlsFile {
     client_ca_file: Option<String>,
     min_version: Option<String>,
     max_version: Option<String>,
+    cipher_suites: Option<Vec<String>>,
+    curve_preferences: Option<Vec<String>>,
+    prefer_server_cipher_suites: Option<bool>,
+    // Known, refused (see `refuse`).
+    cert: Option<String>,
+    key: Option<String>,
+    client_ca: Option<String>,
+    client_allowed_sans: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RateLimitFile {
+    interval: Option<String>,
+    burst: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -64,7 +84,68 @@ pub struct Tls {
     pub client_ca_file: Option<PathBuf>,
     pub min_version: Version,
     pub max_version: Version,
+    /// TLS 1.2 suites offered, in the server's order of preference; empty:
+    /// all of rustls'. (TLS 1.3 suites are not configurable, as in Go.)
+    pub cipher_suites: Vec<rustls::CipherSuite>,
+    /// Key exchange groups, in order of preference; empty: all.
+    pub curves: Vec<rustls::NamedGroup>,
+    /// Choose the server's most preferred suite rather than the client's.
+    pub prefer_server_cipher_suites: bool,
 }
+
+/// Go's names of the suites (`tls.CipherSuites()`) that rustls offers,
+/// with Go's alias names of the ChaCha20 suites.
+const CIPHER_SUITES: &[(&str, rustls::CipherSuite)] = {
+    use rustls::CipherSuite as C;
+    &[
+        (
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+            C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+        (
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+            C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+            C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+            C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        ),
+        (
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+            C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+            C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+        // TLS 1.3: accepted, as Go accepts them, and always offered.
+        ("TLS_AES_128_GCM_SHA256", C::TLS13_AES_128_GCM_SHA256),
+        ("TLS_AES_256_GCM_SHA384", C::TLS13_AES_256_GCM_SHA384),
+        (
+            "TLS_CHACHA20_POLY1305_SHA256",
+            C::TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+    ]
+};
+
+/// Go's names of the curves (`tls.CurveID`) rustls' ring provider offers.
+const CURVES: &[(&str, rustls::NamedGroup)] = &[
+    ("X25519", rustls::NamedGroup::X25519),
+    ("CurveP256", rustls::NamedGroup::secp256r1),
+    ("CurveP384", rustls::NamedGroup::secp384r1),
+];
 
 /// Go's `tls.ClientAuthType`, by exporter-toolkit's names.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -95,6 +176,23 @@ const HEADERS: &[(&str, &[&str])] = &[
     ("X-XSS-Protection", &[]),
     ("Content-Security-Policy", &[]),
 ];
+
+/// A TLS 1.2 suite the web configuration can name, by its code point
+/// (what the channel carries).
+pub fn known_suite(code: u16) -> Option<rustls::CipherSuite> {
+    CIPHER_SUITES
+        .iter()
+        .map(|(_, suite)| *suite)
+        .find(|suite| u16::from(*suite) == code)
+}
+
+/// A key exchange group the web configuration can name, by its code point.
+pub fn known_curve(code: u16) -> Option<rustls::NamedGroup> {
+    CURVES
+        .iter()
+        .map(|(_, group)| *group)
+        .find(|group| u16::from(*group) == code)
+}
 
 /// Most bytes read from the file and from each file it names: a web
 /// configuration is a few KiB, a certificate chain tens. `--web.config.file
@@ -139,6 +237,19 @@ pub fn parse(text: &str, dir: &Path) -> Result<Config> {
     options.with_snippet = false;
     let file: File =
         serde_saphyr::from_str_with_options(text, options).map_err(|e| anyhow!("{e}"))?;
+    if let Some(limit) = file.rate_limit {
+        // An interval of 0 is exporter-toolkit's "disabled".
+        let disabled = limit
+            .interval
+            .as_deref()
+            .is_none_or(|i| humantime::parse_duration(i).is_ok_and(|d| d.is_zero()));
+        if !disabled {
+            bail!(
+                "rate_limit: sockerr does not limit request rates; leave it out (or set \
+                 interval: 0) and bound connections with --web.max-connections"
+            );
+        }
+    }
     let users = file.basic_auth_users.unwrap_or_default();
     for (name, hash) in &users {
         if name.contains(':') {
@@ -193,6 +304,31 @@ fn headers(configured: BTreeMap<String, String>) -> Result<HeaderMap> {
 /// `None` when no TLS key is set: exporter-toolkit serves plain HTTP then.
 fn tls_config(file: TlsFile, dir: &Path) -> Result<Option<Tls>> {
     let set = |v: Option<String>| v.filter(|s| !s.is_empty());
+    for (key, inline) in [
+        ("cert", &file.cert),
+        ("key", &file.key),
+        ("client_ca", &file.client_ca),
+    ] {
+        if inline.as_deref().is_some_and(|v| !v.is_empty()) {
+            bail!(
+                "tls_server_config.{key}: inline PEM is not supported; put it in a file and \
+                 name it with {key}_file (the agent reads it again when it changes)"
+            );
+        }
+    }
+    if file
+        .client_allowed_sans
+        .as_ref()
+        .is_some_and(|s| !s.is_empty())
+    {
+        bail!(
+            "tls_server_config.client_allowed_sans: sockerr cannot restrict client \
+             certificates by SAN; give the clients a CA of their own in client_ca_file \
+             (RequireAndVerifyClientCert) instead"
+        );
+    }
+    let cipher_suites = named("cipher_suites", file.cipher_suites, CIPHER_SUITES)?;
+    let curves = named("curve_preferences", file.curve_preferences, CURVES)?;
     let cert_file = set(file.cert_file);
     let key_file = set(file.key_file);
     let client_auth_type = set(file.client_auth_type);
@@ -251,7 +387,72 @@ fn tls_config(file: TlsFile, dir: &Path) -> Result<Option<Tls>> {
         client_ca_file: client_ca_file.map(|f| dir.join(f)),
         min_version,
         max_version,
+        cipher_suites,
+        curves,
+        // exporter-toolkit's default.
+        prefer_server_cipher_suites: file.prefer_server_cipher_suites.unwrap_or(true),
     }))
+}
+
+/// Go's names in `names` to rustls' values, in the order given; names Go
+/// knows but rustls does not offer are errors naming those it does.
+fn named<T: Copy + PartialEq>(
+    key: &str,
+    names: Option<Vec<String>>,
+    known: &[(&str, T)],
+) -> Result<Vec<T>> {
+    let mut values = Vec::new();
+    for name in names.unwrap_or_default() {
+        let Some((_, value)) = known.iter().find(|(n, _)| *n == name) else {
+            let offered: Vec<&str> = known.iter().map(|(n, _)| *n).collect();
+            bail!(
+                "tls_server_config.{key}: {name:?} is not one sockerr offers (its TLS library \
+                 implements no CBC or RSA key exchange suites, and no P-521); one of {}",
+                offered.join(", ")
+            );
+        };
+        if !values.contains(value) {
+            values.push(*value);
+        }
+    }
+    Ok(values)
+}
+
+impl Tls {
+    /// rustls' ring provider with only the suites and groups configured,
+    /// in their order: the order of preference.
+    pub fn provider(&self) -> rustls::crypto::CryptoProvider {
+        let mut provider = rustls::crypto::ring::default_provider();
+        if !self.cipher_suites.is_empty() {
+            let all = std::mem::take(&mut provider.cipher_suites);
+            // TLS 1.3's are always offered, as Go offers them.
+            let tls13 = all
+                .iter()
+                .filter(|s| s.version() == &rustls::version::TLS13);
+            let chosen = self
+                .cipher_suites
+                .iter()
+                .filter_map(|id| all.iter().find(|s| s.suite() == *id));
+            for suite in chosen.chain(tls13) {
+                if !provider
+                    .cipher_suites
+                    .iter()
+                    .any(|s| s.suite() == suite.suite())
+                {
+                    provider.cipher_suites.push(*suite);
+                }
+            }
+        }
+        if !self.curves.is_empty() {
+            let all = std::mem::take(&mut provider.kx_groups);
+            provider.kx_groups = self
+                .curves
+                .iter()
+                .filter_map(|id| all.iter().find(|g| g.name() == *id).copied())
+                .collect();
+        }
+        provider
+    }
 }
 
 fn version(key: &str, value: Option<String>, default: Version) -> Result<Version> {
@@ -324,6 +525,9 @@ pub(crate) mod tests {
                 client_ca_file: Some("/etc/sockerr/ca.crt".into()),
                 min_version: Version::Tls13,
                 max_version: Version::Tls13,
+                cipher_suites: Vec::new(),
+                curves: Vec::new(),
+                prefer_server_cipher_suites: true,
             })
         );
         assert_eq!(config.users.keys().collect::<Vec<_>>(), ["prometheus"]);
@@ -336,6 +540,57 @@ pub(crate) mod tests {
                 "/abs/server.key".into(),
                 "/etc/sockerr/ca.crt".into()
             ]
+        );
+    }
+
+    /// The TLS policy keys node_exporter's files carry: suites and curves in
+    /// the order of preference, TLS 1.3's always offered, as in Go.
+    #[test]
+    fn cipher_suites_and_curves_in_the_order_given() {
+        let config = parse(
+            "tls_server_config:\n  cert_file: c\n  key_file: k\n  cipher_suites:\n    \
+             - TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305\n    \
+             - TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384\n  \
+             prefer_server_cipher_suites: false\n  curve_preferences: [CurveP384, X25519]\n\
+             rate_limit:\n  interval: 0s\n",
+            Path::new("/"),
+        )
+        .unwrap();
+        let tls = config.tls.unwrap();
+        assert!(!tls.prefer_server_cipher_suites);
+        let provider = tls.provider();
+        let suites: Vec<_> = provider.cipher_suites.iter().map(|s| s.suite()).collect();
+        use rustls::CipherSuite as C;
+        assert_eq!(
+            suites[..2],
+            [
+                C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+                C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+            ]
+        );
+        assert!(
+            suites[2..]
+                .iter()
+                .all(|s| format!("{s:?}").starts_with("TLS13_"))
+        );
+        assert_eq!(suites.len(), 5, "{suites:?}");
+        let groups: Vec<_> = provider.kx_groups.iter().map(|g| g.name()).collect();
+        assert_eq!(
+            groups,
+            [rustls::NamedGroup::secp384r1, rustls::NamedGroup::X25519]
+        );
+        // Unset: everything rustls offers, the server's order preferred.
+        let plain = parse(
+            "tls_server_config:\n  cert_file: c\n  key_file: k\n",
+            Path::new("/"),
+        )
+        .unwrap()
+        .tls
+        .unwrap();
+        assert!(plain.prefer_server_cipher_suites);
+        assert_eq!(
+            plain.provider().cipher_suites.len(),
+            rustls::crypto::ring::default_provider().cipher_suites.len()
         );
     }
 
@@ -441,7 +696,30 @@ pub(crate) mod tests {
                 "http_server_config:\n  http2: true\n",
                 "http_server_config.http2: sockerr serves HTTP/1.1 only",
             ),
-            ("rate_limit:\n  burst: 1\n", "unknown field `rate_limit`"),
+            (
+                "rate_limit:\n  interval: 1s\n  burst: 1\n",
+                "rate_limit: sockerr does not limit request rates",
+            ),
+            (
+                "tls_server_config:\n  cert_file: c\n  key_file: k\n  cipher_suites: [TLS_RSA_WITH_AES_128_CBC_SHA]\n",
+                "tls_server_config.cipher_suites: \"TLS_RSA_WITH_AES_128_CBC_SHA\" is not one sockerr offers",
+            ),
+            (
+                "tls_server_config:\n  cert_file: c\n  key_file: k\n  curve_preferences: [CurveP521]\n",
+                "tls_server_config.curve_preferences: \"CurveP521\" is not one",
+            ),
+            (
+                "tls_server_config:\n  cert: '-----BEGIN CERTIFICATE-----'\n",
+                "tls_server_config.cert: inline PEM is not supported; put it in a file",
+            ),
+            (
+                "tls_server_config:\n  cert_file: c\n  key_file: k\n  client_allowed_sans: [prometheus]\n",
+                "tls_server_config.client_allowed_sans: sockerr cannot restrict",
+            ),
+            (
+                "tls_server_config:\n  cipher_suite: []\n",
+                "unknown field `cipher_suite`",
+            ),
         ] {
             let message = error(text);
             assert!(message.contains(key), "{text:?}: {message}");

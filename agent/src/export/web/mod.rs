@@ -28,7 +28,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    signal::unix::{Signal, SignalKind, signal},
+};
 
 pub use auth::hash_password;
 
@@ -39,8 +42,10 @@ use crate::{
 
 #[derive(clap::Args)]
 pub struct WebArgs {
-    /// Address to serve /metrics, /findings and /healthz on.
-    #[arg(long = "web.listen-address", default_value = "127.0.0.1:9809")]
+    /// Address to serve /metrics, /findings and /healthz on: IP:PORT,
+    /// HOST:PORT (resolved at start) or :PORT (every address).
+    #[arg(long = "web.listen-address", default_value = "127.0.0.1:9809",
+          value_parser = crate::parse::listen_address)]
     pub listen: SocketAddr,
     /// Path of the Prometheus metrics.
     #[arg(long = "web.telemetry-path", default_value = "/metrics", value_parser = telemetry_path)]
@@ -133,6 +138,28 @@ fn telemetry_path(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// Connections the kernel may hold completed for us before we accept them.
+/// `TcpListener::bind` asks for 128: a burst of connections (a slowloris
+/// flood, many scrapers at once) overflows that, and the kernel then drops
+/// the SYNs (`tcp_conn_request` in net/ipv4/tcp_input.c), which the client
+/// retries only after a second: 650 connections took 4 s, and a scrape
+/// behind them a second more. The kernel caps it at net.core.somaxconn
+/// (4096 since Linux 5.4).
+const BACKLOG: u32 = 4096;
+
+/// The listen socket, as `TcpListener::bind` makes it (SO_REUSEADDR, so a
+/// restart binds while the old connections linger in TIME_WAIT) but with a
+/// backlog of [`BACKLOG`].
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(BACKLOG)
+}
+
 /// The listen address bound and the web configuration loaded, in the
 /// collector: the web server gets the socket and what the configuration
 /// says, never the files.
@@ -158,9 +185,8 @@ impl Listener {
             .clone()
             .filter(|f| !f.as_os_str().is_empty());
         let config = reload::WebConfig::load(file, args.listen, args.allow_remote)?;
-        let socket = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .and_then(tokio::net::TcpListener::into_std)
+        let socket = listen(args.listen)
+            .and_then(TcpListener::into_std)
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         Ok(Self {
             socket,

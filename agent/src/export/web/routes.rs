@@ -30,7 +30,10 @@ use sockerr_common::FindingKind;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::collector::{Collector, Unanswered};
-use crate::export::channel::{LIMIT_MAX, Scrape, Setup};
+use crate::{
+    export::channel::{self, LIMIT_MAX, Scrape, Setup},
+    pipeline::table::{Filter, Since},
+};
 
 /// Entries of a `/findings` without `?limit=`.
 const LIMIT_DEFAULT: u32 = 1000;
@@ -147,12 +150,30 @@ async fn health(Extract(endpoints): Extract<Endpoints>) -> Response {
     }
 }
 
-/// `?kind=` and `?limit=`; any other parameter (a cache-buster such as
-/// `_=1`) is ignored.
+/// What `/findings` filters by, and `?limit=`; any other parameter (a
+/// cache-buster such as `_=1`) is ignored.
 #[derive(Deserialize)]
 struct FindingsQuery {
     kind: Option<FindingKind>,
+    comm: Option<String>,
+    pid: Option<u32>,
+    namespace: Option<String>,
+    pod: Option<String>,
+    since: Option<Since>,
     limit: Option<u32>,
+}
+
+impl FindingsQuery {
+    fn filter(self) -> Filter {
+        Filter {
+            kind: self.kind,
+            comm: self.comm,
+            pid: self.pid,
+            namespace: self.namespace,
+            pod: self.pod,
+            since: self.since,
+        }
+    }
 }
 
 fn unavailable(why: &str) -> Response {
@@ -190,7 +211,13 @@ async fn findings(
             "{FINDINGS_IN_FLIGHT} /findings responses are being written"
         ));
     };
-    match endpoints.collector.findings(q.kind, limit, permit).await {
+    let filter = q.filter();
+    // No comm, namespace or pod is that long (15 bytes, 253 characters):
+    // nothing to ask for.
+    if !channel::filter_fits(&filter) {
+        return ([(header::CONTENT_TYPE, "application/json")], "[]").into_response();
+    }
+    match endpoints.collector.findings(filter, limit, permit).await {
         Ok(body) => (
             [(
                 header::CONTENT_TYPE,

@@ -79,7 +79,7 @@ impl Pem {
 }
 
 pub fn server_config(tls: &Tls, pem: &Pem) -> Result<Arc<ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(tls.provider());
     let certs = certificates("cert_file", &tls.cert_file, &pem.cert)?;
     let key = PrivateKeyDer::from_pem_slice(&pem.key).map_err(|e| {
         anyhow!(
@@ -139,6 +139,7 @@ pub fn server_config(tls: &Tls, pem: &Pem) -> Result<Arc<ServerConfig>> {
         })?;
     // HTTP/1.1 only; a client offering h2 too falls back to it.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.ignore_client_order = tls.prefer_server_cipher_suites;
     Ok(Arc::new(config))
 }
 

@@ -496,11 +496,11 @@ fn note(coverage: &Coverage) -> String {
             humantime::format_duration(*delay)
         ),
         Coverage::Instrumented | Coverage::Detached => {
-            "no C library call was seen for the missing sites: \
-             raw system calls (e.g. Go), or calls made before the process was instrumented"
+            "the process made the missing calls without its C library (raw system calls, \
+             e.g. Go) or before it was instrumented"
                 .into()
         }
-        Coverage::Unavailable(why) => format!("no call sites: {why}"),
+        Coverage::Unavailable(why) => why.clone(),
     }
 }
 
@@ -595,7 +595,7 @@ mod tests {
             text.starts_with(
                 "read 1 (111) at evutil_socket_finished_connecting_+0x4a (libevent_core.so), \
                  read 2 (0) at ?; connect at evutil_socket_connect_+0x4a (libevent_core.so); \
-                 no C library call was seen"
+                 the process made the missing calls without its C library"
             ),
             "{text}"
         );

@@ -188,7 +188,7 @@ impl Instrumenter {
             (_, Some(Entry::Unavailable(why))) => Coverage::Unavailable(why.clone()),
             (_, None) if self.deferred.contains_key(&pid) => Coverage::Deferred(self.delay),
             (_, None) if self.usage.probed() >= self.max => Coverage::Unavailable(format!(
-                "{} processes are instrumented already (--call-sites.max-processes)",
+                "{} other processes were being instrumented (--call-sites.max-processes)",
                 self.max
             )),
             (_, None) => Coverage::NotYet,
@@ -240,12 +240,19 @@ impl Instrumenter {
         self.deferred.remove(&pid);
         let entry = match self.try_instrument(kernel, pid, maps) {
             Ok(entry) => entry,
+            // Short-lived processes often exit while they are instrumented
+            // (perf_event_open: ESRCH, or their files are gone): expected.
+            Err(e) if !proc::alive(pid) => {
+                tracing::debug!(pid, "no call sites: the process exited: {e:#}");
+                Entry::Unavailable(EXITED.into())
+            }
             Err(e) => {
-                // Short-lived processes often exit first: not worth a warning.
-                if maps.is_some() {
-                    tracing::warn!(pid, "no call sites for this process: {e:#}");
-                }
-                Entry::Unavailable(format!("{e:#}"))
+                tracing::warn!(pid, "no call sites for this process: {e:#}");
+                Entry::Unavailable(
+                    "the call-site uprobes could not be attached to this process \
+                     (the agent's log says why)"
+                        .into(),
+                )
             }
         };
         self.procs.insert(pid, entry);
@@ -334,10 +341,21 @@ impl Instrumenter {
     ) -> Result<Entry> {
         let start = std::time::Instant::now();
         // No mappings (see `Resolver::snapshot`): it is gone.
-        let maps = maps.context("the process exited")?;
-        let libc = c_library(maps).context(
-            "no C library mapped: a static binary, or a runtime that makes raw system calls (e.g. Go)",
-        )?;
+        let Some(maps) = maps else {
+            tracing::debug!(
+                pid,
+                "no call sites: the process exited before its mappings were read"
+            );
+            return Ok(Entry::Unavailable(EXITED.into()));
+        };
+        let Some(libc) = c_library(maps) else {
+            tracing::debug!(pid, "no call sites: no C library mapped");
+            return Ok(Entry::Unavailable(
+                "the program has no C library to probe: it is statically linked, or makes \
+                 raw system calls (e.g. Go)"
+                    .into(),
+            ));
+        };
         if self.host_libc == Some((libc.dev, libc.inode)) {
             return Ok(Entry::Instrumented {
                 links: Vec::new(),
@@ -440,12 +458,22 @@ fn detach(links: Vec<UProbeLink>) {
     }
 }
 
-/// Why this host or agent cannot create uprobes, if it cannot.
+/// The note of a process that exited before it could be instrumented.
+const EXITED: &str = "the process exited before its call sites could be read";
+
+/// Why this host or agent cannot create uprobes, if it cannot: a sentence
+/// for findings' notes.
 pub fn unavailable() -> Option<String> {
     if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
-        Some("the kernel has no uprobe events (CONFIG_UPROBE_EVENTS)".into())
+        Some(
+            "this kernel has no uprobe events (CONFIG_UPROBE_EVENTS), which call sites need".into(),
+        )
     } else if !crate::privileges::can_create_uprobes() {
-        Some("creating uprobes needs CAP_SYS_ADMIN, which the agent lacks".into())
+        Some(
+            "call sites need uprobes, and creating uprobes needs CAP_SYS_ADMIN, which the agent \
+             lacks"
+                .into(),
+        )
     } else {
         None
     }
