@@ -248,6 +248,14 @@ pub fn confine_server(keep: [i32; 2]) -> Result<()> {
     if groups.iter().any(|g| *g != gid) {
         bail!("sockerr serve has supplementary groups {groups:?}: refusing to serve");
     }
+    // The standard library's handlers of SIGSEGV and SIGBUS (which tell a
+    // stack overflow) reset themselves with sigaction, which the filter
+    // refuses: a crash would end as SIGSYS, as if the filter had caught an
+    // exploit. Without them a crash ends as the crash it is.
+    for sig in [libc::SIGSEGV, libc::SIGBUS] {
+        // SAFETY: the default action, no handler.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
         bail!("PR_SET_DUMPABLE: {}", io::Error::last_os_error());

@@ -20,7 +20,10 @@
 //! it try at leisure, and let a legitimate path that was missed fail in
 //! ways its library does not expect; killed, it fails at once and loudly,
 //! and costs the connections open at that moment, nothing more (the
-//! counts are the collector's).
+//! counts are the collector's). A crash ends as the signal it is (the
+//! server restores SIGSEGV's and SIGBUS's default actions first); an abort
+//! (a panic while panicking, an allocation failure) ends as SIGSYS too,
+//! raising SIGABRT being a signal it may not send.
 
 use std::collections::BTreeMap;
 
@@ -373,5 +376,129 @@ mod tests {
             assert!(!names.contains(&never), "{never} is allowed");
         }
         assert!(supported(), "this kernel has seccomp filters");
+    }
+
+    /// Each call in a child process of its own (forked: a filter is for
+    /// good, and the child makes only system calls until it exits): what
+    /// the filter lets through, what it answers ENOSYS, what kills.
+    #[test]
+    fn the_filter_kills_what_it_does_not_list() {
+        const KILLED: i32 = -1;
+        let filters = filters().unwrap();
+        let path = c"/etc/passwd";
+        type Call = Box<dyn Fn() -> libc::c_long>;
+        let calls: [(&str, Call, i32); 10] = [
+            // SAFETY (each): a system call on integers and static memory.
+            (
+                "write",
+                Box::new(|| unsafe { libc::syscall(libc::SYS_write, 2, c"".as_ptr(), 0) }),
+                0,
+            ),
+            (
+                "getrandom",
+                Box::new(|| unsafe {
+                    let mut b = [0u8; 8];
+                    libc::syscall(libc::SYS_getrandom, b.as_mut_ptr(), 8, 0) - 8
+                }),
+                0,
+            ),
+            (
+                "clone3",
+                Box::new(|| unsafe { libc::syscall(libc::SYS_clone3, 0, 0) }),
+                libc::ENOSYS,
+            ),
+            (
+                "openat",
+                Box::new(|| unsafe {
+                    libc::syscall(
+                        libc::SYS_openat,
+                        libc::AT_FDCWD,
+                        path.as_ptr(),
+                        libc::O_RDONLY,
+                    )
+                }),
+                KILLED,
+            ),
+            (
+                "socket",
+                Box::new(|| unsafe {
+                    libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_STREAM, 0)
+                }),
+                KILLED,
+            ),
+            (
+                "an executable mapping",
+                Box::new(|| unsafe {
+                    libc::syscall(
+                        libc::SYS_mmap,
+                        0,
+                        4096,
+                        libc::PROT_READ | libc::PROT_EXEC,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                }),
+                KILLED,
+            ),
+            (
+                "a process (clone without CLONE_THREAD)",
+                Box::new(|| unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) }),
+                KILLED,
+            ),
+            (
+                "kill",
+                Box::new(|| unsafe { libc::syscall(libc::SYS_kill, 1, 0) }),
+                KILLED,
+            ),
+            (
+                "setsockopt(SO_RCVBUF)",
+                Box::new(|| unsafe {
+                    libc::syscall(
+                        libc::SYS_setsockopt,
+                        0,
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVBUF,
+                        0,
+                        0,
+                    )
+                }),
+                KILLED,
+            ),
+            (
+                "prctl(PR_SET_DUMPABLE)",
+                Box::new(|| unsafe {
+                    libc::syscall(libc::SYS_prctl, libc::PR_SET_DUMPABLE, 1, 0, 0, 0)
+                }),
+                KILLED,
+            ),
+        ];
+        for (what, call, expected) in calls {
+            // SAFETY: the child makes system calls only, then _exit.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork");
+            if pid == 0 {
+                let code = match filters.iter().all(|f| seccompiler::apply_filter(f).is_ok()) {
+                    false => 100,
+                    true => match call() {
+                        r if r >= 0 => 0,
+                        // SAFETY: errno of this thread.
+                        _ => unsafe { *libc::__errno_location() },
+                    },
+                };
+                // SAFETY: ends the child at once.
+                unsafe { libc::_exit(code) };
+            }
+            let mut status = 0;
+            // SAFETY: our child, the status on the stack.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            let got = if libc::WIFSIGNALED(status) {
+                assert_eq!(libc::WTERMSIG(status), libc::SIGSYS, "{what}");
+                KILLED
+            } else {
+                libc::WEXITSTATUS(status)
+            };
+            assert_eq!(got, expected, "{what}");
+        }
     }
 }

@@ -41,6 +41,10 @@ const STEADY: Duration = Duration::from_secs(10);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// How long the answering of a server that exited may take to see its
+/// channel end (at once: the server's end is closed with it).
+const CHANNEL_END: Duration = Duration::from_secs(1);
+
 /// How long a server may take to finish its responses once the channel
 /// is closed (its own grace is 1 s), before it is killed.
 const STOP_WAIT: Duration = Duration::from_secs(3);
@@ -137,9 +141,9 @@ impl Supervisor {
                 }
                 continue;
             };
-            let why = tokio::select! {
-                _ = running.server.exited() => Gone::Exited,
-                ended = &mut running.answering => Gone::Channel(ended.unwrap_or(Ended::Closed)),
+            let ended = tokio::select! {
+                _ = running.server.exited() => None,
+                ended = &mut running.answering => Some(ended.unwrap_or(Ended::Closed)),
                 Some(()) = self.hangup.recv() => {
                     // The answering task sends the server what was applied.
                     let _ = self.answerer.config.reload();
@@ -147,6 +151,17 @@ impl Supervisor {
                 }
             };
             let mut running = self.running.take().expect("a server");
+            // A server ended for what it sent exits as soon as its channel
+            // closes, maybe before the collector has seen the answering
+            // end: how the channel ended decides why, so it is waited for
+            // (it ends once the server's end is closed).
+            let why = match ended {
+                Some(ended) => Gone::Channel(ended),
+                None => match tokio::time::timeout(CHANNEL_END, &mut running.answering).await {
+                    Ok(ended) => Gone::Channel(ended.unwrap_or(Ended::Closed)),
+                    Err(_) => Gone::Exited,
+                },
+            };
             running.answering.abort();
             running.server.kill();
             let status = running.server.exited().await;
@@ -210,7 +225,7 @@ impl Gone {
     fn describe(&self, status: ExitStatus) -> String {
         match self {
             Gone::Channel(Ended::Malformed(what)) => {
-                format!("it sent what the channel does not allow: {what}; killed")
+                format!("it sent what the channel does not allow: {what}; ended")
             }
             Gone::Channel(Ended::Io(e)) => format!("its channel failed: {e}"),
             _ if status.signal() == Some(libc::SIGSYS) => "killed by its seccomp filter: a \

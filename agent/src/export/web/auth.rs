@@ -178,16 +178,17 @@ impl Verifier {
 /// The middleware: authenticates when users are configured, then adds the
 /// configured headers to the response (401s included).
 ///
-/// Every request is answered under the web configuration as its files
-/// stand after it came, at the cost of one round trip to the collector,
-/// the one its answer takes anyway: the collector looks at the files
-/// before it answers anything (and sends a new configuration ahead of the
-/// answer). So a request is let in under the configuration the server
-/// has; once answered, if the configuration changed meanwhile, its
-/// credentials must pass under the new one too. A request refused under
-/// the one the server has is asked about again under a fresh one (a new
-/// password works at once). An answer that asked the collector nothing (the
-/// landing page, a 404) looks at the files on its own.
+/// Every answer with something of the collector's in it (metrics,
+/// findings, health) is given under the web configuration as its files
+/// stand after the request came, at no cost of its own: the collector
+/// looks at the files before it answers anything, and sends a new
+/// configuration ahead of its answer. So a request is let in under the
+/// configuration the server has; once answered, if the configuration
+/// changed meanwhile, its credentials must pass under the new one too. A
+/// request refused under the one the server has is asked about again under
+/// a fresh one (a new password works at once). What the server answers on
+/// its own (the landing page, a 404, a 503 past `--web.max-requests`)
+/// waits for nothing.
 pub async fn guard(
     State(shared): State<Arc<Shared>>,
     mut request: Request,
@@ -217,10 +218,7 @@ pub async fn guard(
         Verdict::Denied => unauthorized(),
         Verdict::Busy => busy(),
     };
-    if verdict == Verdict::Allowed {
-        if !collector.checked_since(since) {
-            collector.current().await;
-        }
+    if verdict == Verdict::Allowed && collector.checked_since(since) {
         let now = collector.served();
         if !Arc::ptr_eq(&now, &active) {
             let mut headers = HeaderMap::new();
