@@ -2,6 +2,7 @@
 //! carry on with I/O after a failed connect, seen from the kernel.
 
 mod check;
+mod cli;
 mod decode;
 mod export;
 mod kernel;
@@ -13,241 +14,20 @@ mod proc;
 
 use std::{
     io::{self, Write as _},
-    path::PathBuf,
     process::ExitCode,
     sync::{Arc, atomic::AtomicU32},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::Parser as _;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 
 use crate::{
+    cli::{Cli, Command, ProbeArgs, RunArgs, TraceArgs},
     export::{logging, metrics, process, sampler, serving, state, web},
     pipeline::{attribution, callsites, cgroups, containers, table},
 };
-
-/// `sockerr --version`: the release, the commit it was built from (see
-/// build.rs) and the target it was built for.
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (revision ",
-    env!("SOCKERR_REVISION"),
-    ", ",
-    env!("SOCKERR_TARGET"),
-    ")"
-);
-
-#[derive(Parser)]
-#[command(version = VERSION, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-    /// Log format.
-    #[arg(
-        long = "log.format",
-        value_enum,
-        default_value = "logfmt",
-        global = true
-    )]
-    log_format: logging::Format,
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long = "log.level", default_value = "info", global = true)]
-    log_level: String,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the daemon: attach the probes and serve metrics and findings.
-    Run(RunArgs),
-    /// Attach the probes and print findings as they happen.
-    Trace(TraceArgs),
-    /// Report whether this host can run the agent, which hook each probe
-    /// uses, and why something is missing.
-    Check(CheckArgs),
-    /// Print the bcrypt hash of the password read from standard input, for
-    /// basic_auth_users in --web.config.file.
-    HashPassword,
-    /// The web server, started by `run` as --web.server-user with the
-    /// listen socket and a channel to it (not for use by hand).
-    #[command(hide = true)]
-    Serve(ServeArgs),
-}
-
-#[derive(Args)]
-struct ServeArgs {
-    /// The listening socket `run` bound.
-    #[arg(long = "listen-fd")]
-    listen_fd: i32,
-    /// This process's end of the channel to `run`.
-    #[arg(long = "channel-fd")]
-    channel_fd: i32,
-}
-
-/// What `run` and `trace` both start: the kernel side, call sites and
-/// container naming.
-#[derive(Args)]
-struct ProbeArgs {
-    #[command(flatten)]
-    kernel: KernelArgs,
-    #[command(flatten)]
-    call_sites: CallSiteArgs,
-    #[command(flatten)]
-    containers: ContainerArgs,
-    /// The node's name in findings (`node`). The DaemonSet sets NODE_NAME
-    /// from the pod's spec.nodeName. Default: the host's name.
-    #[arg(long = "findings.node-name", env = "NODE_NAME", value_name = "NAME")]
-    node_name: Option<String>,
-}
-
-#[derive(Args)]
-struct RunArgs {
-    #[command(flatten)]
-    web: web::WebArgs,
-    /// How long a flagged process stays in /findings and sockerr_flagged_processes.
-    /// (Formerly --retention.)
-    #[arg(long = "findings.retention", alias = "retention", default_value = "15m",
-          value_parser = parse::positive_duration)]
-    retention: Duration,
-    /// Most flagged processes kept; the least recently seen are dropped
-    /// first. (Formerly --max-processes.)
-    #[arg(long = "findings.max-processes", alias = "max-processes", default_value_t = 10_000,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    max_processes: u32,
-    /// Distinct comm label values in metrics; the rest are reported as
-    /// "(over max-comms)", which no process's name can be.
-    #[arg(long = "metrics.max-comms", default_value_t = sockerr_common::DEFAULT_MAX_COMMS,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    max_comms: u32,
-    /// Distinct remote endpoints in sockerr_connect_failures_by_remote_total;
-    /// the rest are reported as "other".
-    #[arg(long = "metrics.max-remotes", default_value_t = sockerr_common::DEFAULT_MAX_REMOTES,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    max_remotes: u32,
-    /// Add namespace, pod and container labels (from the container
-    /// runtime's state) to the per-process series: findings, attempts,
-    /// failures and SO_ERROR reads.
-    #[arg(long = "metrics.kubernetes-labels")]
-    pod_labels: bool,
-    /// With --metrics.kubernetes-labels: distinct pods that keep their
-    /// labels; the rest are reported as "other".
-    #[arg(long = "metrics.max-pods", default_value_t = 200)]
-    max_pods: usize,
-    /// With --metrics.kubernetes-labels: a pod that counted nothing for this
-    /// long gives up its labels (its series are removed), freeing its place
-    /// for new pods.
-    #[arg(long = "metrics.pod-idle", default_value = "15m", value_parser = parse::positive_duration)]
-    pod_idle: Duration,
-    /// How often a process that goes on producing findings of a kind is
-    /// summarised in the log (its first finding is logged in full at once).
-    #[arg(long = "log.summary-interval", default_value = "1m", value_parser = parse::positive_duration)]
-    summary_interval: Duration,
-    #[command(flatten)]
-    probes: ProbeArgs,
-}
-
-#[derive(Args)]
-struct CheckArgs {
-    #[command(flatten)]
-    kernel: KernelArgs,
-    /// The user `run` would start the web server as: checks that it can.
-    #[arg(
-        long = "web.server-user",
-        value_name = "USER",
-        default_value = "65534:65534"
-    )]
-    server_user: privileges::ServerUser,
-}
-
-#[derive(Args)]
-struct KernelArgs {
-    /// Connect attempts of live sockets the kernel side tracks at once
-    /// (≈ 150 bytes each); past this the least recently used are dropped
-    /// and counted (sockerr_kernel_drops_total{reason="attempt_untracked"}).
-    #[arg(long = "kernel.max-attempts", default_value_t = sockerr_common::DEFAULT_MAX_ATTEMPTS,
-          value_parser = clap::value_parser!(u32).range(1024..))]
-    max_attempts: u32,
-    /// After the first finding of a (process, kind), at most one full finding
-    /// record per this interval (every finding is still counted). Default:
-    /// 10s for run, 0 (every finding) for trace.
-    #[arg(long = "findings.detail-interval", value_parser = humantime::parse_duration)]
-    detail_interval: Option<Duration>,
-    /// Never use this hook (repeatable, as `sockerr check` names it, e.g.
-    /// `fentry/tcp_sendmsg`): the probe falls back to its next hook. For a
-    /// hook that misbehaves on some kernel, and for testing the fallbacks.
-    #[arg(long = "kernel.disable-hook", value_name = "HOOK")]
-    disable_hooks: Vec<String>,
-}
-
-#[derive(Args)]
-struct CallSiteArgs {
-    /// Where findings' call sites come from: uprobes on the C library of
-    /// each flagged process from its first finding on, of every process, or
-    /// none. Uprobes need CAP_SYS_ADMIN. (Formerly --call-sites.)
-    #[arg(
-        long = "call-sites.mode",
-        alias = "call-sites",
-        value_enum,
-        default_value = "flagged"
-    )]
-    mode: callsites::uprobes::Mode,
-    /// Most processes instrumented with call-site uprobes at once.
-    #[arg(long = "call-sites.max-processes", default_value_t = 64)]
-    max_instrumented: usize,
-    /// Findings with call sites a process gives before its uprobes are
-    /// detached (each probe hit costs it a trap); its later findings repeat
-    /// those sites. 0 keeps them until the process exits.
-    #[arg(long = "call-sites.findings", default_value_t = 1)]
-    findings: u32,
-    /// How long a flagged process must run on after its first finding
-    /// before it is probed: attaching and detaching uprobes take the kernel
-    /// hundreds of milliseconds, during which every connect and getsockopt
-    /// of the process traps. 0 probes at once. Default: 1s for run, 0 for
-    /// trace.
-    #[arg(long = "call-sites.delay", value_parser = humantime::parse_duration)]
-    delay: Option<Duration>,
-}
-
-#[derive(Args)]
-struct ContainerArgs {
-    /// Where the host's root is: container names, images and pods are read
-    /// from the runtimes' state under it (containerd, CRI-O, Docker, Podman),
-    /// e.g. /host when the host's runtime directories are mounted there.
-    #[arg(long = "containers.root", default_value = "/")]
-    root: PathBuf,
-}
-
-#[derive(Args)]
-struct TraceArgs {
-    /// Print JSON lines instead of human-readable lines.
-    #[arg(long)]
-    json: bool,
-    /// Only findings of these processes (repeatable); no other process is
-    /// instrumented for call sites.
-    #[arg(long)]
-    pid: Vec<u32>,
-    /// Only findings of processes with these comms (repeatable); no other
-    /// process is instrumented for call sites.
-    #[arg(long)]
-    comm: Vec<String>,
-    /// Also print the captured user stack of each call site.
-    #[arg(long)]
-    stacks: bool,
-    #[command(flatten)]
-    probes: ProbeArgs,
-}
-
-impl KernelArgs {
-    fn options(&self, detail_default: Duration, counted: kernel::Counted) -> kernel::Options {
-        kernel::Options {
-            max_attempts: self.max_attempts,
-            detail_interval: self.detail_interval.unwrap_or(detail_default),
-            disabled_hooks: self.disable_hooks.clone(),
-            counted,
-        }
-    }
-}
 
 fn main() -> ExitCode {
     // `systemctl reload` sends SIGHUP at any moment, startup included. Its
@@ -394,7 +174,7 @@ async fn run(args: RunArgs, global: Vec<String>) -> Result<()> {
     )?;
     tracing::info!(%address, path = args.web.telemetry_path, "sockerr running");
     tokio::select! {
-        result = supervisor.run() => result?,
+        never = supervisor.run() => match never {},
         result = pipeline.ended() => result.context("event pipeline")?,
         () = periodic => {}
         () = shutdown => {}
@@ -622,65 +402,4 @@ fn shutdown() -> Result<impl Future<Output = ()>> {
         }
         tracing::info!("shutting down");
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser as _;
-
-    use super::Cli;
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        <Cli as clap::CommandFactory>::command().debug_assert();
-    }
-
-    #[test]
-    fn zero_durations_are_refused() {
-        for args in [
-            &["--findings.retention", "0"][..],
-            &["--retention", "0s"],
-            &["--web.header-timeout", "0ms"],
-            &["--web.idle-timeout", "0"],
-        ] {
-            let err = Cli::try_parse_from(["sockerr", "run"].iter().chain(args))
-                .err()
-                .unwrap_or_else(|| panic!("{args:?} accepted"));
-            assert!(err.to_string().contains("must be more than 0"), "{err}");
-        }
-        assert!(Cli::try_parse_from(["sockerr", "run", "--retention", "1s"]).is_ok());
-    }
-
-    /// The flags renamed into their namespaces still take their old names,
-    /// which `--help` no longer shows.
-    #[test]
-    fn old_flag_names_are_hidden_aliases() {
-        for (old, new) in [
-            ("--retention=5m", "--findings.retention=5m"),
-            ("--max-processes=7", "--findings.max-processes=7"),
-            ("--call-sites=off", "--call-sites.mode=off"),
-        ] {
-            for flag in [old, new] {
-                assert!(
-                    Cli::try_parse_from(["sockerr", "run", flag]).is_ok(),
-                    "{flag} refused"
-                );
-            }
-            let mut run = <Cli as clap::CommandFactory>::command();
-            let help = run
-                .find_subcommand_mut("run")
-                .unwrap()
-                .render_long_help()
-                .to_string();
-            let name = old.split('=').next().unwrap();
-            assert!(
-                help.contains(new.split('=').next().unwrap())
-                    && !help
-                        .lines()
-                        .any(|l| l.trim_start().starts_with(&format!("{name} "))
-                            || l.trim_start().starts_with(&format!("{name}="))),
-                "{help}"
-            );
-        }
-    }
 }

@@ -85,6 +85,11 @@ fn the_web_server_runs_unprivileged_confined_and_holds_no_secret() {
     fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
     let agent = Agent::with(&["--web.config.file", file.to_str().unwrap()]);
     let server = wait_web_server(agent.pid());
+    // Confined before it reads the channel, so once it answers (found as
+    // a child, it may still be starting).
+    eventually(PATIENCE, "the web server serving", || {
+        (agent.get("/healthz").0 == 200).then_some(())
+    });
     let s = status(server);
     eprintln!(
         "web server {server}: Uid {} Gid {} Groups {:?} CapEff {} NoNewPrivs {} Seccomp {} \

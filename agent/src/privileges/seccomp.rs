@@ -25,7 +25,7 @@
 //! (a panic while panicking, an allocation failure) ends as SIGSYS too,
 //! raising SIGABRT being a signal it may not send.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, os::fd::RawFd};
 
 use anyhow::{Context as _, Result};
 use seccompiler::{
@@ -53,6 +53,12 @@ enum Only {
         arg: u8,
         values: &'static [u64],
     },
+    /// The descriptor (first argument) is not the listening socket: the
+    /// server's copy shares the collector's socket, which a `shutdown`
+    /// would stop listening for every later server too.
+    NotListener,
+    /// `SOL_SOCKET` and this option.
+    SocketOption(u64),
 }
 
 /// (name, number, what for, allowed with).
@@ -103,18 +109,15 @@ const ALLOWED: &[Allowed] = &[
     (
         "shutdown",
         libc::SYS_shutdown,
-        "ending a connection",
-        Only::Any,
+        "ending a connection (never the listening socket)",
+        Only::NotListener,
     ),
     ("close", libc::SYS_close, "closing one", Only::Any),
     (
         "setsockopt",
         libc::SYS_setsockopt,
         "SO_SNDBUF of a connection, nothing else",
-        Only::OneOf {
-            arg: 2,
-            values: &[libc::SO_SNDBUF as u64],
-        },
+        Only::SocketOption(libc::SO_SNDBUF as u64),
     ),
     (
         "fcntl",
@@ -264,13 +267,23 @@ const ALLOWED: &[Allowed] = &[
     ("exit_group", libc::SYS_exit_group, "the end", Only::Any),
 ];
 
-fn rules(only: Only) -> Result<Vec<SeccompRule>> {
+fn rules(only: Only, listener: RawFd) -> Result<Vec<SeccompRule>> {
     let condition = |arg: u8, op, value| {
         SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value)
             .context("a seccomp condition")
     };
+    let rule = |conditions| SeccompRule::new(conditions).context("a seccomp rule");
     Ok(match only {
         Only::Any => Vec::new(),
+        Only::NotListener => vec![rule(vec![condition(
+            0,
+            SeccompCmpOp::Ne,
+            listener as u64,
+        )?])?],
+        Only::SocketOption(name) => vec![rule(vec![
+            condition(1, SeccompCmpOp::Eq, libc::SOL_SOCKET as u64)?,
+            condition(2, SeccompCmpOp::Eq, name)?,
+        ])?],
         Only::Masked { arg, mask, value } => vec![
             SeccompRule::new(vec![condition(arg, SeccompCmpOp::MaskedEq(mask), value)?])
                 .context("a seccomp rule")?,
@@ -288,8 +301,9 @@ fn rules(only: Only) -> Result<Vec<SeccompRule>> {
 /// The two filters: clone3 answered ENOSYS (its flags are in memory, out
 /// of a filter's reach; glibc then uses clone, whose flags it can check),
 /// and the allow list, anything else killing the process. The kernel runs
-/// both and takes the stricter answer.
-fn filters() -> Result<[BpfProgram; 2]> {
+/// both and takes the stricter answer. `listener`: the inherited listening
+/// socket's descriptor.
+fn filters(listener: RawFd) -> Result<[BpfProgram; 2]> {
     let clone3 = SeccompFilter::new(
         BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
         SeccompAction::Allow,
@@ -301,7 +315,7 @@ fn filters() -> Result<[BpfProgram; 2]> {
     for (name, nr, _, only) in ALLOWED {
         allowed.insert(
             *nr,
-            rules(*only).with_context(|| format!("the rule of {name}"))?,
+            rules(*only, listener).with_context(|| format!("the rule of {name}"))?,
         );
     }
     let list = SeccompFilter::new(
@@ -319,9 +333,10 @@ fn filters() -> Result<[BpfProgram; 2]> {
 
 /// Puts the calling process under the filter (with `no_new_privs`), for
 /// good: it applies to every thread started from now on, and cannot be
-/// lifted. Call before starting any thread.
-pub fn apply() -> Result<()> {
-    for filter in filters()? {
+/// lifted. Call before starting any thread; `listener` is the inherited
+/// listening socket's descriptor.
+pub fn apply(listener: RawFd) -> Result<()> {
+    for filter in filters(listener)? {
         seccompiler::apply_filter(&filter).context("installing the seccomp filter")?;
     }
     Ok(())
@@ -347,7 +362,7 @@ mod tests {
 
     #[test]
     fn the_list_compiles_names_each_call_once_and_opens_nothing() {
-        let programs = filters().unwrap();
+        let programs = filters(3).unwrap();
         assert!(programs.iter().all(|p| !p.is_empty()));
         let mut names: Vec<&str> = ALLOWED.iter().map(|a| a.0).collect();
         names.sort_unstable();
@@ -384,10 +399,11 @@ mod tests {
     #[test]
     fn the_filter_kills_what_it_does_not_list() {
         const KILLED: i32 = -1;
-        let filters = filters().unwrap();
+        // Standard error stands for the listening socket.
+        let filters = filters(2).unwrap();
         let path = c"/etc/passwd";
         type Call = Box<dyn Fn() -> libc::c_long>;
-        let calls: [(&str, Call, i32); 10] = [
+        let calls: [(&str, Call, i32); 13] = [
             // SAFETY (each): a system call on integers and static memory.
             (
                 "write",
@@ -463,6 +479,30 @@ mod tests {
                         0,
                     )
                 }),
+                KILLED,
+            ),
+            (
+                "setsockopt(SO_SNDBUF) at another level",
+                Box::new(|| unsafe {
+                    libc::syscall(
+                        libc::SYS_setsockopt,
+                        0,
+                        libc::IPPROTO_TCP,
+                        libc::SO_SNDBUF,
+                        0,
+                        0,
+                    )
+                }),
+                KILLED,
+            ),
+            (
+                "shutdown of another descriptor (none open: the kernel's answer)",
+                Box::new(|| unsafe { libc::syscall(libc::SYS_shutdown, 999, libc::SHUT_RDWR) }),
+                libc::EBADF,
+            ),
+            (
+                "shutdown of the listening socket",
+                Box::new(|| unsafe { libc::syscall(libc::SYS_shutdown, 2, libc::SHUT_RDWR) }),
                 KILLED,
             ),
             (

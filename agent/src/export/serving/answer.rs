@@ -3,9 +3,9 @@
 //! force), and answers its requests from the daemon's state.
 //!
 //! What the server sends is read as hostile (`export::channel`): a frame
-//! that does not decode, an answer to a `/findings` response that was
-//! never asked for, an id used twice, or counts that go down end the
-//! channel, and the supervisor ends the server. Everything the server can
+//! that does not decode, the next chunk of a `/findings` response that is
+//! not being written, a `/findings` id used twice while its response is
+//! written, or counts that go down end the channel, and the supervisor ends the server. Everything the server can
 //! make the collector hold is bounded: one metrics rendering at a time
 //! (scrapes that come meanwhile share the next), at most
 //! [`FINDINGS_IN_FLIGHT`] `/findings` responses, each its order of at most

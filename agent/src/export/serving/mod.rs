@@ -8,14 +8,16 @@
 //! It starts another when one dies: at once the first time, then after
 //! a delay that doubles (up to [`BACKOFF_MAX`]) while servers keep dying
 //! within [`STEADY`] of starting. Connections made meanwhile wait in the
-//! listen socket's backlog; nothing counted is lost, the counts being the
-//! collector's. SIGHUP (the web configuration read again) is taken here.
+//! listen socket's backlog. The counts are the collector's: a server's
+//! death loses no finding and no kernel count, only the connections it
+//! held and at most its last 100 ms of HTTP counts. SIGHUP (the web configuration read again) is taken here.
 
 pub mod answer;
 pub mod metrics;
 pub mod spawn;
 
 use std::{
+    convert::Infallible,
     os::{fd::AsFd as _, unix::process::ExitStatusExt as _},
     process::ExitStatus,
     sync::{
@@ -124,8 +126,9 @@ impl Supervisor {
     }
 
     /// Keeps a web server running, and reads the web configuration again
-    /// on SIGHUP. Returns only when no server can be started at all.
-    pub async fn run(&mut self) -> Result<()> {
+    /// on SIGHUP, until the collector stops: a server that cannot be
+    /// started is tried again after the backoff, so this never returns.
+    pub async fn run(&mut self) -> Infallible {
         loop {
             let Some(running) = &mut self.running else {
                 tokio::select! {

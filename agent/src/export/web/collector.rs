@@ -270,6 +270,7 @@ impl Collector {
             collector: self.clone(),
             id,
             answers,
+            findings_open: false,
         }
     }
 
@@ -347,7 +348,12 @@ impl Collector {
         permit: OwnedSemaphorePermit,
     ) -> Result<FindingsBody, Unanswered> {
         let mut asked = self.ask(|id| Request::Findings { id, filter, limit });
-        match asked.answers.recv().await {
+        // From here on: a handler dropped while it waits (the client went
+        // away) gives the response's place back too.
+        asked.findings_open = true;
+        let first = asked.answers.recv().await;
+        asked.findings_open = matches!(first, Some(Reply::Body { last: false, .. }));
+        match first {
             Some(Reply::Body { last, bytes, .. }) => Ok(FindingsBody {
                 asked,
                 first: Some(bytes),
@@ -368,11 +374,22 @@ struct Asked {
     collector: Arc<Collector>,
     id: u32,
     answers: mpsc::UnboundedReceiver<Reply>,
+    /// A `/findings` response the collector may still hold a place for:
+    /// cancelled when dropped, whenever that is (before its first chunk
+    /// came included), so no place is kept by a client that went away.
+    findings_open: bool,
 }
 
 impl Drop for Asked {
     fn drop(&mut self) {
         lock(&self.collector.pending).remove(&self.id);
+        if self.findings_open {
+            let id = self.id;
+            let _ = self
+                .collector
+                .out
+                .send(Request::FindingsCancel { id }.encode());
+        }
     }
 }
 
@@ -419,11 +436,13 @@ impl hyper::body::Body for FindingsBody {
         match reply {
             Some(Reply::Body { last, bytes, .. }) => {
                 this.done = last;
+                this.asked.findings_open = !last;
                 Poll::Ready(Some(Ok(Frame::data(bytes))))
             }
             _ => {
                 // The rest cannot come: the client gets a cut response.
                 this.done = true;
+                this.asked.findings_open = false;
                 Poll::Ready(Some(Err(io::Error::other(
                     "the collector ended the /findings response",
                 ))))
@@ -436,15 +455,69 @@ impl hyper::body::Body for FindingsBody {
     }
 }
 
-impl Drop for FindingsBody {
-    fn drop(&mut self) {
-        if !self.done {
-            let id = self.asked.id;
-            let _ = self
-                .asked
-                .collector
-                .out
-                .send(Request::FindingsCancel { id }.encode());
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::{net::UnixStream, sync::Semaphore};
+
+    use super::*;
+
+    /// The collector's end: sends the setup and an empty configuration,
+    /// then gives the requests the server writes.
+    async fn collector_end() -> (Arc<Collector>, OwnedReadHalf, OwnedWriteHalf) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (rd, mut wr) = ours.into_split();
+        let setup = Setup {
+            telemetry_path: "/metrics".into(),
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(1),
+            max_connections: 1,
+            max_connections_per_client: 0,
+            max_requests: 0,
+        };
+        wr.write_all(&Reply::Setup(setup).encode()).await.unwrap();
+        wr.write_all(&Reply::Terms(Box::default()).encode())
+            .await
+            .unwrap();
+        let (collector, _) = Collector::connect(theirs).await.unwrap();
+        (collector, rd, wr)
+    }
+
+    /// The next request the server sent, its counts aside.
+    async fn next_request(rd: &mut OwnedReadHalf) -> Request {
+        loop {
+            let body = channel::read_frame(rd, channel::MAX_REQUEST)
+                .await
+                .unwrap()
+                .expect("a request");
+            match Request::decode(&body).unwrap() {
+                Request::Stats(_) => {}
+                request => return request,
+            }
         }
+    }
+
+    /// A client that goes away before the first chunk of its `/findings`
+    /// came: the collector is told, so the place it may keep for the
+    /// response is given back (32 such clients took every place).
+    #[tokio::test]
+    async fn a_findings_request_given_up_before_its_first_chunk_is_cancelled() {
+        let (collector, mut rd, _wr) = collector_end().await;
+        let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
+        let asking = tokio::spawn({
+            let collector = collector.clone();
+            async move { collector.findings(Filter::default(), 10, permit).await }
+        });
+        let Request::Findings { id, .. } = next_request(&mut rd).await else {
+            panic!("no /findings request");
+        };
+        asking.abort();
+        // Bounded only so that a missing cancel fails instead of hanging.
+        let next = tokio::time::timeout(Duration::from_secs(60), next_request(&mut rd))
+            .await
+            .expect("a cancel, not silence");
+        assert_eq!(next, Request::FindingsCancel { id });
     }
 }

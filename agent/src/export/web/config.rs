@@ -23,6 +23,9 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
+
+use crate::export::channel::MAX_SHORT;
+
 /// The file as written. Every level is optional and may be empty (`key:`
 /// with no value), as exporter-toolkit accepts.
 #[derive(Deserialize, Default)]
@@ -252,6 +255,12 @@ pub fn parse(text: &str, dir: &Path) -> Result<Config> {
     }
     let users = file.basic_auth_users.unwrap_or_default();
     for (name, hash) in &users {
+        if name.len() > MAX_SHORT {
+            bail!(
+                "basic_auth_users: a user name of {} bytes, at most {MAX_SHORT}",
+                name.len()
+            );
+        }
         if name.contains(':') {
             bail!("basic_auth_users.{name}: a user name cannot contain ':' (HTTP basic auth)");
         }
@@ -294,6 +303,9 @@ fn headers(configured: BTreeMap<String, String>) -> Result<HeaderMap> {
         };
         if !allowed.is_empty() && !allowed.contains(&value.as_str()) {
             bail!("{key}: {value:?} is not one of {allowed:?}");
+        }
+        if value.len() > MAX_SHORT {
+            bail!("{key}: {} bytes, at most {MAX_SHORT}", value.len());
         }
         let value = HeaderValue::from_str(&value).with_context(|| format!("{key}: {value:?}"))?;
         map.insert(HeaderName::from_bytes(name.as_bytes())?, value);
@@ -681,6 +693,21 @@ pub(crate) mod tests {
             (
                 &format!("basic_auth_users:\n  'a:b': '{HASH}'\n"),
                 "basic_auth_users.a:b: a user name cannot contain ':'",
+            ),
+            (
+                // An explicit key: YAML's implicit ones end at 1,024 characters.
+                &format!(
+                    "basic_auth_users:\n  ? {}\n  : '{HASH}'\n",
+                    "a".repeat(MAX_SHORT + 1)
+                ),
+                "basic_auth_users: a user name of 4097 bytes, at most 4096",
+            ),
+            (
+                &format!(
+                    "http_server_config:\n  headers:\n    Content-Security-Policy: {}\n",
+                    "a".repeat(MAX_SHORT + 1)
+                ),
+                "http_server_config.headers.Content-Security-Policy: 4097 bytes, at most 4096",
             ),
             ("basic_auth_users:\n  alice: ~\n", "line 2"),
             ("basic_auth_users: [alice]\n", "line 1"),

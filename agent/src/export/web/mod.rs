@@ -6,7 +6,7 @@
 //!   (`config.rs`, `reload.rs`; the files of `tls.rs`) and binds the listen
 //!   address ([`Listener`]), before it attaches anything;
 //! - the web server (`sockerr serve`, [`serve`]), the only process that
-//!   reads the network, accepts connections on it (`server.rs`: timeouts
+//!   reads the network, accepts connections on it (`server/`: timeouts
 //!   and connection caps, TLS, `auth.rs`) and answers the endpoints
 //!   (`routes.rs`) by asking the collector over the channel
 //!   (`collector.rs`).
@@ -36,7 +36,7 @@ use tokio::{
 pub use auth::hash_password;
 
 use crate::{
-    export::channel::Setup,
+    export::channel::{MAX_SHORT, Setup},
     privileges::{self, ServerUser},
 };
 
@@ -126,6 +126,9 @@ fn config_file(s: &str) -> Result<PathBuf, std::convert::Infallible> {
 fn telemetry_path(s: &str) -> Result<String, String> {
     if !s.starts_with('/') || s == "/" || s == "/findings" || s == "/healthz" {
         return Err("must start with / and not be /, /findings or /healthz".into());
+    }
+    if s.len() > MAX_SHORT {
+        return Err(format!("at most {MAX_SHORT} bytes"));
     }
     if let Some(c) = s
         .chars()
@@ -252,7 +255,7 @@ pub fn serve(listen_fd: RawFd, channel_fd: RawFd) -> Result<()> {
         let channel = tokio::net::UnixStream::from_std(channel).context("the channel")?;
         // Before the first byte of either is read: from here on, only the
         // calls serving takes.
-        privileges::seccomp::apply()?;
+        privileges::seccomp::apply(listen_fd)?;
         let (collector, setup) = collector::Collector::connect(channel).await?;
         let shared = Arc::new(Shared {
             collector: collector.clone(),

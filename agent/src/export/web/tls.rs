@@ -97,7 +97,7 @@ pub fn server_config(tls: &Tls, pem: &Pem) -> Result<Arc<ServerConfig>> {
     .collect();
     let verified = |optional: bool| -> Result<Arc<dyn ClientCertVerifier>> {
         // Validated with the file (`config.rs`), and decoded with it
-        // (`channel.rs`): an error only if that changed.
+        // (`channel/`): an error only if that changed.
         let (Some(path), Some(ca)) = (tls.client_ca_file.as_deref(), pem.client_ca.as_deref())
         else {
             bail!("tls_server_config.client_ca_file: missing");
