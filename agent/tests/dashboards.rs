@@ -121,6 +121,40 @@ fn alert_rules_pass_promtool() {
     }
 }
 
+/// Every alert links to its own section of the runbook, which exists, and
+/// the README's alert table lists it.
+#[test]
+fn every_alert_has_its_runbook_section_and_a_readme_row() {
+    let read = |path: &str| std::fs::read_to_string(repo().join(path)).unwrap();
+    let rules = read("deploy/prometheus/sockerr-alerts.yml");
+    let runbook = read("docs/runbook.md");
+    let readme = read("README.md");
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert!(alerts.len() >= 7, "{alerts:?}");
+    let urls: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("runbook_url: "))
+        .collect();
+    assert_eq!(urls.len(), alerts.len(), "one runbook_url per alert");
+    for (alert, url) in alerts.iter().zip(&urls) {
+        assert!(
+            url.ends_with(&format!("/docs/runbook.md#{}", alert.to_lowercase())),
+            "{alert}: {url}"
+        );
+        assert!(
+            runbook.lines().any(|l| l == format!("## {alert}")),
+            "docs/runbook.md has no section {alert}"
+        );
+        assert!(
+            readme.contains(&format!("| `{alert}` |")),
+            "the README's alert table lacks {alert}"
+        );
+    }
+}
+
 /// Two agents scraped by one Prometheus, one with pod labels and a pod's
 /// process flagged, one without: every variable and panel query must work
 /// for both, and the namespace and pod variables list the pod.
