@@ -92,13 +92,17 @@ pub const PROBES: &[Probe] = &[
             Attach::FExit("inet_stream_connect"),
         )],
     },
+    // fentry first, for sends and receives: tcp_sendmsg and tcp_recvmsg are
+    // TCP's own, so UDP, Unix and every other socket's I/O runs no program
+    // at all; the tracepoints fire for every socket's I/O, each firing a
+    // program run even when it leaves at once (docs/design.md §2).
     Probe {
         name: "send",
         observes: "sends on sockets whose connect failed: io_after_failed_connect",
         required: false,
         hooks: &[
-            hook("sock_send_length", Attach::TpBtf("sock_send_length")),
             hook("tcp_sendmsg_fentry", Attach::FEntry("tcp_sendmsg")),
+            hook("sock_send_length", Attach::TpBtf("sock_send_length")),
             hook("tcp_sendmsg_kprobe", Attach::KProbe("tcp_sendmsg")),
         ],
     },
@@ -107,8 +111,8 @@ pub const PROBES: &[Probe] = &[
         observes: "receives on sockets whose connect failed: io_after_failed_connect",
         required: false,
         hooks: &[
-            hook("sock_recv_length", Attach::TpBtf("sock_recv_length")),
             hook("tcp_recvmsg_fentry", Attach::FEntry("tcp_recvmsg")),
+            hook("sock_recv_length", Attach::TpBtf("sock_recv_length")),
             hook("tcp_recvmsg_kprobe", Attach::KProbe("tcp_recvmsg")),
         ],
     },

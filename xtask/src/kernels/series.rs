@@ -43,7 +43,6 @@ pub const ABSENT: &str = "absent";
 
 const FENTRY_IO: [&str; 2] = ["fentry/tcp_sendmsg", "fentry/tcp_recvmsg"];
 const KPROBE_IO: [&str; 2] = ["kprobe/tcp_sendmsg", "kprobe/tcp_recvmsg"];
-const TP_BTF_IO: [&str; 2] = ["tp_btf/sock_send_length", "tp_btf/sock_recv_length"];
 const FEXIT_CONNECT: &str = "fexit/inet_stream_connect";
 
 pub const SERIES: &[Series] = &[
@@ -85,8 +84,8 @@ pub const SERIES: &[Series] = &[
         from: "Debian 12 bookworm-backports",
         hooks: Hooks {
             so_error: "cgroup/getsockopt",
-            send: TP_BTF_IO[0],
-            recv: TP_BTF_IO[1],
+            send: FENTRY_IO[0],
+            recv: FENTRY_IO[1],
             connect_errors: FEXIT_CONNECT,
         },
         kprobes_row: true,
@@ -120,8 +119,8 @@ pub const SERIES: &[Series] = &[
         from: "Debian 12 bookworm-backports, arm64",
         hooks: Hooks {
             so_error: "cgroup/getsockopt",
-            send: TP_BTF_IO[0],
-            recv: TP_BTF_IO[1],
+            send: FENTRY_IO[0],
+            recv: FENTRY_IO[1],
             connect_errors: FEXIT_CONNECT,
         },
         kprobes_row: false,

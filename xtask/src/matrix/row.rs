@@ -27,7 +27,8 @@ pub const VARIANTS: [Variant; 2] = [
         forces: &[],
     },
     // sends and receives through kprobes, the last hook of their probes
-    // (tp_btf on ≥ 6.3 and fentry elsewhere come first).
+    // (fentry where BPF trampolines work, then tp_btf on ≥ 6.3, come
+    // first; this host's row runs tp_btf).
     Variant {
         name: "kprobes",
         agent_args: &[
