@@ -197,23 +197,7 @@ fn pki() -> &'static Path {
                 ]
                 .concat(),
             );
-            openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "server.ext",
-                "-out",
-                &crt,
-            ]);
+            support::ca_sign(&dir, &csr, "server.ext", &crt);
         }
         dir
     })

@@ -83,23 +83,12 @@ fn pki() -> &'static Path {
                 "-out",
                 &format!("{name}.csr"),
             ]);
-            openssl(&[
-                "x509",
-                "-req",
-                "-in",
+            support::ca_sign(
+                &dir,
                 &format!("{name}.csr"),
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
                 &format!("{name}.ext"),
-                "-out",
                 &format!("{name}.crt"),
-            ]);
+            );
         }
         dir
     })

@@ -58,6 +58,31 @@ pub fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// Signs the request `csr` in `dir` with the test CA there (`ca.crt`,
+/// `ca.key`) for two days, with the extensions in the file `ext`, into `crt`.
+pub fn ca_sign(dir: &Path, csr: &str, ext: &str, crt: &str) {
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+            "-out",
+            crt,
+        ],
+    );
+}
+
 /// The bcrypt hash of `password`, from `sockerr hash-password`.
 pub fn bcrypt_hash(password: &str) -> String {
     let mut child = Command::new(agent_bin())
