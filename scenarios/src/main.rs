@@ -9,6 +9,7 @@
 //! alive that long at the end, or with `stdin`, until its stdin closes.
 
 mod bench;
+mod floor;
 mod matrix;
 mod net;
 mod transparency;
@@ -104,6 +105,7 @@ fn run(name: &str, v6: bool, rest: &[&str]) -> Result<()> {
         "remotes" => remotes(v6, rest.first().context("remotes <n>")?.parse()?),
         "connect" => connect_to(rest.first().context("connect <addr>")?.parse()?),
         "transparency" => transparency::run(),
+        "floor" => floor::hold(),
         "matrix" => matrix::run(rest),
         "bench" => {
             let usage = "bench <loop> <iterations> [warm]";

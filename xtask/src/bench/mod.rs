@@ -187,10 +187,10 @@ pub fn run(options: &Options) -> Result<()> {
         .into_iter()
         .map(|name| (name, run.iterations(20_000, Tool::Sockerr)))
         .collect();
-    let costs = programs::measure(&run.agent, &run.scenario, &loops)?;
+    let (costs, floor) = programs::measure(&run.agent, &run.scenario, &loops)?;
     let report = run.report(scrape_ms, rss_after, &burst, &nginx)
         + &short.table()
-        + &programs::table(&costs);
+        + &programs::table(&costs, &floor);
     print!("{report}");
     let doc = root.join("docs/benchmarks.md");
     std::fs::write(&doc, run.document(&report))?;

@@ -1,9 +1,16 @@
 //! Where the time goes: each of the agent's eBPF programs, its calls per
 //! loop iteration and its run time per call, from the kernel's own
 //! accounting (`kernel.bpf_stats_enabled=1`, which adds ≈ 20 ns a call).
-//! Run after the timed rounds: the statistics slow every program.
+//! Run after the timed rounds: the statistics slow every program. Beside
+//! each, the floor: an empty program on the same hook.
 
-use std::{collections::HashMap, fmt::Write as _, path::Path, process::Command};
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
@@ -59,15 +66,25 @@ impl Drop for Enabled {
     }
 }
 
-/// The agent as deployed, each workload run `n` times once.
-pub fn measure(
-    agent_bin: &Path,
+/// The floor's program on the same hook as the agent's `program`.
+fn floor_of(program: &str) -> Option<&'static str> {
+    Some(match program {
+        "inet_sock_set_state" => "floor_state",
+        "sock_send_length" => "floor_send",
+        "sock_recv_length" => "floor_recv",
+        "so_error" => "floor_sockopt",
+        "sock_release" => "floor_release",
+        _ => return None,
+    })
+}
+
+/// Each workload run `n` times once, with the programs loaded now (all but
+/// `others`) counting.
+fn costs_of(
     scenario: &Path,
     loops: &[(&'static str, u64)],
+    others: &HashMap<u64, (String, u64, u64)>,
 ) -> Result<Vec<Cost>> {
-    println!("xtask bench: per-program cost (kernel.bpf_stats_enabled)");
-    let others = programs()?;
-    let _agent = Agent::spawn(agent_bin, &[], Log::Discard);
     let _stats = Enabled::on()?;
     let mut costs = Vec::new();
     for &(workload, n) in loops {
@@ -102,19 +119,65 @@ pub fn measure(
     Ok(costs)
 }
 
-/// The costs as a markdown table.
-pub fn table(costs: &[Cost]) -> String {
+/// The agent as deployed, then the floor (`sockerr-scenario floor`: an
+/// empty program on each of the agent's hooks, the agent not running),
+/// each workload run `n` times once under each.
+pub fn measure(
+    agent_bin: &Path,
+    scenario: &Path,
+    loops: &[(&'static str, u64)],
+) -> Result<(Vec<Cost>, Vec<Cost>)> {
+    println!("xtask bench: per-program cost (kernel.bpf_stats_enabled)");
+    let others = programs()?;
+    let agent = Agent::spawn(agent_bin, &[], Log::Discard);
+    let costs = costs_of(scenario, loops, &others)?;
+    drop(agent);
+    println!("xtask bench: the floor: an empty program on each hook");
+    let mut floor = Command::new(scenario)
+        .arg("floor")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting sockerr-scenario floor")?;
+    let mut said = String::new();
+    BufReader::new(floor.stdout.take().context("the floor's output")?).read_line(&mut said)?;
+    if said.trim() != "floor attached" {
+        let _ = floor.kill();
+        bail!("sockerr-scenario floor: {:?}", floor.wait_with_output()?);
+    }
+    let floor_costs = costs_of(scenario, loops, &others);
+    drop(floor.stdin.take());
+    floor.wait()?;
+    let floor_costs = floor_costs?
+        .into_iter()
+        .filter(|c| c.program.starts_with("floor_"))
+        .collect();
+    Ok((costs, floor_costs))
+}
+
+/// The costs as a markdown table, each program beside the floor of its
+/// hook in the same workload.
+pub fn table(costs: &[Cost], floor: &[Cost]) -> String {
     let mut out = String::from(
         "\nWhere the time goes, per eBPF program of the agent as deployed \
          (kernel.bpf_stats_enabled=1, after the timed rounds; ≈ 20 ns a call is the \
-         statistics' own):\n\n\
-         | workload | program | calls per iteration | ns per call | ns per iteration |\n\
-         | --- | --- | --- | --- | --- |\n",
+         statistics' own), beside the floor: an empty program on the same hook, run \
+         by the same workload without the agent (`sockerr-scenario floor`; a raw \
+         tracepoint for the agent's tp_btf ones, whose dispatch is the same):\n\n\
+         | workload | program | calls per iteration | ns per call | floor ns per call | ns per iteration |\n\
+         | --- | --- | --- | --- | --- | --- |\n",
     );
     for c in costs {
+        let floor = floor_of(&c.program)
+            .and_then(|f| {
+                floor
+                    .iter()
+                    .find(|fc| fc.workload == c.workload && fc.program == f)
+            })
+            .map_or("–".to_owned(), |fc| format!("{:.0}", fc.ns_per_call));
         writeln!(
             out,
-            "| {} | `{}` | {:.2} | {:.0} | {:.0} |",
+            "| {} | `{}` | {:.2} | {:.0} | {floor} | {:.0} |",
             c.workload,
             c.program,
             c.calls_per_op,
