@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use caps::{CapSet, Capability};
+use caps::Capability;
 
 use crate::{
     kernel::{self, Kernel, KernelBtf},
@@ -47,12 +47,7 @@ const CAPABILITIES: [Capability; 3] = [
 ];
 
 fn privileges() -> Result<String, String> {
-    let effective = caps::read(None, CapSet::Effective).map_err(|e| e.to_string())?;
-    let missing: Vec<String> = CAPABILITIES
-        .iter()
-        .filter(|c| !effective.contains(c))
-        .map(|c| c.to_string())
-        .collect();
+    let missing = privileges::missing_effective(&CAPABILITIES)?;
     if missing.is_empty() {
         Ok("CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN are effective".into())
     } else {

@@ -34,10 +34,12 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 /// Offset of `name` (16 bytes) in `struct bpf_prog_info` (stable UAPI).
 const INFO_NAME: usize = 64;
 
-fn bpf(cmd: libc::c_long, attr: &mut [u64; 4]) -> io::Result<libc::c_long> {
-    // SAFETY: attr is a zeroed union bpf_attr prefix of 32 bytes, larger
-    // than every command used here needs; the kernel checks the rest is 0.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 32usize) };
+/// bpf(2): `attr` is a zero-initialised prefix of `union bpf_attr` as long
+/// as `cmd` needs (the kernel checks that what it does not know is 0).
+pub fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<libc::c_long> {
+    // SAFETY: attr is valid for its whole size, which is what is passed.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, std::mem::size_of::<A>()) };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }

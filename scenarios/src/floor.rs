@@ -24,6 +24,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type};
+use sockerr_scenarios::bpf_stats;
 
 /// `r0 = imm`.
 fn mov_r0(imm: i32) -> bpf_insn {
@@ -46,18 +47,7 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> bpf_insn {
 }
 
 fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
-    // SAFETY: attr is a whole, zero-initialised union bpf_attr.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            attr as *mut bpf_attr,
-            mem::size_of::<bpf_attr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = bpf_stats::bpf(cmd as libc::c_long, attr)?;
     // SAFETY: a new descriptor the kernel gave us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

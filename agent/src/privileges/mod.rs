@@ -28,6 +28,16 @@ pub const UPROBES: Capability = Capability::CAP_SYS_ADMIN;
 /// setuid() in the child before it executes.
 const SET_ID: [Capability; 2] = [Capability::CAP_SETUID, Capability::CAP_SETGID];
 
+/// Which of `wanted` this process does not hold effective, by name.
+pub fn missing_effective(wanted: &[Capability]) -> Result<Vec<String>, String> {
+    let effective = caps::read(None, CapSet::Effective).map_err(|e| e.to_string())?;
+    Ok(wanted
+        .iter()
+        .filter(|c| !effective.contains(c))
+        .map(|c| c.to_string())
+        .collect())
+}
+
 /// Whether the agent can create uprobes now.
 pub fn can_create_uprobes() -> bool {
     caps::has_cap(None, CapSet::Effective, UPROBES).unwrap_or(false)
@@ -145,12 +155,7 @@ pub fn server_requirement(user: &ServerUser) -> Result<String, String> {
         );
     }
     if user.needs_set_id() {
-        let effective = caps::read(None, CapSet::Effective).map_err(|e| e.to_string())?;
-        let missing: Vec<String> = SET_ID
-            .iter()
-            .filter(|c| !effective.contains(c))
-            .map(|c| c.to_string())
-            .collect();
+        let missing = missing_effective(&SET_ID)?;
         if !missing.is_empty() {
             return Err(format!(
                 "missing {}: the web server is started as {user} (--web.server-user); run as \
