@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: what sockerr costs the machine it watches, measured
-//! side by side in one run against no tracing, a hand-written bpftrace script
-//! and strace. Configurations alternate round by round; medians, min/max and
+//! side by side in one run against no tracing, the floor (an empty program
+//! on each of its hooks: the least any program there costs), a hand-written
+//! bpftrace script and strace. Configurations alternate round by round; medians, min/max and
 //! ratios to the baseline are printed, then the worst realistic cases
 //! ([`workload`]): processes flagged on every connect beside their clean
 //! twins, a burst of findings from two processes, nginx with a TLS upstream;
@@ -69,6 +70,10 @@ const TWINS: [(&str, &str); 2] = [("masked", "refused"), ("established-reread", 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Tool {
     Baseline,
+    /// An empty program on each of the agent's hooks
+    /// ([`programs::Floor`]): what any program there costs, the least
+    /// sockerr could.
+    Floor,
     /// `sockerr run` as deployed: call-site uprobes on flagged processes only.
     Sockerr,
     /// `sockerr run --call-sites=all`: uprobes on every process's connect
@@ -78,8 +83,9 @@ enum Tool {
     Strace,
 }
 
-const TOOLS: [Tool; 5] = [
+const TOOLS: [Tool; 6] = [
     Tool::Baseline,
+    Tool::Floor,
     Tool::Sockerr,
     Tool::SockerrAll,
     Tool::Bpftrace,
@@ -90,6 +96,7 @@ impl Tool {
     fn name(self) -> &'static str {
         match self {
             Tool::Baseline => "baseline",
+            Tool::Floor => "floor",
             Tool::Sockerr => "sockerr",
             Tool::SockerrAll => "sockerr_sites_all",
             Tool::Bpftrace => "bpftrace",
@@ -219,6 +226,11 @@ impl Run {
         } else {
             None
         };
+        let _floor = if tool == Tool::Floor {
+            Some(programs::Floor::attach(&self.scenario)?)
+        } else {
+            None
+        };
         // The agent's own figures (CPU, memory) are those of sockerr as
         // deployed, while loops 1–4 run.
         let watched = agent.as_mut().filter(|_| tool == Tool::Sockerr);
@@ -343,13 +355,18 @@ impl Run {
             .unwrap();
         }
         let mut bench = String::from("BENCH");
-        writeln!(out, "\n| loop | baseline ns/op | sockerr | sockerr, call sites on all | bpftrace | strace | sockerr added vs ⅓ of bpftrace's |").unwrap();
-        writeln!(out, "| --- | --- | --- | --- | --- | --- | --- |").unwrap();
+        writeln!(out, "\n| loop | baseline ns/op | floor (empty programs) | sockerr | sockerr, call sites on all | bpftrace | strace | sockerr added vs ⅓ of bpftrace's | sockerr above the floor |").unwrap();
+        writeln!(
+            out,
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        )
+        .unwrap();
         for (name, label, _) in LOOPS {
             let (base, bmin, bmax) = self.stats(Tool::Baseline, name).unwrap();
             let mut row = format!("| {label} | {base:.0} [{bmin:.0}–{bmax:.0}] ");
             let mut added = HashMap::new();
             for tool in [
+                Tool::Floor,
                 Tool::Sockerr,
                 Tool::SockerrAll,
                 Tool::Bpftrace,
@@ -362,9 +379,9 @@ impl Run {
                 write!(bench, " {name}_{}={ratio:.3}", tool.name()).unwrap();
             }
             let ok = added[&Tool::Sockerr] <= added[&Tool::Bpftrace] / 3.0;
-            writeln!(
+            write!(
                 row,
-                "| {:+.1} % vs {:+.1} % {} |",
+                "| {:+.1} % vs {:+.1} % {} ",
                 added[&Tool::Sockerr] * 100.0,
                 added[&Tool::Bpftrace] * 100.0 / 3.0,
                 match (self.quick, ok) {
@@ -374,6 +391,9 @@ impl Run {
                 }
             )
             .unwrap();
+            let above = self.stats(Tool::Sockerr, name).unwrap().0
+                - self.stats(Tool::Floor, name).unwrap().0;
+            writeln!(row, "| {above:+.0} ns/op |").unwrap();
             out.push_str(&row);
         }
         writeln!(out).unwrap();

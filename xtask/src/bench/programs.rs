@@ -9,7 +9,7 @@ use std::{
     fmt::Write as _,
     io::{BufRead as _, BufReader},
     path::Path,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -119,9 +119,38 @@ fn costs_of(
     Ok(costs)
 }
 
-/// The agent as deployed, then the floor (`sockerr-scenario floor`: an
-/// empty program on each of the agent's hooks, the agent not running),
-/// each workload run `n` times once under each.
+/// `sockerr-scenario floor` (an empty program on each of the agent's
+/// hooks), attached until dropped.
+pub struct Floor(Child);
+
+impl Floor {
+    pub fn attach(scenario: &Path) -> Result<Self> {
+        let mut child = Command::new(scenario)
+            .arg("floor")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting sockerr-scenario floor")?;
+        let mut said = String::new();
+        BufReader::new(child.stdout.take().context("the floor's output")?).read_line(&mut said)?;
+        if said.trim() != "floor attached" {
+            let _ = child.kill();
+            bail!("sockerr-scenario floor: {:?}", child.wait_with_output()?);
+        }
+        Ok(Self(child))
+    }
+}
+
+impl Drop for Floor {
+    /// It detaches and exits when its standard input closes.
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+/// The agent as deployed, then the floor (the agent not running), each
+/// workload run `n` times once under each.
 pub fn measure(
     agent_bin: &Path,
     scenario: &Path,
@@ -133,21 +162,9 @@ pub fn measure(
     let costs = costs_of(scenario, loops, &others)?;
     drop(agent);
     println!("xtask bench: the floor: an empty program on each hook");
-    let mut floor = Command::new(scenario)
-        .arg("floor")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting sockerr-scenario floor")?;
-    let mut said = String::new();
-    BufReader::new(floor.stdout.take().context("the floor's output")?).read_line(&mut said)?;
-    if said.trim() != "floor attached" {
-        let _ = floor.kill();
-        bail!("sockerr-scenario floor: {:?}", floor.wait_with_output()?);
-    }
+    let floor = Floor::attach(scenario)?;
     let floor_costs = costs_of(scenario, loops, &others);
-    drop(floor.stdin.take());
-    floor.wait()?;
+    drop(floor);
     let floor_costs = floor_costs?
         .into_iter()
         .filter(|c| c.program.starts_with("floor_"))
