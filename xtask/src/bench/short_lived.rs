@@ -3,12 +3,16 @@
 //! (`masked`) beside its clean twin (`refused`), each a fresh copy of the
 //! workload program (a new executable to the agent), with and without the
 //! agent, alternated round by round; and the tenth 5,000-connect process of
-//! an executable whose call sites a long-running process of it showed.
+//! an executable whose call sites a long-running process of it showed. The
+//! agent is left to go idle before each measured process, and the twins take
+//! turns at going first.
 
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
     process::Command,
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -54,32 +58,56 @@ fn ns(program: &Path, workload: &str, n: u64) -> Result<f64> {
         .context("the workload printed no ns_per_op")
 }
 
+/// Waits until the agent is idle (under 15 ms of CPU in 200 ms, or 5 s
+/// passed): what it does for the previous process (attributing its first
+/// finding, probing, its exit) must not run beside the next measured one,
+/// which would then pay for it.
+fn settle(agent: &Agent) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        let before = agent.cpu_seconds();
+        thread::sleep(Duration::from_millis(200));
+        if agent.cpu_seconds() - before < 0.015 {
+            return;
+        }
+    }
+}
+
+/// ns per connect of a flagged process and of its clean twin, each a
+/// process of `program`, the agent (if any) idle before each. Which runs
+/// first alternates with `round`.
+fn twins(program: &Path, agent: Option<&Agent>, round: usize) -> Result<[f64; 2]> {
+    let mut order = [("masked", 0), ("refused", 1)];
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    let mut out = [0.0; 2];
+    for (workload, i) in order {
+        if let Some(agent) = agent {
+            settle(agent);
+        }
+        out[i] = ns(program, workload, CONNECTS)?;
+    }
+    Ok(out)
+}
+
 pub fn measure(agent_bin: &Path, scenario: &Path, rounds: usize) -> Result<ShortLived> {
     println!("xtask bench: short-lived flagged processes ({rounds} rounds)");
     let mut out = ShortLived { rounds: Vec::new() };
     for round in 0..rounds {
         // Without the agent: the same programs, fresh copies too.
         let base = fresh_copy(scenario, round * 2)?;
-        let without = [
-            ns(&base, "masked", CONNECTS)?,
-            ns(&base, "refused", CONNECTS)?,
-        ];
+        let without = twins(&base, None, round)?;
         let agent = Agent::spawn(agent_bin, &[], Log::Discard);
         let fresh = fresh_copy(scenario, round * 2 + 1)?;
-        let first = [
-            ns(&fresh, "masked", CONNECTS)?,
-            ns(&fresh, "refused", CONNECTS)?,
-        ];
+        let first = twins(&fresh, Some(&agent), round)?;
         // A long-running process of the executable shows its call sites,
         // then nine short ones run before the tenth is measured.
         ns(&fresh, "masked", LONG_CONNECTS)?;
         for _ in 0..9 {
             ns(&fresh, "masked", CONNECTS)?;
         }
-        let tenth = [
-            ns(&fresh, "masked", CONNECTS)?,
-            ns(&fresh, "refused", CONNECTS)?,
-        ];
+        let tenth = twins(&fresh, Some(&agent), round)?;
         drop(agent);
         for path in [&base, &fresh] {
             let _ = std::fs::remove_file(path);
