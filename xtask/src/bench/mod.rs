@@ -30,7 +30,7 @@ use crate::{build, cmd, setup};
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// Short runs for spot checks (about 8 minutes on a 2-core VM; indicative only).
+    /// Short runs for spot checks (about 10 minutes on a 2-core VM; indicative only).
     #[arg(long)]
     pub quick: bool,
 }
