@@ -84,13 +84,7 @@ fn a_cgroup_gone_before_the_agent_looks_is_reported_as_such() {
     if !require_root() {
         return;
     }
-    let mount = procfs::process::Process::myself()
-        .and_then(|me| me.mountinfo())
-        .unwrap()
-        .into_iter()
-        .find(|m| m.fs_type == "cgroup2")
-        .expect("a cgroup v2 mount")
-        .mount_point;
+    let mount = sockerr_testkit::cgroup2_root().unwrap();
     let agent = Agent::start();
     agent.pause();
     // Made once the agent cannot look: it never sees this cgroup.

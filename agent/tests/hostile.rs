@@ -1118,14 +1118,9 @@ struct Cgroup(PathBuf);
 
 impl Cgroup {
     fn new(path: &str) -> Self {
-        let mounts = fs::read_to_string("/proc/mounts").unwrap();
-        let root = mounts
-            .lines()
-            .map(|l| l.split(' ').collect::<Vec<_>>())
-            .find(|f| f.get(2) == Some(&"cgroup2"))
-            .map(|f| PathBuf::from(f[1]))
-            .expect("a cgroup v2 mount");
-        let dir = root.join(path.trim_start_matches('/'));
+        let dir = sockerr_testkit::cgroup2_root()
+            .unwrap()
+            .join(path.trim_start_matches('/'));
         fs::create_dir_all(&dir).unwrap();
         Self(dir)
     }

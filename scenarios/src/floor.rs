@@ -16,13 +16,13 @@
 
 use std::{
     ffi::CString,
-    fs::{self, File},
+    fs::File,
     io::{self, Read as _},
     mem,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type};
 use sockerr_scenarios::bpf_stats;
 
@@ -114,16 +114,8 @@ fn cgroup(
 
 /// The cgroup v2 hierarchy's root, wherever it is mounted.
 fn cgroup_root() -> Result<File> {
-    let mounts = fs::read_to_string("/proc/mounts")?;
-    let Some(path) = mounts
-        .lines()
-        .map(|l| l.split(' ').collect::<Vec<_>>())
-        .find(|f| f.get(2) == Some(&"cgroup2"))
-        .map(|f| f[1].to_owned())
-    else {
-        bail!("no cgroup v2 hierarchy in /proc/mounts");
-    };
-    File::open(&path).with_context(|| format!("opening {path}"))
+    let path = sockerr_testkit::cgroup2_root()?;
+    File::open(&path).with_context(|| format!("opening {}", path.display()))
 }
 
 /// Offset of `optlen` in `struct bpf_sockopt` (three 8-byte pointers, then

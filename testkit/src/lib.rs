@@ -19,9 +19,12 @@ mod prometheus;
 mod tracer;
 
 use std::{
+    path::PathBuf,
     thread,
     time::{Duration, Instant},
 };
+
+use anyhow::Context as _;
 
 pub use agent::{Agent, Log, web_server};
 pub use net::{
@@ -51,6 +54,17 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))?
         .parse()
         .ok()
+}
+
+/// Where the cgroup v2 hierarchy is mounted (the agent attaches its cgroup
+/// hooks to its root; tests make cgroups in it).
+pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    Ok(procfs::process::Process::myself()?
+        .mountinfo()?
+        .into_iter()
+        .find(|m| m.fs_type == "cgroup2")
+        .context("no cgroup v2 hierarchy is mounted")?
+        .mount_point)
 }
 
 /// Polls `f` until it returns Some, or panics with `what` after `timeout`.
