@@ -1,12 +1,12 @@
 //! `cargo xtask bench`: what sockerr costs the machine it watches, measured
 //! side by side in one run against no tracing, the floor (an empty program
 //! on each of its hooks: the least any program there costs), a hand-written
-//! bpftrace script and strace. Configurations alternate round by round; medians, min/max and
-//! ratios to the baseline are printed, then the worst realistic cases
-//! ([`workload`]): processes flagged on every connect beside their clean
-//! twins, a burst of findings from two processes, nginx with a TLS upstream;
-//! then where the time goes, per eBPF program ([`programs`]). It prints one
-//! `BENCH key=value` line and writes docs/benchmarks.md.
+//! bpftrace script and strace. Configurations alternate round by round;
+//! medians, min/max and ratios to the baseline are printed, then the worst
+//! realistic cases ([`workload`]): processes flagged on every connect beside
+//! their clean twins, a burst of findings from two processes, nginx with a
+//! TLS upstream; then where the time goes, per eBPF program ([`programs`]).
+//! It prints one `BENCH key=value` line and writes docs/benchmarks.md.
 
 mod programs;
 mod short_lived;
@@ -391,8 +391,7 @@ impl Run {
                 }
             )
             .unwrap();
-            let above = self.stats(Tool::Sockerr, name).unwrap().0
-                - self.stats(Tool::Floor, name).unwrap().0;
+            let above = (added[&Tool::Sockerr] - added[&Tool::Floor]) * base;
             writeln!(row, "| {above:+.0} ns/op |").unwrap();
             out.push_str(&row);
         }
