@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::{
     PATIENCE, eventually,
     net::get,
-    programs::{agent_bin, scenario_env, signal, stop},
+    programs::{agent_bin, pause, scenario_env, signal, stop},
     sample,
 };
 
@@ -336,7 +336,7 @@ impl Agent {
 
     /// Stops the agent (SIGSTOP): findings wait in the ring buffer.
     pub fn pause(&self) {
-        signal(&self.child, Signal::SIGSTOP);
+        pause(&self.child);
     }
 
     pub fn resume(&self) {

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Result, bail};
 use nix::{sys::signal, unistd::Pid};
 
-use crate::PATIENCE;
+use crate::{PATIENCE, eventually};
 
 /// True when the test may load eBPF programs. Without root it skips, except
 /// under CI=true, where it fails: CI runs as root and must run every test.
@@ -194,6 +194,22 @@ pub fn run_ok(cmd: &mut Command, what: &str) -> Output {
 /// the ring buffer; SIGCONT resumes it).
 pub fn signal(child: &Child, sig: signal::Signal) {
     let _ = signal::kill(Pid::from_raw(child.id() as i32), sig);
+}
+
+/// Stops `child` (SIGSTOP) and waits until every thread of it is stopped:
+/// kill() returns before the signal is delivered, and a thread still
+/// running could go on handling what the caller meant to hold back.
+pub fn pause(child: &Child) {
+    signal(child, signal::Signal::SIGSTOP);
+    let process = procfs::process::Process::new(child.id() as i32).expect("the child's /proc");
+    eventually(PATIENCE, "every thread to stop after SIGSTOP", || {
+        let stopped = process
+            .tasks()
+            .ok()?
+            .flatten()
+            .all(|t| t.stat().is_ok_and(|s| s.state == 'T'));
+        stopped.then_some(())
+    });
 }
 
 /// SIGTERM, then wait (SIGKILL after 30 s).

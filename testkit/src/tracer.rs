@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::{
     PATIENCE,
-    programs::{agent_bin, scenario_env, signal, stop},
+    programs::{agent_bin, pause, scenario_env, signal, stop},
 };
 
 pub struct Tracer {
@@ -172,7 +172,7 @@ impl Tracer {
 
     /// Stops the agent (SIGSTOP): findings wait in the ring buffer.
     pub fn pause(&self) {
-        signal(&self.child, Signal::SIGSTOP);
+        pause(&self.child);
     }
 
     pub fn resume(&self) {
