@@ -183,6 +183,17 @@ fn findings_of(agent: &Agent, pid: u32) -> Vec<Value> {
     found
 }
 
+/// The `io_after_failed_connect` finding of a `masked` process, once both
+/// of its findings arrived: each comes in a record of its own, and the
+/// agent may show the first before it has read the second.
+fn io_finding_of(agent: &Agent, pid: u32) -> Value {
+    agent
+        .wait_findings_of(pid, 2)
+        .into_iter()
+        .find(|f| f["kind"] == "io_after_failed_connect")
+        .expect("the I/O finding")
+}
+
 fn query(agent: &Agent, q: &str) -> Vec<Value> {
     let (status, body) = agent.get(&format!("/findings?{q}"));
     assert_eq!(status, 200, "{q}: {body}");
@@ -387,10 +398,7 @@ fn logfmt_lines_read_back_with_go_logfmt_and_carry_the_findings_fields() {
     let agent = Agent::logged(&["--findings.node-name=node-9"]);
     let (pid, out) = scenario_env(&["masked"], &[("SCENARIO_COMM", HOSTILE)]);
     assert!(out.status.success());
-    let entry = findings_of(&agent, pid)
-        .into_iter()
-        .find(|f| f["kind"] == "io_after_failed_connect")
-        .expect("the I/O finding");
+    let entry = io_finding_of(&agent, pid);
     assert_eq!(entry["comm"], HOSTILE, "the name as the kernel has it");
     let mine = format!(" pid={pid} ");
     let line = eventually(Duration::from_secs(10), "the finding's log line", || {
@@ -454,10 +462,7 @@ fn json_log_lines_hold_the_findings_entry() {
     }
     let agent = Agent::logged(&["--log.format=json"]);
     let (pid, _) = scenario_env(&["masked"], &[("SCENARIO_COMM", "json-logs")]);
-    let entry = findings_of(&agent, pid)
-        .into_iter()
-        .find(|f| f["kind"] == "io_after_failed_connect")
-        .expect("the I/O finding");
+    let entry = io_finding_of(&agent, pid);
     let line = eventually(Duration::from_secs(10), "the finding's log line", || {
         agent.log().into_iter().find_map(|l| {
             let v: Value = serde_json::from_str(&l).ok()?;
